@@ -1,0 +1,65 @@
+"""Camera head: iterative refinement of a 9-d pose encoding from each frame's camera token.
+
+Encoding ``[t_x, t_y, t_z, q_x, q_y, q_z, q_w, fov_h, fov_w]``: world-to-camera translation, a
+scalar-last quaternion (not normalised) and fields of view in radians (OpenCV camera axes).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iggt_lightning.head import Head, HeadInput
+from iggt_lightning.layers.block import Block, Mlp
+from iggt_lightning.registry import register_head
+
+
+def _act(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "linear":
+        return x
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "exp":
+        return torch.exp(x)
+    if kind == "inv_log":
+        return torch.sign(x) * torch.expm1(torch.abs(x))
+    raise ValueError(f"unknown pose activation {kind!r}")
+
+
+@register_head("camera")
+class CameraHead(Head):
+    outputs = ("pose_enc",)
+
+    def __init__(self, dim_in: int = 2048, trunk_depth: int = 4, num_heads: int = 16, mlp_ratio: float = 4,
+                 init_values: float = 0.01, num_iterations: int = 4, trans_act: str = "linear",
+                 quat_act: str = "linear", fl_act: str = "relu", layer: int = -1) -> None:
+        super().__init__()
+        self.token_layers = (layer,)
+        self.num_iterations = num_iterations
+        self.acts = (trans_act, quat_act, fl_act)
+        self.trunk = nn.Sequential(*[Block(dim_in, num_heads, mlp_ratio, init_values=init_values)
+                                     for _ in range(trunk_depth)])
+        self.token_norm = nn.LayerNorm(dim_in)
+        self.trunk_norm = nn.LayerNorm(dim_in)
+        self.empty_pose_tokens = nn.Parameter(torch.zeros(1, 1, 9))
+        self.embed_pose = nn.Linear(9, dim_in)
+        self.poseLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim_in, 3 * dim_in, bias=True))
+        self.adaln_norm = nn.LayerNorm(dim_in, elementwise_affine=False, eps=1e-6)
+        self.pose_branch = Mlp(dim_in, dim_in // 2, 9)
+
+    def forward(self, inp: HeadInput) -> dict:
+        tokens = self.token_norm(inp.tokens[self.token_layers[0]][:, :, 0])  # camera token per frame [B, S, C]
+        B, S, _ = tokens.shape
+        pred = None
+        preds = []
+        for _ in range(self.num_iterations):
+            if pred is not None:
+                pred = pred.detach()  # each refinement learns a delta on a fixed previous estimate
+            cond = self.embed_pose(self.empty_pose_tokens.expand(B, S, -1) if pred is None else pred)
+            shift, scale, gate = self.poseLN_modulation(cond).chunk(3, dim=-1)
+            x = gate * (self.adaln_norm(tokens) * (1 + scale) + shift) + tokens
+            delta = self.pose_branch(self.trunk_norm(self.trunk(x)))
+            pred = delta if pred is None else pred + delta
+            t, q, fov = pred[..., :3], pred[..., 3:7], pred[..., 7:]
+            preds.append(torch.cat([_act(t, self.acts[0]), _act(q, self.acts[1]), _act(fov, self.acts[2])], -1))
+        return {"pose_enc": preds}

@@ -1,0 +1,22 @@
+"""Depth head: DPT decoder, exp-activated depth and 1+exp confidence per pixel."""
+from __future__ import annotations
+
+from iggt_lightning.head import HeadInput
+from iggt_lightning.registry import register_head
+
+from .dense import DenseHead
+
+
+@register_head("depth")
+class DepthHead(DenseHead):
+    outputs = ("depth", "depth_conf")
+
+    def __init__(self, dim_in: int = 2048, patch_size: int = 14, activation: str = "exp",
+                 conf_activation: str = "expp1", features: int = 256,
+                 out_channels: tuple[int, ...] = (256, 512, 1024, 1024),
+                 layers: tuple[int, ...] = (4, 11, 17, 23), pos_embed: bool = True) -> None:
+        super().__init__(dim_in, patch_size, 2, activation, conf_activation, features, out_channels, layers, pos_embed)
+
+    def forward(self, inp: HeadInput) -> dict:
+        depth, conf, _ = self.run(inp)
+        return {"depth": depth, "depth_conf": conf}

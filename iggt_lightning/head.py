@@ -1,0 +1,57 @@
+"""The plugin-head contract shared by every head."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class HeadInput:
+    """What a head sees: the backbone tokens plus the outputs of the heads that ran before it."""
+
+    tokens: list                      # per layer [B, S, P, 2C] (None for layers nobody asked for)
+    patch_start_idx: int
+    images: torch.Tensor              # [B, S, 3, H, W] in [0, 1]
+    query_points: torch.Tensor | None = None   # [B, N, 2] pixels (x, y)
+    outputs: dict = field(default_factory=dict)
+    frames_chunk_size: int | None = 8
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        B, S, _, H, W = self.images.shape
+        return B, S, H, W
+
+    def patch_tokens(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s patch tokens flattened over frames: [B*S, h*w, 2C]."""
+        t = self.tokens[layer]
+        if t is None:
+            raise RuntimeError(f"backbone layer {layer} was not kept; declare it in the head's token_layers")
+        return t[:, :, self.patch_start_idx:].reshape(t.shape[0] * t.shape[1], -1, t.shape[-1])
+
+    def frame_chunks(self) -> list[slice]:
+        """Slices over the flattened B*S frames, in order, of at most ``frames_chunk_size`` frames."""
+        B, S, _, _ = self.shape
+        n = B * S
+        step = n if not self.frames_chunk_size else self.frames_chunk_size
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+class Head(nn.Module):
+    """Base class of plugin heads.
+
+    Class attributes a head declares: ``requires`` (names of heads whose outputs it reads),
+    ``outputs`` (keys it adds to the prediction dict) and ``trainable``. Instances set
+    ``token_layers`` (which backbone layers they read) so the backbone keeps only those.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
+    trainable: ClassVar[bool] = True
+    token_layers: tuple[int, ...] = ()
+
+    def forward(self, inp: HeadInput) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError

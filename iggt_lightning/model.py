@@ -1,0 +1,191 @@
+"""IGGTModel: the backbone plus an ordered set of plugin heads; pure tensors in, a dict out.
+
+Output keys (the official ones): ``pose_enc`` (list over refinement iterations of [B,S,9]),
+``depth`` [B,S,H,W,1], ``depth_conf`` [B,S,H,W], ``world_points`` [B,S,H,W,3],
+``world_points_conf`` [B,S,H,W], ``part_feat`` [B,S,8,H,W] (raw instance features), and with query
+points ``track`` [B,S,N,2], ``vis``/``conf`` [B,S,N]; ``images`` echoes the (batched) input.
+Intermediate keys (``point_feat``, ``track_iters``, ``backbone``) are returned only with
+``return_intermediates=True``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbone import Aggregator
+from .head import HeadInput
+from .registry import dependency_order, get_head
+
+INTERMEDIATE_KEYS = ("point_feat", "track_iters")
+
+_DPT_WIDE = dict(features=256, out_channels=(256, 512, 1024, 1024))
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The official IGGT (VGGT-1B + instance head), 1.30 B parameters.
+    "iggt-large": dict(
+        backbone=dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg"),
+        heads=dict(camera=dict(num_heads=16), depth={}, point={}, track={}, instance={})),
+    # VGGT-1B.
+    "vggt-large": dict(
+        backbone=dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg"),
+        heads=dict(camera=dict(num_heads=16), depth={}, point={}, track={})),
+    # The parity-fixture configurations (see shared/reference/PARITY.md).
+    "tiny": dict(
+        backbone=dict(embed_dim=64, depth=24, num_heads=4, patch_embed="conv"),
+        heads=dict(camera=dict(num_heads=8), depth={}, point={}, track={}, instance={})),
+    "small-dino": dict(
+        backbone=dict(embed_dim=384, depth=24, num_heads=6, patch_embed="dinov2_vits14_reg"),
+        heads=dict(camera=dict(num_heads=12), depth={}, point={}, track={}, instance={})),
+    # A few-MB model for tests and CPU experiments: every head, narrow and shallow.
+    "nano": dict(
+        backbone=dict(embed_dim=32, depth=4, num_heads=2, patch_embed="conv"),
+        heads=dict(
+            camera=dict(num_heads=2, trunk_depth=1),
+            depth=dict(features=32, out_channels=(16, 32, 64, 64), layers=(0, 1, 2, 3)),
+            point=dict(features=32, out_channels=(16, 32, 64, 64), layers=(0, 1, 2, 3)),
+            track=dict(features=16, hidden_size=32, depth=1, num_heads=2, num_virtual_tracks=8, corr_levels=3,
+                       out_channels=(16, 32, 64, 64), layers=(0, 1, 2, 3)),
+            instance=dict(features=32, adaptor_channels=(16, 16, 16, 16), layers=(0, 1, 2, 3)))),
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class IGGTModel(nn.Module):
+    """Backbone + heads.
+
+    Args:
+        backbone: keyword arguments of :class:`~iggt_lightning.backbone.Aggregator`.
+        heads: head name -> keyword arguments (``None`` = defaults). A name is a registered head
+            or a dotted ``module.Class`` path; a dict value may name its class with ``class_path``
+            (and then ``init_args``). ``dim_in`` and ``patch_size`` default to the backbone's.
+        frames_chunk_size: frames a dense head decodes at once (memory bound; results do not depend on it).
+    """
+
+    def __init__(self, backbone: dict | None = None, heads: dict[str, dict | None] | None = None,
+                 frames_chunk_size: int | None = 8) -> None:
+        super().__init__()
+        backbone = dict(backbone or {})
+        self.backbone = Aggregator(**backbone)
+        self.config = {"backbone": backbone, "heads": copy.deepcopy(heads or {}),
+                       "frames_chunk_size": frames_chunk_size}
+        self.frames_chunk_size = frames_chunk_size
+        built = {}
+        for name, spec in (heads or {}).items():
+            spec = dict(spec or {})
+            cls = get_head(spec.pop("class_path", name))
+            kwargs = dict(spec.pop("init_args", {}), **spec)
+            kwargs.setdefault("dim_in", 2 * self.backbone.embed_dim)
+            if "patch_size" in _init_params(cls):
+                kwargs.setdefault("patch_size", self.backbone.patch_size)
+            try:
+                built[name] = cls(**{k: v for k, v in kwargs.items() if k in _init_params(cls) or _has_var_kw(cls)})
+            except TypeError as err:
+                raise ValueError(f"cannot build head {name!r} ({cls.__name__}): {err}") from err
+            unknown = set(kwargs) - set(_init_params(cls)) - {"dim_in", "patch_size"}
+            if unknown and not _has_var_kw(cls):
+                raise ValueError(f"head {name!r} ({cls.__name__}) got unknown argument(s) {sorted(unknown)}; "
+                                 f"it accepts {sorted(_init_params(cls))}")
+        self.head_order = dependency_order({n: tuple(getattr(h, "requires", ())) for n, h in built.items()})
+        self.heads = nn.ModuleDict({n: built[n] for n in self.head_order})
+        depth = self.backbone.depth
+        for n, h in self.heads.items():
+            bad = [i for i in h.token_layers if not -depth <= i < depth]
+            if bad:
+                raise ValueError(f"head {n!r} reads backbone layer(s) {bad}, but the backbone has {depth} layers")
+        self.token_layers = {i % depth for h in self.heads.values() for i in h.token_layers}
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "IGGTModel":
+        """Build a named configuration (``iggt-large``, ``vggt-large``, ``tiny``, ``small-dino``, ``nano``);
+        ``overrides`` are merged into it (e.g. ``heads={"track": None}`` is not a removal: use ``drop_heads``)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        drop = set(overrides.pop("drop_heads", ()))
+        cfg = _merge(PRESETS[name], overrides)
+        cfg["heads"] = {k: v for k, v in cfg["heads"].items() if k not in drop}
+        return cls(**cfg)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_inputs(self, images: torch.Tensor, query_points: torch.Tensor | None):
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.ndim == 4:
+            images = images.unsqueeze(0)
+        if images.ndim != 5:
+            raise ValueError(f"images must have shape [S,3,H,W] or [B,S,3,H,W]; got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be floating point RGB in [0, 1]; got dtype {images.dtype} "
+                            "(convert uint8 images with images.float() / 255)")
+        B, S, C, H, W = images.shape
+        if S == 0 or B == 0:
+            raise ValueError(f"images contain no views (shape {tuple(images.shape)}); at least one is needed")
+        if C != 3:
+            raise ValueError(f"images must have 3 (RGB) channels in dim -3; got {C} (shape {tuple(images.shape)})")
+        p = self.backbone.patch_size
+        if H % p or W % p:
+            sug = (max(p, round(H / p) * p), max(p, round(W / p) * p))
+            raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}; "
+                             f"resize to e.g. {sug[0]}x{sug[1]} (H x W)")
+        if query_points is not None:
+            if query_points.ndim == 2:
+                query_points = query_points.unsqueeze(0)
+            if query_points.ndim != 3 or query_points.shape[-1] != 2 or query_points.shape[0] not in (1, B):
+                raise ValueError(f"query_points must have shape [N,2] or [B,N,2] with B={B}; "
+                                 f"got {tuple(query_points.shape)}")
+            if query_points.shape[0] != B:
+                query_points = query_points.expand(B, -1, -1)
+            query_points = query_points.to(images.dtype)
+            outside = (query_points[..., 0] < 0) | (query_points[..., 0] > W - 1) | \
+                      (query_points[..., 1] < 0) | (query_points[..., 1] > H - 1)
+            if bool(outside.any()):
+                bad = query_points[outside][:3].tolist()
+                raise ValueError(f"{int(outside.sum())} query point(s) lie outside the {W}x{H} image "
+                                 f"(x in [0,{W - 1}], y in [0,{H - 1}]), e.g. {bad}")
+            track = self.heads["track"] if "track" in self.heads else None
+            if track is not None and hasattr(track, "min_image_side") and min(H, W) < track.min_image_side():
+                raise ValueError(f"tracking needs images of at least {track.min_image_side()} px per side "
+                                 f"(its correlation pyramid halves the map {track.corr_levels - 1} times); got {H}x{W}")
+        return images, query_points
+
+    def forward(self, images: torch.Tensor, query_points: torch.Tensor | None = None,
+                return_intermediates: bool = False) -> dict[str, Any]:
+        """images: [S,3,H,W] or [B,S,3,H,W] RGB in [0,1]; query_points: [N,2] or [B,N,2] pixels (x, y)."""
+        images, query_points = self._check_inputs(images, query_points)
+        feats = self.backbone(images, layers=self.token_layers)
+        inp = HeadInput(feats.tokens, feats.patch_start_idx, images, query_points, {}, self.frames_chunk_size)
+        for name in self.head_order:
+            head = self.heads[name]
+            # Heads run in fp32 even under autocast, as the official model does; the backbone's residual
+            # stream is already fp32 because LayerScale promotes it.
+            with torch.autocast(images.device.type, enabled=False):
+                inp.outputs.update(head(inp))
+        out = dict(inp.outputs)
+        out["images"] = images
+        if return_intermediates:
+            out["backbone"] = feats
+        else:
+            for key in INTERMEDIATE_KEYS:
+                out.pop(key, None)
+        return out
+
+
+def _init_params(cls: type) -> set[str]:
+    import inspect
+
+    return {n for n, p in inspect.signature(cls.__init__).parameters.items()
+            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _has_var_kw(cls: type) -> bool:
+    import inspect
+
+    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
