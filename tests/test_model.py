@@ -1,0 +1,173 @@
+"""IGGTModel behaviour beyond the official code: odd grids, many views, batches, bf16, bad input."""
+import pytest
+import torch
+
+from iggt_lightning import IGGTModel
+from iggt_lightning.layers import attention
+from iggt_lightning.registry import dependency_order
+
+
+def _tensors(out):
+    return {k: v for k, v in out.items() if torch.is_tensor(v)}
+
+
+def test_output_contract(nano_model):
+    x = torch.rand(2, 3, 3, 56, 84)
+    with torch.no_grad():
+        out = nano_model(x, query_points=torch.tensor([[3.0, 4.0], [80.0, 50.0]]))
+    B, S, H, W = 2, 3, 56, 84
+    assert len(out["pose_enc"]) == 4 and out["pose_enc"][-1].shape == (B, S, 9)
+    assert out["depth"].shape == (B, S, H, W, 1) and out["depth_conf"].shape == (B, S, H, W)
+    assert out["world_points"].shape == (B, S, H, W, 3) and out["world_points_conf"].shape == (B, S, H, W)
+    assert out["part_feat"].shape == (B, S, 8, H, W)
+    assert out["track"].shape == (B, S, 2, 2) and out["vis"].shape == (B, S, 2)
+    assert (out["depth"] > 0).all() and (out["depth_conf"] > 1).all()
+    # frame 0 of a track is the query point itself
+    assert torch.allclose(out["track"][:, 0], torch.tensor([[3.0, 4.0], [80.0, 50.0]]).expand(B, -1, -1))
+    assert "point_feat" not in out and "track_iters" not in out  # intermediates only on request
+    with torch.no_grad():
+        single = nano_model(x[0])
+    assert single["depth"].shape == (1, S, H, W, 1)
+
+
+@pytest.mark.parametrize("side", [518, 126])
+def test_odd_patch_grid_runs(nano_model, side):
+    """518 px = 37 patches: the official window attention crashes there; we pad inside it."""
+    x = torch.rand(1, 2, 3, side, side)
+    with torch.no_grad():
+        out = nano_model(x)
+    assert out["part_feat"].shape == (1, 2, 8, side, side)
+    assert all(torch.isfinite(v).all() for v in _tensors(out).values())
+
+
+def test_sixteen_views_chunked_equals_unchunked(nano_model):
+    x = torch.rand(1, 16, 3, 56, 56)
+    old = nano_model.frames_chunk_size
+    try:
+        nano_model.frames_chunk_size = None
+        with torch.no_grad():
+            full = nano_model(x)
+        nano_model.frames_chunk_size = 3
+        with torch.no_grad():
+            chunked = nano_model(x)
+    finally:
+        nano_model.frames_chunk_size = old
+    for k, v in _tensors(full).items():
+        assert torch.allclose(chunked[k], v, rtol=0, atol=1e-5 * float(v.abs().max())), k
+
+
+def test_batch_matches_separate_scenes(nano_model):
+    """Chunks run over the flattened B*S frames; every frame must land back in its own scene."""
+    x = torch.rand(2, 5, 3, 42, 56)
+    nano_model.frames_chunk_size, old = 3, nano_model.frames_chunk_size
+    try:
+        with torch.no_grad():
+            both = nano_model(x)
+            first, second = nano_model(x[:1]), nano_model(x[1:])
+    finally:
+        nano_model.frames_chunk_size = old
+    for k in ("depth", "world_points", "part_feat"):
+        ref = torch.cat([first[k], second[k]])
+        assert torch.allclose(both[k], ref, rtol=0, atol=1e-5 * float(ref.abs().max())), k
+    assert torch.allclose(both["pose_enc"][-1], torch.cat([first["pose_enc"][-1], second["pose_enc"][-1]]), atol=1e-5)
+
+
+def test_bf16_autocast_runs(nano_model):
+    x = torch.rand(1, 2, 3, 56, 56)
+    with torch.no_grad():
+        ref = nano_model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = nano_model(x)
+    for k, v in _tensors(out).items():
+        assert torch.isfinite(v).all(), k
+    assert out["depth"].dtype == torch.float32  # heads run in fp32, as the official model does
+    rel = (out["depth"] - ref["depth"]).abs().max() / ref["depth"].abs().max()
+    assert rel < 0.1
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    model = IGGTModel.from_preset("nano", drop_heads=["track"]).train()
+    x = torch.rand(1, 2, 3, 28, 28)
+
+    def grads(flag):
+        model.zero_grad()
+        model.backbone.gradient_checkpointing = flag
+        out = model(x)
+        (out["depth"].mean() + out["part_feat"].square().mean() + out["pose_enc"][-1].square().mean()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    torch.manual_seed(1)
+    g0 = grads(False)
+    torch.manual_seed(1)
+    g1 = grads(True)
+    assert g0.keys() == g1.keys() and len(g0) > 10
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], atol=1e-6, rtol=1e-4), n
+
+
+@pytest.mark.parametrize("images, match", [
+    (torch.rand(3, 56, 56), r"\[S,3,H,W\] or \[B,S,3,H,W\]"),
+    (torch.rand(1, 2, 4, 56, 56), "3 \\(RGB\\) channels"),
+    ((torch.rand(1, 2, 3, 56, 56) * 255).to(torch.uint8), "floating point"),
+    (torch.rand(1, 2, 3, 50, 56), "resize to e.g. 56x56"),
+    (torch.rand(1, 0, 3, 56, 56), "no views"),
+])
+def test_bad_images(nano_model, images, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        nano_model(images)
+
+
+def test_bad_query_points(nano_model):
+    x = torch.rand(1, 2, 3, 56, 56)
+    with pytest.raises(ValueError, match="outside the 56x56 image"):
+        nano_model(x, query_points=torch.tensor([[10.0, 70.0]]))
+    with pytest.raises(ValueError, match=r"\[N,2\] or \[B,N,2\]"):
+        nano_model(x, query_points=torch.zeros(3))
+    small = IGGTModel.from_preset("nano", heads={"track": {"corr_levels": 7}})
+    with pytest.raises(ValueError, match="at least 128 px"):
+        small(x, query_points=torch.tensor([[10.0, 10.0]]))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="needs head\\(s\\) \\['point'\\]"):
+        IGGTModel.from_preset("nano", drop_heads=["point"])
+    with pytest.raises(ValueError, match="unknown head 'normals'"):
+        IGGTModel(backbone=dict(embed_dim=32, depth=4, num_heads=2, patch_embed="conv"), heads={"normals": {}})
+    with pytest.raises(ValueError, match="unknown argument\\(s\\) \\['featurs'\\]"):
+        IGGTModel.from_preset("nano", heads={"depth": {"featurs": 8}})
+    with pytest.raises(ValueError, match="reads backbone layer"):
+        IGGTModel.from_preset("nano", heads={"depth": {"layers": (0, 1, 2, 9)}})
+    with pytest.raises(ValueError, match="unknown preset"):
+        IGGTModel.from_preset("huge")
+    with pytest.raises(ValueError, match="cycle"):
+        dependency_order({"a": ("b",), "b": ("a",)})
+
+
+def test_instance_head_without_fusion_needs_no_point_head():
+    m = IGGTModel.from_preset("nano", drop_heads=["point", "track"], heads={"instance": {"fusion": False}}).eval()
+    with torch.no_grad():
+        out = m(torch.rand(1, 2, 3, 28, 28))
+    assert out["part_feat"].shape == (1, 2, 8, 28, 28)
+
+
+def test_attention_backend_switch():
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attention.set_attention_backend("flash")
+    q = torch.rand(1, 2, 5, 8)
+    attention.set_attention_backend("xformers")  # no CPU kernels: SDPA still serves CPU tensors
+    try:
+        out = attention.attend(q, q, q)
+    finally:
+        attention.set_attention_backend("auto")
+    assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, q, q))
+
+
+def test_presets_parameter_counts():
+    with torch.device("meta"):
+        iggt = IGGTModel.from_preset("iggt-large")
+        vggt = IGGTModel.from_preset("vggt-large")
+    n_iggt = sum(p.numel() for p in iggt.parameters())
+    n_vggt = sum(p.numel() for p in vggt.parameters())
+    assert n_vggt == 1_256_537_516 - 1024  # official minus DINO's unused mask token
+    assert n_iggt == 1_299_474_470 - 1024 - 17_310_208  # minus the part head's dead DPT base layers
