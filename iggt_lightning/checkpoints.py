@@ -75,7 +75,7 @@ def official_kind(keys) -> str:
     """'iggt-large' or 'vggt-large' from the official key set; an error for anything else."""
     keys = set(keys)
     if not any(k.startswith("aggregator.") for k in keys) or not any(k.startswith("camera_head.") for k in keys):
-        sample = _listing(list(keys)[:8], 8)
+        sample = _listing(sorted(keys)[:8], 8)
         raise CheckpointError("this is not an official IGGT/VGGT checkpoint (no 'aggregator.*'/'camera_head.*' "
                               f"keys); its keys look like: {sample}")
     return "iggt-large" if any(k.startswith("part_head.") for k in keys) else "vggt-large"
@@ -145,8 +145,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     if isinstance(obj, dict) and "hyper_parameters" in obj and "state_dict" in obj:  # a Lightning checkpoint
         sd = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
         cfg = obj["hyper_parameters"].get("model_config")
-        if cfg is not None:
-            return sd, {"format": FORMAT, "config": cfg}
+        return sd, ({"format": FORMAT, "config": cfg} if cfg is not None else {})
     return _unwrap(obj, path), {}
 
 
@@ -156,6 +155,11 @@ def load_model(path: str | os.PathLike, preset: str | None = None, map_location:
     sd, meta = read_file(path)
     if meta.get("format") == FORMAT:
         model = IGGTModel(**meta["config"])
+        own = model.state_dict()
+        mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+                      if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if mismatched:
+            raise CheckpointError(f"{path}: shape mismatch(es) against its own config: {_listing(mismatched)}")
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{path}: does not match its own config: missing {_listing(missing)}; "
@@ -173,6 +177,9 @@ def _atomic_write(dst: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)  # mkstemp creates 0600; give the file the permissions a plain open() would
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
