@@ -100,6 +100,7 @@ class InstanceDecoder(nn.Module):
 
 @register_head("instance")
 class InstanceHead(Head):
+    requires = ("point",)  # for the geometry fusion; an instance with fusion=False needs nothing
     outputs = ("part_feat",)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, output_dim: int = 8, features: int = 256,

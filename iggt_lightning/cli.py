@@ -1,7 +1,8 @@
 """The ``iggt`` command.
 
 Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]`` and
-``iggt heads list``. Training subcommands (fit/validate/test/predict) are LightningCLI's.
+``iggt heads list``. Training subcommands (fit/validate/test/predict) are LightningCLI's, served by
+``iggt_lightning.lightning_cli`` when that module is present.
 """
 from __future__ import annotations
 
@@ -76,11 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in HELPERS:
         return {"convert": _convert, "parity": _parity, "heads": _heads}[argv[0]](argv[1:])
+    import importlib.util
+
+    has_training = importlib.util.find_spec("iggt_lightning.lightning_cli") is not None
+    training = ("fit", "validate", "test", "predict") if has_training else ()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        print("\nsubcommands: " + ", ".join(HELPERS + ("fit", "validate", "test", "predict")))
+        print("\nsubcommands: " + ", ".join(HELPERS + training))
         return 0
-    from .lightning_cli import run_lightning_cli  # training/evaluation subcommands
+    if argv[0] not in training:
+        print(f"iggt: unknown subcommand {argv[0]!r}; expected one of {', '.join(HELPERS + training)}",
+              file=sys.stderr)
+        return 2
+    from .lightning_cli import run_lightning_cli
 
     run_lightning_cli(argv)
     return 0

@@ -171,3 +171,16 @@ def test_presets_parameter_counts():
     n_vggt = sum(p.numel() for p in vggt.parameters())
     assert n_vggt == 1_256_537_516 - 1024  # official minus DINO's unused mask token
     assert n_iggt == 1_299_474_470 - 1024 - 17_310_208  # minus the part head's dead DPT base layers
+
+
+def test_cli_heads_list_and_unknown_subcommand(capsys):
+    from iggt_lightning.cli import main
+
+    assert main(["heads", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("camera", "depth", "point", "track", "instance"):
+        assert f"\n{name} " in out
+    instance_row = next(line for line in out.splitlines() if line.startswith("instance "))
+    assert instance_row.split()[2] == "point"  # its declared dependency
+    assert main(["bogus"]) == 2
+    assert "unknown subcommand 'bogus'" in capsys.readouterr().err
