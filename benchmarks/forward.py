@@ -1,0 +1,438 @@
+"""Forward-pass benchmark of an :class:`~iggt_lightning.model.IGGTModel` preset.
+
+Builds one preset with random weights (no checkpoint, no network), puts it in eval mode and times
+``model(images)`` under ``torch.no_grad()`` for every (image size, view count) pair, then prints a
+markdown table and writes the results as JSON.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=. python3 benchmarks/forward.py --preset tiny --views 1 2 4 8 --sizes 224x224 336x504
+    PYTHONPATH=. python3 benchmarks/forward.py --preset iggt-large --device cuda --dtype bf16 \\
+        --views 1 8 32 --sizes 518x518 --time-budget 600
+
+Options: ``--preset`` (tiny), ``--views`` (1 2 4 8 16 32), ``--sizes`` HxW, multiples of the patch
+size 14 (224x224), ``--batch`` (1), ``--device`` (cuda if available, else cpu), ``--dtype`` fp32|bf16
+(bf16 = ``torch.autocast``; the heads run in fp32 anyway, as in the model), ``--repeats`` timed runs
+(3), ``--warmup`` untimed runs (1), ``--json`` output path
+(``benchmarks/results/forward_<preset>_<device>.json``), ``--time-budget`` seconds, ``--threads``
+(``torch.set_num_threads``).
+
+Timing: wall time of one forward call (``time.perf_counter``; on CUDA bracketed by
+``torch.cuda.synchronize``). The table gives the median and the minimum over ``--repeats`` runs and
+``views/s`` = batch * views / median.
+
+Order and budget: with ``--warmup`` > 0, one untimed single-view forward of the smallest size runs
+first (one-time initialisation would otherwise show up in the first configuration). Configurations run from the cheapest to the most expensive (batch * views * H * W),
+the table lists them by size (as given) and view count. Once the elapsed time since the script
+started exceeds ``--time-budget``, every configuration not yet started is reported as skipped; a
+configuration already running stops after its current run, keeping at least one timed run (its
+status then says how many of the requested runs it has). After an out-of-memory error at some view
+count, the larger view counts of the same size are skipped.
+
+Memory (``peak MiB``) means different things on the two devices:
+
+* CUDA: ``torch.cuda.max_memory_allocated()`` after ``torch.cuda.reset_peak_memory_stats()`` at the
+  start of each configuration: the peak of memory held by PyTorch tensors, *including* the weights
+  and the input (the JSON also gives ``baseline_mib``, the allocated memory before the first run, so
+  the activation peak is ``peak_mib - baseline_mib``). The caching allocator's reserved-but-free
+  memory is not counted (``peak_reserved_mib`` in the JSON is).
+* CPU: the peak increase of the process's resident set size (RSS) over its value just before the
+  configuration's first (warm-up) run: ``peak - baseline`` of ``VmRSS`` from ``/proc/self/status``,
+  sampled by a background thread every ~5 ms, combined with the kernel's exact high-water mark
+  ``VmHWM`` where it can be reset per configuration (``/proc/self/clear_refs`` = 5). The weights and
+  the input are therefore *not* included (their RSS is in ``baseline_mib``). Before each baseline the
+  script runs ``gc.collect()`` and glibc's ``malloc_trim(0)`` so memory freed by earlier
+  configurations does not hide this one's growth; RSS also counts allocator slack and thread
+  stacks, so read it as an upper-ish estimate of the activation memory, accurate to a few MiB.
+  Without ``/proc`` (not Linux) it falls back to ``resource.getrusage().ru_maxrss``, a lifetime peak
+  that cannot be reset, so only configurations that raise it get a meaningful value.
+
+Out-of-memory errors (``torch.cuda.OutOfMemoryError``, or a ``RuntimeError`` saying "out of memory"
+/ "can't allocate memory") are reported as ``OOM`` instead of ending the script; other errors are
+reported as ``error`` with their message in the JSON.
+
+The JSON (written atomically: a temporary file in the same folder, then ``os.replace``) holds the
+arguments, the environment (torch/python versions, platform, CPU count, threads, GPU name, git
+commit), the preset's parameter count and, per configuration, every timed run.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:  # allow running without PYTHONPATH=.
+    sys.path.insert(0, str(_REPO))
+
+from iggt_lightning.model import PRESETS, IGGTModel  # noqa: E402
+
+_T0 = time.perf_counter()
+MIB = 1024 ** 2
+
+
+# ----------------------------------------------------------------------------- arguments
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 224x224), got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Time the IGGTModel forward pass over image sizes and view counts.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--views", type=_positive, nargs="+", default=[1, 2, 4, 8, 16, 32], help="views per sample (S)")
+    p.add_argument("--sizes", type=_size, nargs="+", default=[(224, 224)], help="image sizes HxW")
+    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = torch.autocast")
+    p.add_argument("--repeats", type=_positive, default=3, help="timed runs per configuration")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration")
+    p.add_argument("--json", default=None, help="output path (default benchmarks/results/forward_<preset>_<device>.json)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="skip the configurations not yet started once this much time has elapsed")
+    p.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.views = sorted(set(args.views))
+    args.sizes = list(dict.fromkeys(args.sizes))
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    return args
+
+
+# ----------------------------------------------------------------------------- memory
+def _read_status(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status, in bytes (None where unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark VmHWM (Linux >= 4.0); True if it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class CpuPeakRSS:
+    """Peak RSS increase (bytes) over the value at ``start()``: a 5 ms VmRSS sampler plus VmHWM."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.proc = _read_status("VmRSS") is not None
+        self.method = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self) -> None:
+        gc.collect()
+        _malloc_trim()
+        if self.proc:
+            self.hwm_ok = _reset_hwm()
+            self.baseline = _read_status("VmRSS")
+            self.peak = self.baseline
+            self.method = "VmRSS sampler (5 ms)" + (" + VmHWM reset per config" if self.hwm_ok else "")
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        else:  # fall back to the lifetime peak of getrusage (KiB on Linux, bytes on macOS)
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024
+            self._ru = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            self.baseline = self._ru()
+            self.method = "ru_maxrss delta (lifetime peak, not resettable)"
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = _read_status("VmRSS")
+            if rss is not None and rss > self.peak:
+                self.peak = rss
+
+    def stop(self) -> tuple[int, int]:
+        """Returns (peak increase, baseline) in bytes."""
+        if self.proc:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self.peak, _read_status("VmRSS") or 0)
+            if self.hwm_ok:
+                peak = max(peak, _read_status("VmHWM") or 0)
+        else:
+            peak = self._ru()
+        return max(0, peak - self.baseline), self.baseline
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    msg = str(err).lower()
+    return isinstance(err, (RuntimeError, MemoryError)) and (
+        isinstance(err, MemoryError) or "out of memory" in msg or "can't allocate memory" in msg)
+
+
+# ----------------------------------------------------------------------------- environment
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO,
+                               capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "git_commit": _git_commit(),
+        "hostname": platform.node(),
+    }
+    try:
+        with open("/proc/meminfo") as f:
+            env["mem_total_mib"] = round(int(f.readline().split()[1]) / 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu=props.name,
+                   gpu_memory_mib=round(props.total_memory / MIB),
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+    return env
+
+
+# ----------------------------------------------------------------------------- benchmark
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _over_budget(args) -> bool:
+    return args.time_budget is not None and time.perf_counter() - _T0 > args.time_budget
+
+
+def run_config(model, args, device, H: int, W: int, S: int) -> dict:
+    res = {"height": H, "width": W, "views": S, "batch": args.batch}
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext())
+    gen = torch.Generator().manual_seed(args.seed)
+    times: list[float] = []
+    cpu_mem = None
+    x = None
+    try:
+        x = torch.rand(args.batch, S, 3, H, W, generator=gen).to(device)
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            res["baseline_mib"] = torch.cuda.memory_allocated(device) / MIB
+        else:
+            cpu_mem = CpuPeakRSS()
+            cpu_mem.start()
+        with torch.no_grad(), autocast:
+            for i in range(args.warmup + args.repeats):
+                _sync(device)
+                t = time.perf_counter()
+                out = model(x)
+                _sync(device)
+                dt = time.perf_counter() - t
+                del out
+                if i >= args.warmup:
+                    times.append(dt)
+                if times and i < args.warmup + args.repeats - 1 and _over_budget(args):
+                    break
+        res["status"] = "ok" if len(times) == args.repeats else f"ok ({len(times)}/{args.repeats} runs)"
+    except Exception as err:  # noqa: BLE001 - reported, not raised
+        if _is_oom(err):
+            res["status"] = "OOM"
+        else:
+            res["status"] = "error"
+        res["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
+    finally:
+        out = None
+        if cpu_mem is not None:
+            peak, base = cpu_mem.stop()
+            res["peak_mib"] = peak / MIB
+            res["baseline_mib"] = base / MIB
+            res["memory_method"] = cpu_mem.method
+        del x
+        gc.collect()
+        if device.type == "cuda":
+            res["peak_mib"] = torch.cuda.max_memory_allocated(device) / MIB
+            res["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / MIB
+            torch.cuda.empty_cache()
+    if times:
+        med = statistics.median(times)
+        res.update(times_s=times, median_s=med, min_s=min(times), views_per_s=args.batch * S / med)
+    return res
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| size | views | median s | min s | views/s | peak MiB | status |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        lines.append(f"| {r['height']}x{r['width']} | {r['views']} | {_fmt(r.get('median_s'), '.4f')} | "
+                     f"{_fmt(r.get('min_s'), '.4f')} | {_fmt(r.get('views_per_s'), '.2f')} | "
+                     f"{_fmt(r.get('peak_mib'), '.1f')} | {r['status']} |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give it the usual permissions
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available")
+    torch.manual_seed(args.seed)
+
+    t = time.perf_counter()
+    model = IGGTModel.from_preset(args.preset).eval().to(device)
+    build_s = time.perf_counter() - t
+    patch = model.backbone.patch_size
+    bad = [f"{h}x{w}" for h, w in args.sizes if h % patch or w % patch]
+    if bad:
+        raise SystemExit(f"sizes {bad} are not multiples of the patch size {patch}")
+    n_params = sum(p.numel() for p in model.parameters())
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
+    env = environment(device)
+
+    header = {
+        "preset": args.preset,
+        "parameters": n_params,
+        "backbone_parameters": n_backbone,
+        "heads": list(model.head_order),
+        "device": str(device) + (f" ({env['gpu']})" if "gpu" in env else ""),
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    print(f"# IGGT forward benchmark: preset {args.preset}")
+    print(f"parameters: {n_params:,} ({n_params / 1e6:.1f} M; backbone {n_backbone / 1e6:.1f} M) "
+          f"heads: {', '.join(model.head_order)}")
+    print(f"device: {header['device']}  dtype: {args.dtype}  torch: {torch.__version__}  "
+          f"threads: {header['threads']}  batch: {args.batch}  warmup: {args.warmup}  repeats: {args.repeats}")
+    mem_note = ("torch.cuda.max_memory_allocated (incl. weights)" if device.type == "cuda"
+                else "peak RSS increase over the pre-run baseline (excl. weights)")
+    print(f"peak MiB = {mem_note}; model built in {build_s:.1f} s")
+    print(flush=True)
+
+    # Run from the cheapest to the most expensive; report by size (as given), then views.
+    configs = [(h, w, s) for (h, w) in args.sizes for s in args.views]
+    order = sorted(configs, key=lambda c: (args.batch * c[2] * c[0] * c[1], configs.index(c)))
+    if args.warmup and order:
+        # One untimed forward of the cheapest configuration first, so one-time costs (thread pools,
+        # kernel selection, allocator growth) are not charged to the first configuration's memory.
+        h, w, _ = order[0]
+        try:
+            with torch.no_grad(), (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16"
+                                   else nullcontext()):
+                model(torch.rand(1, 1, 3, h, w, device=device))
+            _sync(device)
+        except Exception as err:  # noqa: BLE001 - the configuration itself will report it
+            print(f"  global warm-up failed: {type(err).__name__}: {err}", file=sys.stderr)
+    done: dict[tuple[int, int, int], dict] = {}
+    oom_at: dict[tuple[int, int], int] = {}
+    for h, w, s in order:
+        key = (h, w, s)
+        base = {"height": h, "width": w, "views": s, "batch": args.batch}
+        if _over_budget(args):
+            done[key] = dict(base, status="skipped (time budget)")
+        elif (h, w) in oom_at and s > oom_at[(h, w)]:
+            done[key] = dict(base, status=f"skipped (OOM at {oom_at[(h, w)]} views)")
+        else:
+            r = run_config(model, args, device, h, w, s)
+            done[key] = r
+            if r["status"] == "OOM":
+                oom_at[(h, w)] = min(s, oom_at.get((h, w), s))
+            msg = (f"{r['median_s']:.4f} s median" if "median_s" in r else r.get("error", ""))
+            print(f"  {h}x{w} x{s}: {r['status']}  {msg}  (elapsed {time.perf_counter() - _T0:.0f} s)",
+                  file=sys.stderr, flush=True)
+    results = [done[c] for c in configs]
+
+    print(table(results))
+    path = Path(args.json) if args.json else _REPO / "benchmarks" / "results" / f"forward_{args.preset}_{device.type}.json"
+    payload = dict(header, args={k: (v if k != "sizes" else [f"{h}x{w}" for h, w in v]) for k, v in vars(args).items()},
+                   memory=mem_note, build_s=build_s, total_s=time.perf_counter() - _T0,
+                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   argv=sys.argv, environment=env, results=results)
+    write_json(path, payload)
+    print(f"\nJSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
