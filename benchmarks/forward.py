@@ -235,6 +235,9 @@ def environment(device: torch.device) -> dict:
         "interop_threads": torch.get_num_interop_threads(),
         "git_commit": _git_commit(),
         "hostname": platform.node(),
+        # Other processes compete for the CPU on a shared machine; a load average above the core
+        # count at the start means the timings are likely inflated.
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
         with open("/proc/meminfo") as f:
@@ -387,7 +390,9 @@ def main(argv=None) -> int:
           f"threads: {header['threads']}  batch: {args.batch}  warmup: {args.warmup}  repeats: {args.repeats}")
     mem_note = ("torch.cuda.max_memory_allocated (incl. weights)" if device.type == "cuda"
                 else "peak RSS increase over the pre-run baseline (excl. weights)")
-    print(f"peak MiB = {mem_note}; model built in {build_s:.1f} s")
+    load = env.get("loadavg")
+    print(f"peak MiB = {mem_note}; model built in {build_s:.1f} s"
+          + (f"; load average {load[0]:.2f} on {env['cpu_count']} CPUs" if load else ""))
     print(flush=True)
 
     # Run from the cheapest to the most expensive; report by size (as given), then views.
@@ -428,7 +433,8 @@ def main(argv=None) -> int:
     payload = dict(header, args={k: (v if k != "sizes" else [f"{h}x{w}" for h, w in v]) for k, v in vars(args).items()},
                    memory=mem_note, build_s=build_s, total_s=time.perf_counter() - _T0,
                    timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   argv=sys.argv, environment=env, results=results)
+                   argv=sys.argv, environment=env,
+                   loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None, results=results)
     write_json(path, payload)
     print(f"\nJSON: {path}")
     return 0
