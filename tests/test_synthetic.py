@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from iggt_lightning.data import CLASS_NAMES, SyntheticScenes, collate_scenes, normalize_scene
+from iggt_lightning.data import CLASS_NAMES, SyntheticScenes, collate_scenes, normalize_scene, render_scene
 
 SIZE = (70, 112)   # small and non-square, so an H/W mix-up cannot pass
 
@@ -31,8 +31,8 @@ def _project(points, E, K):
 def _assert_projection_convention(s):
     S, H, W = s["depth"].shape
     uv, z = _project(s["world_points"], s["extrinsics"], s["intrinsics"])
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5,
-                          indexing="ij")
+    # Pixel centres at integer coordinates (VGGT / iggt_lightning.geometry convention).
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
     m = s["valid_mask"]
     assert m.any()
     assert (uv[..., 0] - u)[m].abs().max() < 1e-3
@@ -41,14 +41,17 @@ def _assert_projection_convention(s):
     assert ((z - depth)[m].abs() / depth[m]).max() < 1e-4
 
 
+def _equal(a, b):
+    """Exact equality of tensors, strings and (nested) lists of them."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def _tensors_equal(a, b):
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            if not torch.equal(a[key], b[key]):
-                return False
-        elif a[key] != b[key]:
-            return False
-    return True
+    return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
 
 
 def test_contract_shapes_and_dtypes(sample):
@@ -101,6 +104,15 @@ def test_determinism(dataset, sample):
 def test_projection_convention(dataset):
     for i in range(3):
         _assert_projection_convention(dataset[i])
+
+
+def test_world_points_match_geometry_unprojection(dataset):
+    """The data and the model-side geometry share one pixel convention: unprojecting depth gives world_points."""
+    from iggt_lightning.geometry import unproject_depth
+
+    s = dataset[1]
+    world = unproject_depth(s["depth"].double(), s["extrinsics"].double(), s["intrinsics"].double())
+    assert (world - s["world_points"].double()).abs().max() < 1e-4
 
 
 def test_cameras(dataset):
@@ -216,6 +228,15 @@ def test_dataloader_with_collate(dataset):
     batch = next(iter(loader))
     assert batch["world_points"].shape == (3, 4, *SIZE, 3)
     assert len(batch["instance_classes"]) == 3 and len(batch["scene_id"]) == 3
+    # A worker stacks into shared memory: same values as in-process.
+    worker = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=1, collate_fn=collate_scenes)
+    assert _tensors_equal(batch, next(iter(worker)))
+
+
+def test_shared_memory_rendering_matches(dataset):
+    plain = render_scene(dataset.scene(5))
+    shared = render_scene(dataset.scene(5), shared=True)
+    assert shared["images"].is_shared() and _tensors_equal(plain, shared)
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -7,11 +7,14 @@ Objects (boxes, optionally yaw-rotated; spheres; vertical cylinders) rest on the
 
 Camera convention (OpenCV): camera x right, y down, z forward. ``extrinsics`` [R|t] map world to camera
 (X_cam = R X_world + t); ``intrinsics`` K are in pixels with the principal point at the image centre
-(W/2, H/2). Pixel (row i, column j) is the ray through its centre u = j + 0.5, v = i + 0.5, so projecting
-``world_points[s, i, j]`` with K [R|t] gives back (j + 0.5, i + 0.5), and ``depth`` is camera-frame z.
+(W/2, H/2). Pixel centres sit at integer coordinates, as in VGGT and ``iggt_lightning.geometry``: pixel
+(row i, column j) is the ray through u = j, v = i, so projecting ``world_points[s, i, j]`` with K [R|t]
+gives back (j, i), ``depth`` is camera-frame z, and ``geometry.unproject_depth(depth, E, K)`` reproduces
+``world_points``.
 
 Every scene is a pure function of (seed, index) through ``numpy.random.default_rng([seed, index])``, so
-DataLoader workers need no seeding and a scene can be regenerated anywhere.
+DataLoader workers need no seeding and a scene can be regenerated anywhere. Batch with ``collate_scenes``
+(the number of objects, hence ``instance_classes``, differs between scenes).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 PATCH_SIZE = 14
-PIXEL_CENTER_OFFSET = 0.5
+PIXEL_CENTER_OFFSET = 0.0   # pixel (i, j) is at (u, v) = (j, i) + offset; 0 matches geometry.py / VGGT
 
 # A small fixed palette; names double as the colour part of the class names.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -375,16 +378,20 @@ def _shade(room: Room, points: Planes, normal: Planes) -> np.ndarray:
     return np.float32(_AMBIENT) + np.float32(1 - _AMBIENT) * lam
 
 
-def render_view(scene: Scene, view: int) -> dict[str, np.ndarray]:
-    """Ray-cast one view: rgb [3,H,W], depth [H,W], ids [H,W] (0 = room, k = object k), points [H,W,3]."""
+def render_view(scene: Scene, view: int, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Ray-cast one view: rgb [3,H,W], depth [H,W], ids [H,W] (0 = room, k = object k), points [H,W,3].
+    With ``out`` (arrays of those shapes) the results are written there, e.g. into the scene's output tensors."""
     H, W = scene.image_size
+    if out is None:
+        out = {"rgb": np.empty((3, H, W), np.float32), "depth": np.empty((H, W), np.float32),
+               "ids": np.empty((H, W), np.int64), "points": np.empty((H, W, 3), np.float32)}
     E, K = scene.extrinsics[view], scene.intrinsics[view]
     R = E[:, :3]
     # The centre comes from the stored float32 [R|t], so the points reproject exactly with the stored cameras.
     o = tuple(float(v) for v in -R.astype(np.float64).T @ E[:, 3].astype(np.float64))
     d = _pixel_rays(K, R, H, W)
     depth, normal, face = _hit_room(o, d, scene.room)
-    normal = [n for n in normal]
+    normal = list(normal)
     ids = np.zeros((H, W), np.int64)
     for obj in scene.objects:
         r0, r1, c0, c1 = _screen_rect(obj, K, E, H, W)
@@ -404,8 +411,13 @@ def render_view(scene: Scene, view: int) -> dict[str, np.ndarray]:
         hit = ids > 0
         albedo = tuple(np.where(hit, table[:, k][ids], albedo[k]) for k in range(3))
     shade = _shade(scene.room, points, normal)
-    rgb = np.clip(np.stack(albedo) * shade, 0, 1)
-    return {"rgb": rgb, "depth": depth, "ids": ids, "points": np.stack(points, -1)}
+    for k in range(3):
+        np.multiply(albedo[k], shade, out=out["rgb"][k])
+    np.clip(out["rgb"], 0, 1, out=out["rgb"])
+    out["depth"][...] = depth
+    out["ids"][...] = ids
+    np.stack(points, -1, out=out["points"])
+    return out
 
 
 # ----------------------------------------------------------------------------------------- dataset
@@ -483,20 +495,32 @@ class SyntheticScenes(Dataset):
         return render_scene(self.scene(index), self.background_id)
 
 
-def render_scene(scene: Scene, background_id: int = 0) -> dict:
-    """Render all views of ``scene`` into the batch-contract dict of torch tensors."""
-    views = [render_view(scene, s) for s in range(len(scene.extrinsics))]
-    depth = torch.from_numpy(np.stack([v["depth"] for v in views]))
-    ids = torch.from_numpy(np.stack([v["ids"] for v in views]))
+def render_scene(scene: Scene, background_id: int = 0, shared: bool = False) -> dict:
+    """Render all views of ``scene`` into the batch-contract dict of torch tensors.
+
+    ``shared`` allocates the big tensors in shared memory. It is off by default on purpose: in a DataLoader
+    worker, rendering into ordinary memory and copying once into shared memory in ``collate_scenes``
+    measured faster than writing every view straight into (page-faulting) shared memory.
+    """
+    S, (H, W) = len(scene.extrinsics), scene.image_size
+    images = _new_tensor((S, 3, H, W), torch.float32, shared)
+    depth = _new_tensor((S, H, W), torch.float32, shared)
+    ids = _new_tensor((S, H, W), torch.int64, shared)
+    points = _new_tensor((S, H, W, 3), torch.float32, shared)
+    valid = _new_tensor((S, H, W), torch.bool, shared)
+    for s in range(S):
+        render_view(scene, s, {"rgb": images[s].numpy(), "depth": depth[s].numpy(), "ids": ids[s].numpy(),
+                               "points": points[s].numpy()})
+    torch.gt(depth, 0, out=valid)
     if background_id != 0:
-        ids[ids == 0] = background_id
+        ids.masked_fill_(ids == 0, background_id)
     return {
-        "images": torch.from_numpy(np.stack([v["rgb"] for v in views])),
+        "images": images,
         "depth": depth,
         "extrinsics": torch.from_numpy(scene.extrinsics.copy()),
         "intrinsics": torch.from_numpy(scene.intrinsics.copy()),
-        "world_points": torch.from_numpy(np.stack([v["points"] for v in views])),
-        "valid_mask": depth > 0,
+        "world_points": points,
+        "valid_mask": valid,
         "instance_ids": ids,
         "scene_id": scene.scene_id,
         "frame_ids": list(scene.frame_ids),
@@ -505,14 +529,35 @@ def render_scene(scene: Scene, background_id: int = 0) -> dict:
     }
 
 
+def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """Uninitialised tensor, optionally backed by shared memory (as torch's default collate does in workers)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    numel = math.prod(shape)
+    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+    return torch.empty((), dtype=dtype).set_(storage, 0, shape)
+
+
 def collate_scenes(samples: list[dict]) -> dict:
     """Stack tensors whose shapes agree across samples ([B, ...]); keep the rest (strings, per-scene lists,
     ``instance_classes`` of differing lengths) as lists, where torch's default collate would fail."""
+    shared = torch.utils.data.get_worker_info() is not None
     out = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
         if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
-            out[key] = torch.stack(values)
+            out[key] = _stack(values, shared)
         else:
             out[key] = values
     return out
+
+
+def _stack(values: list[torch.Tensor], shared: bool) -> torch.Tensor:
+    """torch.stack; in a DataLoader worker into shared memory, which saves the copy the worker would otherwise
+    make when it sends the batch (tens of MB per scene). A single tensor already in shared memory is just viewed."""
+    if not shared:
+        return torch.stack(values)
+    if len(values) == 1 and values[0].is_shared():
+        return values[0].unsqueeze(0)
+    buffer = _new_tensor((len(values), *values[0].shape), values[0].dtype, shared=True)
+    return torch.stack(values, out=buffer)
