@@ -61,13 +61,11 @@ import argparse
 import ctypes
 import datetime
 import gc
-import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -79,6 +77,7 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:  # allow running without PYTHONPATH=.
     sys.path.insert(0, str(_REPO))
 
+from iggt_lightning.fileio import write_json  # noqa: E402
 from iggt_lightning.model import PRESETS, IGGTModel  # noqa: E402
 
 _T0 = time.perf_counter()
@@ -330,27 +329,6 @@ def table(results: list[dict]) -> str:
                      f"{_fmt(r.get('min_s'), '.4f')} | {_fmt(r.get('views_per_s'), '.2f')} | "
                      f"{_fmt(r.get('peak_mib'), '.1f')} | {r['status']} |")
     return "\n".join(lines)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give it the usual permissions
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def main(argv=None) -> int:

@@ -11,10 +11,8 @@ how training consumes it. Each worker renders whole scenes single-threaded, but 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from iggt_lightning.data import SyntheticScenes, collate_scenes
+from iggt_lightning.fileio import write_json
 
 CONFIGS = [  # (views, (H, W), DataLoader workers)
     (8, (224, 224), 0),
@@ -71,25 +70,6 @@ def _format_row(r: dict) -> str:
             f"{r['scenes_per_s']:>9.1f}  {r['ms_per_scene']:>9.1f}")
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; give the result ordinary file permissions
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=40, help="timed scenes per configuration")
@@ -107,7 +87,7 @@ def main() -> None:
         "torch": torch.__version__, "numpy": np.__version__,
         "load_average_1min_before": load, "load_average_1min_after": os.getloadavg()[0], "results": rows,
     }
-    write_json_atomic(args.out, payload)
+    write_json(args.out, payload)
     print(f"wrote {args.out}")
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .fileio import atomic_write
 from .model import IGGTModel
 
 FORMAT = "iggt-lightning/v1"
@@ -171,22 +171,6 @@ def load_model(path: str | os.PathLike, preset: str | None = None, map_location:
     return model.to(map_location)
 
 
-def _atomic_write(dst: Path, write) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)  # mkstemp creates 0600; give the file the permissions a plain open() would
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_model(model: IGGTModel, dst: str | os.PathLike) -> None:
     """Write ``model`` in our format (safetensors if the suffix says so, else a tensor-only .pt)."""
     dst = Path(dst)
@@ -195,9 +179,9 @@ def save_model(model: IGGTModel, dst: str | os.PathLike) -> None:
     if dst.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        _atomic_write(dst, lambda p: save_file(sd, p, metadata={"format": FORMAT, "config": json.dumps(config)}))
+        atomic_write(dst, lambda p: save_file(sd, p, metadata={"format": FORMAT, "config": json.dumps(config)}))
     else:
-        _atomic_write(dst, lambda p: torch.save({"format": FORMAT, "config": config, "state_dict": sd}, p))
+        atomic_write(dst, lambda p: torch.save({"format": FORMAT, "config": config, "state_dict": sd}, p))
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, preset: str | None = None) -> IGGTModel:
