@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iggt_lightning.geometry import extri_intri_to_pose_encoding
 from iggt_lightning.head import Head, HeadInput
 from iggt_lightning.layers.block import Block, Mlp
+from iggt_lightning.losses import camera_loss
 from iggt_lightning.registry import register_head
 
 
@@ -29,6 +31,7 @@ def _act(x: torch.Tensor, kind: str) -> torch.Tensor:
 @register_head("camera")
 class CameraHead(Head):
     outputs = ("pose_enc",)
+    loss_terms = ("camera",)
 
     def __init__(self, dim_in: int = 2048, trunk_depth: int = 4, num_heads: int = 16, mlp_ratio: float = 4,
                  init_values: float = 0.01, num_iterations: int = 4, trans_act: str = "linear",
@@ -63,3 +66,10 @@ class CameraHead(Head):
             t, q, fov = pred[..., :3], pred[..., 3:7], pred[..., 7:]
             preds.append(torch.cat([_act(t, self.acts[0]), _act(q, self.acts[1]), _act(fov, self.acts[2])], -1))
         return {"pose_enc": preds}
+
+    def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict:
+        """``camera``: :func:`~iggt_lightning.losses.camera_loss` against the batch cameras' encoding."""
+        if "camera" not in active:
+            return {}
+        gt = extri_intri_to_pose_encoding(batch["extrinsics"], batch["intrinsics"], tuple(batch["images"].shape[-2:]))
+        return camera_loss(outputs["pose_enc"], gt, **active["camera"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from iggt_lightning.head import HeadInput
+from iggt_lightning.losses import depth_loss
 from iggt_lightning.registry import register_head
 
 from .dense import DenseHead
@@ -10,6 +11,7 @@ from .dense import DenseHead
 @register_head("depth")
 class DepthHead(DenseHead):
     outputs = ("depth", "depth_conf")
+    loss_terms = ("depth",)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, activation: str = "exp",
                  conf_activation: str = "expp1", features: int = 256,
@@ -20,3 +22,10 @@ class DepthHead(DenseHead):
     def forward(self, inp: HeadInput) -> dict:
         depth, conf, _ = self.run(inp)
         return {"depth": depth, "depth_conf": conf}
+
+    def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict:
+        """``depth``: confidence-weighted regression + gradient term (:func:`~iggt_lightning.losses.depth_loss`)."""
+        if "depth" not in active:
+            return {}
+        return depth_loss(outputs["depth"], outputs["depth_conf"], batch["depth"], batch["valid_mask"],
+                          **active["depth"])

@@ -18,6 +18,7 @@ from iggt_lightning.head import Head, HeadInput
 from iggt_lightning.layers.attention import CrossAttention
 from iggt_lightning.layers.dpt import interpolate, make_scratch
 from iggt_lightning.layers.swin import SwinCA, SwinSA
+from iggt_lightning.losses import instance_contrastive_loss, instance_mean_contrastive_loss
 from iggt_lightning.registry import register_head
 
 
@@ -74,8 +75,8 @@ class InstanceDecoder(nn.Module):
                                                   nn.Conv2d(32, output_dim, 1, 1, 0))
         if fusion:
             # cross_attention_1 is computed but discarded by the official forward: kept so checkpoints load,
-            # never run (it cannot change the output).
-            self.cross_attention_1 = CrossAttention(features, num_heads)
+            # never run (it cannot change the output), frozen (DDP refuses parameters that get no gradient).
+            self.cross_attention_1 = CrossAttention(features, num_heads).requires_grad_(False)
             self.cross_attention_2 = CrossAttention(features, num_heads)
             self.window_cross_attention = SwinCA(features, features, 4, window_size)
         self.window_self_atten = SwinSA(features // 2, features // 2, 4, window_size)
@@ -102,6 +103,7 @@ class InstanceDecoder(nn.Module):
 class InstanceHead(Head):
     requires = ("point",)  # for the geometry fusion; an instance with fusion=False needs nothing
     outputs = ("part_feat",)
+    loss_terms = ("contrastive",)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, output_dim: int = 8, features: int = 256,
                  adaptor_channels: tuple[int, ...] = (256, 256, 256, 256), num_heads: int = 8,
@@ -127,3 +129,16 @@ class InstanceHead(Head):
             out.append(self.decoder(feats, geo, (h * self.patch_size, w * self.patch_size)))
         out = torch.cat(out)
         return {"part_feat": out.reshape(B, S, *out.shape[1:])}
+
+    def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict:
+        """``contrastive``: the 3D-consistent pixel-pair loss (paper Eq. 4), or with ``variant: mean`` the
+        community's per-instance-mean loss; other options go to the chosen function."""
+        if "contrastive" not in active:
+            return {}
+        options = dict(active["contrastive"])
+        variant = options.pop("variant", "pairs")
+        if variant == "pairs":
+            return instance_contrastive_loss(outputs["part_feat"], batch["instance_ids"], **options)
+        if variant == "mean":
+            return instance_mean_contrastive_loss(outputs["part_feat"], batch["instance_ids"], **options)
+        raise ValueError(f"loss_options.contrastive.variant must be 'pairs' or 'mean'; got {variant!r}")

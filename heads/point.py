@@ -6,6 +6,7 @@ frames flattened), the geometry features the instance head cross-attends to.
 from __future__ import annotations
 
 from iggt_lightning.head import HeadInput
+from iggt_lightning.losses import point_loss
 from iggt_lightning.registry import register_head
 
 from .dense import DenseHead
@@ -14,6 +15,7 @@ from .dense import DenseHead
 @register_head("point")
 class PointHead(DenseHead):
     outputs = ("world_points", "world_points_conf", "point_feat")
+    loss_terms = ("point",)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, activation: str = "inv_log",
                  conf_activation: str = "expp1", features: int = 256,
@@ -24,3 +26,10 @@ class PointHead(DenseHead):
     def forward(self, inp: HeadInput) -> dict:
         points, conf, fused = self.run(inp)
         return {"world_points": points, "world_points_conf": conf, "point_feat": fused}
+
+    def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict:
+        """``point``: confidence-weighted regression + gradient term (:func:`~iggt_lightning.losses.point_loss`)."""
+        if "point" not in active:
+            return {}
+        return point_loss(outputs["world_points"], outputs["world_points_conf"], batch["world_points"],
+                          batch["valid_mask"], **active["point"])

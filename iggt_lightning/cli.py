@@ -63,11 +63,12 @@ def _heads(argv: list[str]) -> int:
     p.parse_args(argv)
     from .registry import available_heads, head_source
 
-    rows = [("name", "source", "requires", "outputs", "trains")]
+    rows = [("name", "source", "requires", "outputs", "loss terms", "trains")]
     for name, cls in available_heads().items():
         rows.append((name, head_source(name), ",".join(getattr(cls, "requires", ())) or "-",
-                     ",".join(getattr(cls, "outputs", ())), "yes" if getattr(cls, "trainable", True) else "no"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+                     ",".join(getattr(cls, "outputs", ())), ",".join(getattr(cls, "loss_terms", ())) or "-",
+                     "yes" if getattr(cls, "trainable", True) else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0
@@ -89,9 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iggt: unknown subcommand {argv[0]!r}; expected one of {', '.join(HELPERS + training)}",
               file=sys.stderr)
         return 2
+    import os
+
     from .lightning_cli import run_lightning_cli
 
-    run_lightning_cli(argv)
+    try:
+        run_lightning_cli(argv)
+    except ValueError as err:  # configuration and data errors: the message names the field; no traceback
+        if os.environ.get("IGGT_DEBUG"):
+            raise
+        print(f"iggt {argv[0]}: error: {err}\n(set IGGT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -43,15 +43,26 @@ class Head(nn.Module):
     """Base class of plugin heads.
 
     Class attributes a head declares: ``requires`` (names of heads whose outputs it reads),
-    ``outputs`` (keys it adds to the prediction dict) and ``trainable``. Instances set
-    ``token_layers`` (which backbone layers they read) so the backbone keeps only those.
+    ``outputs`` (keys it adds to the prediction dict), ``trainable`` and ``loss_terms`` (names of the
+    loss terms its :meth:`loss` returns; each gets a weight in the config, ``loss_weights.<term>``).
+    Instances set ``token_layers`` (which backbone layers they read) so the backbone keeps only those.
     """
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
+    loss_terms: ClassVar[tuple[str, ...]] = ()
     token_layers: tuple[int, ...] = ()
 
     def forward(self, inp: HeadInput) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict[str, torch.Tensor]:
+        """Training loss of this head on a normalised batch (see ``data.normalize_scene``).
+
+        ``active`` maps each of this head's ``loss_terms`` whose weight is non-zero to its options
+        (``loss_options.<term>`` in the config). Return ``loss_<term>`` (unweighted; the module applies
+        the weight) for every active term, plus any sub-terms worth logging (``loss_<term>_<part>``).
+        """
+        return {}

@@ -110,6 +110,12 @@ class IGGTModel(nn.Module):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
         drop = set(overrides.pop("drop_heads", ()))
+        unknown = sorted(drop - set(PRESETS[name]["heads"]))
+        if unknown:
+            raise ValueError(f"drop_heads: preset {name!r} has no head(s) {unknown}; its heads: "
+                             f"{list(PRESETS[name]['heads'])}")
+        if overrides.get("heads"):  # `name: null` for a preset head keeps its preset arguments
+            overrides["heads"] = {k: ({} if v is None else v) for k, v in overrides["heads"].items()}
         cfg = _merge(PRESETS[name], overrides)
         cfg["heads"] = {k: v for k, v in cfg["heads"].items() if k not in drop}
         return cls(**cfg)

@@ -1,8 +1,8 @@
 """IGGTLitModule: training, validation and testing of an IGGTModel with Lightning.
 
-Loss terms are summed with per-term weights from the config (``loss_weights``), so an ablation is a
-YAML change: ``contrastive: 0`` switches the instance loss off, ``contrastive_options.cross_view: false``
-restricts its pairs to single views.
+Each head brings its loss terms (``Head.loss_terms`` / ``Head.loss``); the module sums them with per-term
+weights from the config (``loss_weights``), so an ablation is a YAML change: ``contrastive: 0`` switches the
+instance loss off, ``loss_options.contrastive.cross_view: false`` restricts its pairs to single views.
 """
 from __future__ import annotations
 
@@ -13,22 +13,24 @@ from typing import Any
 import torch
 from lightning import LightningModule
 
-from .geometry import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
-from .losses import camera_loss, depth_loss, instance_contrastive_loss, point_loss
+from .geometry import pose_encoding_to_extri_intri
 from .metrics import CameraMetrics, DepthMetrics
 from .model import IGGTModel
-
-DEFAULT_WEIGHTS = {"camera": 1.0, "depth": 1.0, "point": 1.0, "contrastive": 1.0}
 
 
 class IGGTLitModule(LightningModule):
     """Args:
-        preset: an IGGTModel preset name (``nano``, ``tiny``, ``iggt-large``, ...), or None with ``model``.
-        model: IGGTModel arguments (``backbone``, ``heads``) merged over the preset.
-        drop_heads: heads of the preset to leave out.
-        loss_weights: term -> weight (``camera``, ``depth``, ``point``, ``contrastive``).
-        contrastive_options: keyword arguments of ``instance_contrastive_loss`` (``num_samples``,
-            ``margin``, ``lambda_pull``, ``lambda_push``, ``cross_view``).
+        preset: an IGGTModel preset name (``nano``, ``tiny``, ``iggt-large``, ...); None = build from
+            ``backbone`` and ``heads`` alone.
+        backbone: Aggregator arguments merged over the preset's (e.g. ``{gradient_checkpointing: true}``).
+        heads: head name -> arguments, merged over the preset's heads; a new name adds a head (a registered
+            name, or ``{class_path: pkg.module.MyHead, init_args: {...}}``).
+        drop_heads: heads of the preset to leave out (e.g. ``[track]``).
+        frames_chunk_size: frames a dense head decodes at once (memory bound only).
+        loss_weights: term -> weight, for the terms the configured heads declare (built-ins: ``camera``,
+            ``depth``, ``point``, ``contrastive``); a term not listed has weight 1, weight 0 skips it.
+        loss_options: term -> options of that term (e.g. ``contrastive: {cross_view: false, num_samples:
+            2048}``, ``camera: {loss_type: huber}``, ``depth: {gradient_weight: 0}``).
         lr / backbone_lr: learning rates of the heads and the backbone (backbone_lr defaults to lr).
         weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay to 0 at the last step.
         freeze: regular expressions on parameter names to freeze (e.g. ``["^backbone\\."]``).
@@ -36,25 +38,33 @@ class IGGTLitModule(LightningModule):
         log_images_every_n_steps: TensorBoard images (input, depth, PCA of instance features); 0 = off.
     """
 
-    def __init__(self, preset: str | None = "nano", model: dict | None = None, drop_heads: list[str] | None = None,
-                 loss_weights: dict[str, float] | None = None, contrastive_options: dict | None = None,
+    def __init__(self, preset: str | None = "nano", backbone: dict | None = None, heads: dict[str, dict | None] | None = None,
+                 drop_heads: list[str] | None = None, frames_chunk_size: int | None = 8,
+                 loss_weights: dict[str, float] | None = None, loss_options: dict[str, dict] | None = None,
                  lr: float = 1e-4, backbone_lr: float | None = None, weight_decay: float = 0.05,
                  warmup_steps: int = 100, freeze: list[str] | None = None, init_checkpoint: str | None = None,
                  log_images_every_n_steps: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        unknown = set(loss_weights or {}) - set(DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown loss term(s) {sorted(unknown)}; expected {sorted(DEFAULT_WEIGHTS)}")
+        arch = {"backbone": dict(backbone or {}), "heads": dict(heads or {}), "frames_chunk_size": frames_chunk_size}
         if preset is not None:
-            self.model = IGGTModel.from_preset(preset, drop_heads=list(drop_heads or ()), **(model or {}))
+            self.model = IGGTModel.from_preset(preset, drop_heads=list(drop_heads or ()), **arch)
         else:
-            if not model:
-                raise ValueError("give a preset or a model configuration")
-            self.model = IGGTModel(**model)
+            if not heads:
+                raise ValueError("without a preset, give the heads (and backbone) to build")
+            unknown_drop = sorted(set(drop_heads or ()) - set(arch["heads"]))
+            if unknown_drop:
+                raise ValueError(f"drop_heads names head(s) {unknown_drop} that are not configured")
+            arch["heads"] = {k: v for k, v in arch["heads"].items() if k not in set(drop_heads or ())}
+            self.model = IGGTModel(**arch)
         self.hparams["model_config"] = self.model.config
-        self.loss_weights = {**DEFAULT_WEIGHTS, **(loss_weights or {})}
-        self.contrastive_options = dict(contrastive_options or {})
+        self.loss_weights, self.loss_options = self._check_loss_config(loss_weights or {}, loss_options or {})
+        # A head no active loss term trains (track, a zero-weighted ablation) would get no gradient: freeze
+        # it, which changes nothing for the optimiser and keeps DDP from failing on unused parameters.
+        self.frozen_heads = [n for n, h in self.model.heads.items()
+                             if not any(self.loss_weights.get(t) for t in h.loss_terms) or not h.trainable]
+        for name in self.frozen_heads:
+            self.model.heads[name].requires_grad_(False)
         if init_checkpoint:
             from .checkpoints import CheckpointError, convert_official_state_dict, read_file
 
@@ -75,33 +85,59 @@ class IGGTLitModule(LightningModule):
         self.val_depth, self.test_depth = DepthMetrics(), DepthMetrics()
         self.val_camera, self.test_camera = CameraMetrics(), CameraMetrics()
 
+    def configure_model(self) -> None:
+        """Under Lightning's ModelParallelStrategy, shard with FSDP2 over the data-parallel mesh: one unit per
+        transformer block and per head, the rest (embeddings, tokens) in the root unit. Other strategies: no-op."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # torch < 2.6
+            from torch.distributed._composable.fsdp import fully_shard
+        if mesh["tensor_parallel"].size() > 1:
+            raise ValueError(f"IGGT applies no tensor parallelism, but the ModelParallelStrategy mesh has "
+                             f"tensor_parallel_size={mesh['tensor_parallel'].size()}; set data_parallel_size to "
+                             "devices x nodes and tensor_parallel_size: 1 (see configs/strategies/fsdp.yaml)")
+        dp_mesh = mesh["data_parallel"]
+        backbone = self.model.backbone
+        for block in [*backbone.frame_blocks, *backbone.global_blocks, *self.model.heads.values()]:
+            fully_shard(block, mesh=dp_mesh)
+        fully_shard(self.model, mesh=dp_mesh)
+        self._sharded = True
+
     def forward(self, images: torch.Tensor, **kwargs: Any) -> dict:
         return self.model(images, **kwargs)
 
     # ------------------------------------------------------------------ losses
+    def _check_loss_config(self, weights: dict, options: dict) -> tuple[dict[str, float], dict[str, dict]]:
+        owners = {t: name for name, h in self.model.heads.items() if h.trainable for t in h.loss_terms}
+        for field, given in (("loss_weights", weights), ("loss_options", options)):
+            unknown = sorted(set(given) - set(owners))
+            if unknown:
+                raise ValueError(f"{field}: unknown loss term(s) {unknown}; the configured heads "
+                                 f"{list(self.model.heads)} bring {sorted(owners)}")
+        for term, opts in options.items():
+            if not isinstance(opts, dict):
+                raise ValueError(f"loss_options.{term} must be a mapping of options; got {opts!r}")
+        return ({t: float(weights.get(t, 1.0)) for t in owners}, {t: dict(options.get(t) or {}) for t in owners})
+
     def compute_losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
-        H, W = batch["images"].shape[-2:]
-        w = self.loss_weights
+        """Every head's terms (``loss_<term>`` and sub-terms) and ``loss`` = sum of weight * ``loss_<term>``."""
         terms: dict[str, torch.Tensor] = {}
         total = batch["images"].new_zeros(())
-        valid = batch["valid_mask"]
-        if "pose_enc" in out and w["camera"]:
-            gt_enc = extri_intri_to_pose_encoding(batch["extrinsics"], batch["intrinsics"], (H, W))
-            cam = camera_loss(out["pose_enc"], gt_enc)
-            terms.update(cam)
-            total = total + w["camera"] * cam["loss_camera"]
-        if "depth" in out and w["depth"]:
-            d = depth_loss(out["depth"], out["depth_conf"], batch["depth"], valid)
-            terms.update(d)
-            total = total + w["depth"] * d["loss_depth"]
-        if "world_points" in out and w["point"]:
-            p = point_loss(out["world_points"], out["world_points_conf"], batch["world_points"], valid)
-            terms.update(p)
-            total = total + w["point"] * p["loss_point"]
-        if "part_feat" in out and w["contrastive"]:
-            c = instance_contrastive_loss(out["part_feat"], batch["instance_ids"], **self.contrastive_options)
-            terms.update(c)
-            total = total + w["contrastive"] * c["loss_contrastive"]
+        for name, head in self.model.heads.items():
+            if not head.trainable:
+                continue
+            active = {t: self.loss_options[t] for t in head.loss_terms if self.loss_weights[t]}
+            if not active:
+                continue
+            got = head.loss(out, batch, active)
+            for t in active:
+                if f"loss_{t}" not in got:
+                    raise RuntimeError(f"head {name!r} did not return 'loss_{t}' from loss()")
+                total = total + self.loss_weights[t] * got[f"loss_{t}"]
+            terms.update(got)
         terms["loss"] = total
         return terms
 
@@ -115,7 +151,7 @@ class IGGTLitModule(LightningModule):
         out = self.model(batch["images"])
         terms = self.compute_losses(out, batch)
         bs = batch["images"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs, prog_bar=False)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", terms["loss"].detach(), batch_size=bs, prog_bar=True)
         n = self.hparams.log_images_every_n_steps
         if n and self.global_step % n == 0:
@@ -136,6 +172,10 @@ class IGGTLitModule(LightningModule):
             H, W = batch["images"].shape[-2:]
             extr, _ = pose_encoding_to_extri_intri(out["pose_enc"][-1], (H, W))
             camera_metric.update(extr, batch["extrinsics"])
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        out = self.model(batch["images"])
+        return {k: v for k, v in out.items() if k != "images"}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")

@@ -36,7 +36,7 @@ def test_contrastive_weight_zero_removes_the_term_and_bad_terms_are_refused():
     batch = module._prepare(_batch(1))
     terms = module.compute_losses(module.model(batch["images"]), batch)
     assert "loss_contrastive" not in terms
-    with pytest.raises(ValueError, match="unknown loss term"):
+    with pytest.raises(ValueError, match="loss_weights: unknown loss term"):
         IGGTLitModule(preset="nano", loss_weights={"contrastiv": 1.0})
     with pytest.raises(ValueError, match="matches no parameter"):
         IGGTLitModule(preset="nano", freeze=["^nothing_here"])

@@ -477,6 +477,11 @@ class SyntheticScenes(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def sample_shape(self, index: int) -> tuple[int, int, int]:
+        """(views, H, W) of sample ``index`` without rendering it (batch samplers group by it)."""
+        rng = np.random.default_rng([self.seed, int(index)])
+        return int(rng.integers(self.num_views[0], self.num_views[1] + 1)), *self.image_size
+
     def scene(self, index: int) -> Scene:
         """The scene description (room, objects, cameras) of sample ``index``, without rendering."""
         if not 0 <= index < self.length:

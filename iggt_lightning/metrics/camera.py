@@ -57,12 +57,12 @@ class CameraMetrics(Metric):
             off = ~torch.eye(S, dtype=torch.bool, device=p.device)
             r_err = rotation_angle_deg(Rp[off], Rg[off])
             t_err = translation_angle_deg(tp[off], tg[off])
-            self.rra += (r_err < self.max_threshold).double().sum()
-            self.rta += (t_err < self.max_threshold).double().sum()
+            self.rra = self.rra + (r_err < self.max_threshold).double().sum()
+            self.rta = self.rta + (t_err < self.max_threshold).double().sum()
             worst = torch.maximum(r_err, t_err)
             thresholds = torch.arange(1, self.max_threshold + 1, device=p.device, dtype=torch.float64)
-            self.hist += (worst[:, None] < thresholds[None]).double().sum(0)
-            self.pairs += int(off.sum())
+            self.hist = self.hist + (worst[:, None] < thresholds[None]).double().sum(0)
+            self.pairs = self.pairs + int(off.sum())
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.pairs.double()

@@ -23,6 +23,8 @@ class DepthMetrics(Metric):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("frames", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
+    # States are rebound, not updated in place: a state created under inference mode (trainer.validate) cannot
+    # be modified in place later under no_grad (validation inside fit).
     def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         if pred.ndim == target.ndim + 1 and pred.shape[-1] == 1:
             pred = pred[..., 0]
@@ -41,10 +43,10 @@ class DepthMetrics(Metric):
             p, t = p[m], t[m]
             p = p * (t.median() / p.median())
             ratio = torch.maximum(p / t, t / p)
-            self.abs_rel += ((p - t).abs() / t).mean()
-            self.delta_1_25 += (ratio < 1.25).double().mean()
-            self.tau_1_03 += (ratio < 1.03).double().mean()
-            self.frames += 1
+            self.abs_rel = self.abs_rel + ((p - t).abs() / t).mean()
+            self.delta_1_25 = self.delta_1_25 + (ratio < 1.25).double().mean()
+            self.tau_1_03 = self.tau_1_03 + (ratio < 1.03).double().mean()
+            self.frames = self.frames + 1
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.frames.clamp_min(1).double()

@@ -1,0 +1,76 @@
+"""Callbacks and datamodules the CLI tests name by class_path (imported inside `iggt` subprocesses)."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import Dataset
+
+from iggt_lightning.data import SceneDataModule, SyntheticScenes
+
+
+class KillAtStep(Callback):
+    """Simulates a killed run: the process dies (no clean-up, no exception) once ``step`` steps are done."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os._exit(17)
+
+
+class RecordSteps(Callback):
+    """Writes the global step seen at the first and last training batch, and the world size, to a JSON file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.first: int | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first is None:
+            self.first = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from torch.distributed.tensor import DTensor
+
+        # FSDP2 keeps the root unit (tokens, patch embedding) unsharded after a forward without backward,
+        # so look at the per-block and per-head units
+        units = [p for n, p in pl_module.named_parameters() if "blocks." in n or ".heads." in n]
+        sharded = sum(isinstance(p, DTensor) for p in units)
+        payload = {"first": self.first, "last": trainer.global_step, "world_size": trainer.world_size,
+                   "strategy": type(trainer.strategy).__name__,
+                   "sharded": "all" if sharded == len(units) else "none" if sharded == 0 else f"{sharded}/{len(units)}"}
+        with open(f"{self.path}.rank{trainer.global_rank}", "w") as f:
+            json.dump(payload, f)
+
+
+class _Corrupt(Dataset):
+    """Synthetic scenes with one field broken, to check the errors that reach the user."""
+
+    def __init__(self, fault: str) -> None:
+        self.base = SyntheticScenes(4, num_views=2, image_size=(56, 56))
+        self.fault = fault
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.base[i]
+        if self.fault == "nan_depth":
+            s["depth"][1, 3, 3] = float("nan")
+        elif self.fault == "negative_depth":
+            s["depth"][0, 5, 5] = -1.0
+        elif self.fault == "ids_shape":
+            s["instance_ids"] = s["instance_ids"][:, :28]
+        elif self.fault == "view_sizes":
+            s["images"] = [s["images"][0], torch.zeros(3, 42, 56)]
+        return s
+
+
+class CorruptDataModule(SceneDataModule):
+    def __init__(self, fault: str = "nan_depth") -> None:
+        ds = _Corrupt(fault)
+        super().__init__(train=ds, val=ds, test=ds, batch_size=2)
