@@ -46,6 +46,8 @@ class Recorder(Callback):
         if "abs_rel" in metrics:
             self.rows.append({"step": trainer.global_step, "seconds": round(time.perf_counter() - self.t0, 1),
                               **metrics})
+            print(f"step {trainer.global_step:>5}  {self.rows[-1]['seconds']:>7.1f} s  val AbsRel {metrics['abs_rel']:.4f}",
+                  flush=True)
 
 
 def main() -> int:

@@ -222,7 +222,7 @@ class IGGTLitModule(LightningModule):
             no_decay = p.ndim <= 1 or name.endswith(("token", "tokens", "pos_embed"))
             groups.setdefault((lr, 0.0 if no_decay else hp.weight_decay), []).append(p)
         opt = torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
+        total = max(1, int(self._trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warm = min(hp.warmup_steps, max(0, total - 1))
 
         def schedule(step: int) -> float:

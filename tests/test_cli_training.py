@@ -14,12 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "synthetic_tiny.yaml")
 
 
-def tiny_args(root: Path, steps: int = 2) -> list[str]:
+def tiny_args(root: Path, steps: int = 2, log_images: int = 0) -> list[str]:
     """configs/synthetic_tiny.yaml shrunk to seconds: 56 px, 2 views, 2-scene batches, a few steps."""
     return ["--config", CONFIG, "--trainer.default_root_dir", str(root), "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", str(steps), "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--model.log_images_every_n_steps", "0", "--model.warmup_steps", "1",
+            "--model.log_images_every_n_steps", str(log_images), "--model.warmup_steps", "1",
             "--data.init_args.num_train", "8", "--data.init_args.num_val", "2", "--data.init_args.num_test", "2",
             "--data.init_args.image_size", "[56, 56]", "--data.init_args.num_views", "2",
             "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]
@@ -121,3 +121,22 @@ def test_two_process_cpu_fit(tmp_path, strategy, strategy_class, sharded):
     for rank in (0, 1):
         steps = json.loads((tmp_path / f"steps.rank{rank}").read_text())
         assert steps == {"first": 0, "last": 3, "world_size": 2, "strategy": strategy_class, "sharded": sharded}
+
+
+def test_tensorboard_gets_every_loss_term_and_images(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = tiny_args(tmp_path, log_images=1)
+    i = args.index("--trainer.logger")
+    del args[i:i + 2]
+    args += ["--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir",
+             str(tmp_path / "tb"), "--trainer.log_every_n_steps", "1"]
+    assert main(["fit", *args]) == 0
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.*")).parent),
+                              size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    for term in ("loss", "loss_camera", "loss_depth", "loss_point", "loss_contrastive", "loss_pull", "loss_push"):
+        assert f"train/{term}" in scalars, scalars
+    assert {"val/abs_rel", "val/rra@30"} <= scalars
+    assert {"input", "depth", "instance_pca"} <= images

@@ -181,6 +181,8 @@ def test_cli_heads_list_and_unknown_subcommand(capsys):
     for name in ("camera", "depth", "point", "track", "instance"):
         assert f"\n{name} " in out
     instance_row = next(line for line in out.splitlines() if line.startswith("instance "))
-    assert instance_row.split()[2] == "point"  # its declared dependency
+    assert instance_row.split()[2:] == ["point", "part_feat", "contrastive", "yes"]  # deps, outputs, loss, trains
+    track_row = next(line for line in out.splitlines() if line.startswith("track "))
+    assert track_row.split()[-2:] == ["-", "yes"]  # no loss terms
     assert main(["bogus"]) == 2
     assert "unknown subcommand 'bogus'" in capsys.readouterr().err

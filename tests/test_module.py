@@ -40,3 +40,54 @@ def test_contrastive_weight_zero_removes_the_term_and_bad_terms_are_refused():
         IGGTLitModule(preset="nano", loss_weights={"contrastiv": 1.0})
     with pytest.raises(ValueError, match="matches no parameter"):
         IGGTLitModule(preset="nano", freeze=["^nothing_here"])
+
+
+def _official_names(model):
+    """Our state dict under the official IGGT key names (the inverse of the checkpoint prefix mapping)."""
+    inverse = {"backbone.": "aggregator.", "heads.camera.": "camera_head.", "heads.depth.dpt.": "depth_head.",
+               "heads.point.dpt.": "point_head.", "heads.instance.adaptor.": "part_adaptor.",
+               "heads.instance.decoder.": "part_head."}
+    out = {}
+    for k, v in model.state_dict().items():
+        prefix = next(p for p in inverse if k.startswith(p))
+        out[inverse[prefix] + k[len(prefix):]] = v.clone()
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["ours", "official"])
+def test_init_checkpoint_loads_every_weight(tmp_path, fmt):
+    from iggt_lightning.checkpoints import save_model
+
+    torch.manual_seed(1)
+    source = IGGTLitModule(preset="nano", drop_heads=["track"]).model
+    path = tmp_path / ("m.safetensors" if fmt == "ours" else "official.pt")
+    if fmt == "ours":
+        save_model(source, path)
+    else:
+        torch.save({"model": _official_names(source)}, path)
+    torch.manual_seed(2)
+    module = IGGTLitModule(preset="nano", drop_heads=["track"], init_checkpoint=str(path))
+    for (name, a), b in zip(source.state_dict().items(), module.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_init_checkpoint_of_another_architecture_is_refused(tmp_path):
+    from iggt_lightning.checkpoints import CheckpointError, save_model
+
+    save_model(IGGTLitModule(preset="nano", drop_heads=["track", "instance"]).model, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="missing"):
+        IGGTLitModule(preset="nano", drop_heads=["track"], init_checkpoint=str(tmp_path / "m.safetensors"))
+
+
+def test_heads_without_an_active_loss_are_frozen_and_lr_groups_split_backbone_from_heads():
+    module = IGGTLitModule(preset="nano", loss_weights={"contrastive": 0.0}, lr=1e-3, backbone_lr=1e-5)
+    assert sorted(module.frozen_heads) == ["instance", "track"]
+    assert not any(p.requires_grad for p in module.model.heads["instance"].parameters())
+    assert all(p.requires_grad for p in module.model.heads["depth"].parameters())
+    opt = module.configure_optimizers()["optimizer"]
+    by_lr = {}
+    for g in opt.param_groups:
+        by_lr.setdefault(g["lr"], set()).update(id(p) for p in g["params"])
+    backbone = {id(p) for p in module.model.backbone.parameters()}
+    assert by_lr[1e-5] == backbone
+    assert by_lr[1e-3] == {id(p) for p in module.model.parameters() if p.requires_grad} - backbone
