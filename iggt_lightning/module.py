@@ -40,7 +40,7 @@ class IGGTLitModule(LightningModule):
 
     def __init__(self, preset: str | None = "nano", backbone: dict | None = None, heads: dict[str, dict | None] | None = None,
                  drop_heads: list[str] | None = None, frames_chunk_size: int | None = 8,
-                 loss_weights: dict[str, float] | None = None, loss_options: dict[str, dict] | None = None,
+                 loss_weights: dict[str, float] | None = None, loss_options: dict[str, dict[str, Any]] | None = None,
                  lr: float = 1e-4, backbone_lr: float | None = None, weight_decay: float = 0.05,
                  warmup_steps: int = 100, freeze: list[str] | None = None, init_checkpoint: str | None = None,
                  log_images_every_n_steps: int = 0) -> None:

@@ -140,3 +140,23 @@ def test_tensorboard_gets_every_loss_term_and_images(tmp_path):
         assert f"train/{term}" in scalars, scalars
     assert {"val/abs_rel", "val/rra@30"} <= scalars
     assert {"input", "depth", "instance_pca"} <= images
+
+
+@pytest.mark.parametrize("config", ["synthetic_tiny.yaml", "iggt_large.yaml"])
+def test_shipped_configs_parse(config, capsys):
+    """Every shipped config (and each strategy stacked on it) validates against the CLI's signatures."""
+    for extra in ([], ["--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml")]):
+        with pytest.raises(SystemExit) as done:
+            main(["fit", "--config", str(ROOT / "configs" / config), *extra, "--print_config"])
+        assert done.value.code in (0, None)
+        printed = capsys.readouterr().out
+        assert "preset:" in printed and "class_path: iggt_lightning.data.SyntheticDataModule" in printed
+
+
+def test_command_line_loss_options_keep_their_types(tmp_path):
+    from iggt_lightning.lightning_cli import IGGTCLI
+
+    cli = IGGTCLI(args=[*tiny_args(tmp_path), "--model.loss_options",
+                        '{"contrastive": {"cross_view": false, "lambda_pull": 0.5, "num_samples": 64}}'], run=False)
+    assert cli.model.loss_options["contrastive"] == {"cross_view": False, "lambda_pull": 0.5, "num_samples": 64}
+    assert cli.model.loss_weights == {"camera": 1.0, "depth": 1.0, "point": 1.0, "contrastive": 1.0}
