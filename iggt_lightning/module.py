@@ -52,17 +52,19 @@ class IGGTLitModule(LightningModule):
         else:
             if not heads:
                 raise ValueError("without a preset, give the heads (and backbone) to build")
-            unknown_drop = sorted(set(drop_heads or ()) - set(arch["heads"]))
-            if unknown_drop:
-                raise ValueError(f"drop_heads names head(s) {unknown_drop} that are not configured")
-            arch["heads"] = {k: v for k, v in arch["heads"].items() if k not in set(drop_heads or ())}
+            drop = set(drop_heads or ())
+            if drop - set(arch["heads"]):
+                raise ValueError(f"drop_heads names head(s) {sorted(drop - set(arch['heads']))} that are not configured")
+            arch["heads"] = {k: v for k, v in arch["heads"].items() if k not in drop}
             self.model = IGGTModel(**arch)
         self.hparams["model_config"] = self.model.config
         self.loss_weights, self.loss_options = self._check_loss_config(loss_weights or {}, loss_options or {})
         # A head no active loss term trains (track, a zero-weighted ablation) would get no gradient: freeze
         # it, which changes nothing for the optimiser and keeps DDP from failing on unused parameters.
-        self.frozen_heads = [n for n, h in self.model.heads.items()
-                             if not any(self.loss_weights.get(t) for t in h.loss_terms) or not h.trainable]
+        # head -> {term: options} of its terms with a non-zero weight, fixed for the run
+        self.active_losses = {n: {t: self.loss_options[t] for t in h.loss_terms if self.loss_weights[t]}
+                              for n, h in self.model.heads.items() if h.trainable}
+        self.frozen_heads = [n for n in self.model.heads if not self.active_losses.get(n)]
         for name in self.frozen_heads:
             self.model.heads[name].requires_grad_(False)
         if init_checkpoint:
@@ -111,7 +113,7 @@ class IGGTLitModule(LightningModule):
 
     # ------------------------------------------------------------------ losses
     def _check_loss_config(self, weights: dict, options: dict) -> tuple[dict[str, float], dict[str, dict]]:
-        owners = {t: name for name, h in self.model.heads.items() if h.trainable for t in h.loss_terms}
+        owners = {t for h in self.model.heads.values() if h.trainable for t in h.loss_terms}
         for field, given in (("loss_weights", weights), ("loss_options", options)):
             unknown = sorted(set(given) - set(owners))
             if unknown:
@@ -126,13 +128,10 @@ class IGGTLitModule(LightningModule):
         """Every head's terms (``loss_<term>`` and sub-terms) and ``loss`` = sum of weight * ``loss_<term>``."""
         terms: dict[str, torch.Tensor] = {}
         total = batch["images"].new_zeros(())
-        for name, head in self.model.heads.items():
-            if not head.trainable:
-                continue
-            active = {t: self.loss_options[t] for t in head.loss_terms if self.loss_weights[t]}
+        for name, active in self.active_losses.items():
             if not active:
                 continue
-            got = head.loss(out, batch, active)
+            got = self.model.heads[name].loss(out, batch, active)
             for t in active:
                 if f"loss_{t}" not in got:
                     raise RuntimeError(f"head {name!r} did not return 'loss_{t}' from loss()")
