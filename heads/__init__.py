@@ -4,5 +4,6 @@ from .depth import DepthHead
 from .instance import InstanceHead
 from .point import PointHead
 from .track import TrackHead
+from .tracking import TrackingHead
 
-__all__ = ["CameraHead", "DepthHead", "InstanceHead", "PointHead", "TrackHead"]
+__all__ = ["CameraHead", "DepthHead", "InstanceHead", "PointHead", "TrackHead", "TrackingHead"]

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iggt_lightning.geometry import extri_intri_to_pose_encoding
+from iggt_lightning.geometry import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri
 from iggt_lightning.head import Head, HeadInput
 from iggt_lightning.layers.block import Block, Mlp
 from iggt_lightning.losses import camera_loss
+from iggt_lightning.metrics import CameraMetrics
 from iggt_lightning.registry import register_head
 
 
@@ -73,3 +74,12 @@ class CameraHead(Head):
             return {}
         gt = extri_intri_to_pose_encoding(batch["extrinsics"], batch["intrinsics"], tuple(batch["images"].shape[-2:]))
         return camera_loss(outputs["pose_enc"], gt, **active["camera"])
+
+    def build_metrics(self) -> dict:
+        return {"camera": CameraMetrics()}
+
+    def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
+        if "pose_enc" in outputs:
+            H, W = batch["images"].shape[-2:]
+            extrinsics, _ = pose_encoding_to_extri_intri(outputs["pose_enc"][-1], (H, W))
+            metrics["camera"].update(extrinsics, batch["extrinsics"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from iggt_lightning.head import HeadInput
 from iggt_lightning.losses import depth_loss
+from iggt_lightning.metrics import DepthMetrics
 from iggt_lightning.registry import register_head
 
 from .dense import DenseHead
@@ -29,3 +30,10 @@ class DepthHead(DenseHead):
             return {}
         return depth_loss(outputs["depth"], outputs["depth_conf"], batch["depth"], batch["valid_mask"],
                           **active["depth"])
+
+    def build_metrics(self) -> dict:
+        return {"depth": DepthMetrics()}
+
+    def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
+        if "depth" in outputs:
+            metrics["depth"].update(outputs["depth"], batch["depth"], batch["valid_mask"])

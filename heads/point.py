@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from iggt_lightning.head import HeadInput
 from iggt_lightning.losses import point_loss
+from iggt_lightning.metrics import PointMapMetrics
 from iggt_lightning.registry import register_head
 
 from .dense import DenseHead
@@ -33,3 +34,10 @@ class PointHead(DenseHead):
             return {}
         return point_loss(outputs["world_points"], outputs["world_points_conf"], batch["world_points"],
                           batch["valid_mask"], **active["point"])
+
+    def build_metrics(self) -> dict:
+        return {"point_map": PointMapMetrics()}
+
+    def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
+        if "world_points" in outputs:
+            metrics["point_map"].update(outputs["world_points"], batch["world_points"], batch["valid_mask"])

@@ -172,3 +172,21 @@ def project_points(points: torch.Tensor, extrinsics: torch.Tensor, intrinsics: t
     u = K[..., 0, 0] * cam[..., 0] / z_safe + K[..., 0, 2]
     v = K[..., 1, 1] * cam[..., 1] / z_safe + K[..., 1, 2]
     return torch.stack([u, v], -1), z
+
+
+def umeyama_alignment(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares similarity ``dst ≈ s * R @ src + t`` for corresponding points [N,3] (Umeyama 1991).
+
+    Returns (s scalar, R [3,3] proper rotation, t [3]); apply as ``s * src @ R.T + t``.
+    """
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.T @ xs / src.shape[0]
+    U, D, Vh = torch.linalg.svd(cov)
+    sign = torch.ones(3, dtype=src.dtype, device=src.device)
+    if torch.det(U) * torch.det(Vh) < 0:
+        sign[-1] = -1
+    R = U @ torch.diag(sign) @ Vh
+    var = (xs * xs).sum(1).mean()
+    s = (D * sign).sum() / var.clamp(min=torch.finfo(src.dtype).tiny)
+    return s, R, mu_d - s * R @ mu_s

@@ -18,6 +18,7 @@ class HeadInput:
     query_points: torch.Tensor | None = None   # [B, N, 2] pixels (x, y)
     outputs: dict = field(default_factory=dict)
     frames_chunk_size: int | None = 8
+    stage: str | None = None          # "fit", "validate", "test", "predict" when run by the LightningModule
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -45,6 +46,8 @@ class Head(nn.Module):
     Class attributes a head declares: ``requires`` (names of heads whose outputs it reads),
     ``outputs`` (keys it adds to the prediction dict), ``trainable`` and ``loss_terms`` (names of the
     loss terms its :meth:`loss` returns; each gets a weight in the config, ``loss_weights.<term>``).
+    A head evaluates itself through :meth:`build_metrics` / :meth:`update_metrics`; ``iggt test`` prints
+    every configured head's metrics in one table.
     Instances set ``token_layers`` (which backbone layers they read) so the backbone keeps only those.
     """
 
@@ -66,3 +69,10 @@ class Head(nn.Module):
         the weight) for every active term, plus any sub-terms worth logging (``loss_<term>_<part>``).
         """
         return {}
+
+    def build_metrics(self) -> dict:
+        """name -> torchmetrics Metric evaluating this head (built once per validate/test stage)."""
+        return {}
+
+    def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
+        """Update this head's metrics (as built by :meth:`build_metrics`) on a normalised batch."""

@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The official IGGT (VGGT-1B + instance head), 1.30 B parameters.
     "iggt-large": dict(
         backbone=dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg"),
-        heads=dict(camera=dict(num_heads=16), depth={}, point={}, track={}, instance={})),
+        heads=dict(camera=dict(num_heads=16), depth={}, point={}, track={}, instance={}, tracking={})),
     # VGGT-1B.
     "vggt-large": dict(
         backbone=dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg"),
@@ -35,10 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The parity-fixture configurations (see shared/reference/PARITY.md).
     "tiny": dict(
         backbone=dict(embed_dim=64, depth=24, num_heads=4, patch_embed="conv"),
-        heads=dict(camera=dict(num_heads=8), depth={}, point={}, track={}, instance={})),
+        heads=dict(camera=dict(num_heads=8), depth={}, point={}, track={}, instance={}, tracking={})),
     "small-dino": dict(
         backbone=dict(embed_dim=384, depth=24, num_heads=6, patch_embed="dinov2_vits14_reg"),
-        heads=dict(camera=dict(num_heads=12), depth={}, point={}, track={}, instance={})),
+        heads=dict(camera=dict(num_heads=12), depth={}, point={}, track={}, instance={}, tracking={})),
     # A few-MB model for tests and CPU experiments: every head, narrow and shallow.
     "nano": dict(
         backbone=dict(embed_dim=32, depth=4, num_heads=2, patch_embed="conv"),
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             point=dict(features=32, out_channels=(16, 32, 64, 64), layers=(0, 1, 2, 3)),
             track=dict(features=16, hidden_size=32, depth=1, num_heads=2, num_virtual_tracks=8, corr_levels=3,
                        out_channels=(16, 32, 64, 64), layers=(0, 1, 2, 3)),
-            instance=dict(features=32, adaptor_channels=(16, 16, 16, 16), layers=(0, 1, 2, 3)))),
+            instance=dict(features=32, adaptor_channels=(16, 16, 16, 16), layers=(0, 1, 2, 3)), tracking={})),
 }
 
 
@@ -106,7 +106,8 @@ class IGGTModel(nn.Module):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "IGGTModel":
         """Build a named configuration (``iggt-large``, ``vggt-large``, ``tiny``, ``small-dino``, ``nano``);
-        ``overrides`` are merged into it (e.g. ``heads={"track": None}`` is not a removal: use ``drop_heads``)."""
+        ``overrides`` are merged into it (e.g. ``heads={"track": None}`` is not a removal: use ``drop_heads``;
+        dropping a head also drops the preset's non-trainable heads that need it)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
         drop = set(overrides.pop("drop_heads", ()))
@@ -117,6 +118,14 @@ class IGGTModel(nn.Module):
         if overrides.get("heads"):  # `name: null` for a preset head keeps its preset arguments
             overrides["heads"] = {k: ({} if v is None else v) for k, v in overrides["heads"].items()}
         cfg = _merge(PRESETS[name], overrides)
+        # dropping a head also drops the preset's non-trainable heads that need it (instance -> tracking); a
+        # trainable head left without its input is a configuration error, reported below
+        while True:
+            dependents = {k for k in PRESETS[name]["heads"] if k not in drop and k not in (overrides.get("heads") or {})
+                          and not get_head(k).trainable and set(getattr(get_head(k), "requires", ())) & drop}
+            if not dependents:
+                break
+            drop |= dependents
         cfg["heads"] = {k: v for k, v in cfg["heads"].items() if k not in drop}
         return cls(**cfg)
 
@@ -163,11 +172,12 @@ class IGGTModel(nn.Module):
         return images, query_points
 
     def forward(self, images: torch.Tensor, query_points: torch.Tensor | None = None,
-                return_intermediates: bool = False) -> dict[str, Any]:
-        """images: [S,3,H,W] or [B,S,3,H,W] RGB in [0,1]; query_points: [N,2] or [B,N,2] pixels (x, y)."""
+                return_intermediates: bool = False, stage: str | None = None) -> dict[str, Any]:
+        """images: [S,3,H,W] or [B,S,3,H,W] RGB in [0,1]; query_points: [N,2] or [B,N,2] pixels (x, y);
+        stage: the Lightning stage running the model (heads such as ``tracking`` run only in some)."""
         images, query_points = self._check_inputs(images, query_points)
         feats = self.backbone(images, layers=self.token_layers)
-        inp = HeadInput(feats.tokens, feats.patch_start_idx, images, query_points, {}, self.frames_chunk_size)
+        inp = HeadInput(feats.tokens, feats.patch_start_idx, images, query_points, {}, self.frames_chunk_size, stage)
         for name in self.head_order:
             head = self.heads[name]
             # Heads run in fp32 even under autocast, as the official model does; the backbone's residual

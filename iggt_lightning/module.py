@@ -13,8 +13,6 @@ from typing import Any
 import torch
 from lightning import LightningModule
 
-from .geometry import pose_encoding_to_extri_intri
-from .metrics import CameraMetrics, DepthMetrics
 from .model import IGGTModel
 
 
@@ -84,8 +82,14 @@ class IGGTLitModule(LightningModule):
             for n, p in self.model.named_parameters():
                 if re.search(pattern, n):
                     p.requires_grad_(False)
-        self.val_depth, self.test_depth = DepthMetrics(), DepthMetrics()
-        self.val_camera, self.test_camera = CameraMetrics(), CameraMetrics()
+        # each head brings its metrics (Head.build_metrics); one set per stage so validation inside fit
+        # never mixes with a test run
+        self.val_metrics = self._build_metrics()
+        self.test_metrics = self._build_metrics()
+
+    def _build_metrics(self) -> torch.nn.ModuleDict:
+        return torch.nn.ModuleDict({n: torch.nn.ModuleDict(h.build_metrics()) for n, h in self.model.heads.items()
+                                    if h.build_metrics()})
 
     def configure_model(self) -> None:
         """Under Lightning's ModelParallelStrategy, shard with FSDP2 over the data-parallel mesh: one unit per
@@ -103,7 +107,8 @@ class IGGTLitModule(LightningModule):
                              "devices x nodes and tensor_parallel_size: 1 (see configs/strategies/fsdp.yaml)")
         dp_mesh = mesh["data_parallel"]
         backbone = self.model.backbone
-        for block in [*backbone.frame_blocks, *backbone.global_blocks, *self.model.heads.values()]:
+        heads = [h for h in self.model.heads.values() if any(True for _ in h.parameters())]
+        for block in [*backbone.frame_blocks, *backbone.global_blocks, *heads]:
             fully_shard(block, mesh=dp_mesh)
         fully_shard(self.model, mesh=dp_mesh)
         self._sharded = True
@@ -159,21 +164,16 @@ class IGGTLitModule(LightningModule):
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         batch = self._prepare(batch)
-        out = self.model(batch["images"])
+        out = self.model(batch["images"], stage="validate" if stage == "val" else stage)
         terms = self.compute_losses(out, batch)
         bs = batch["images"].shape[0]
         self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=bs, sync_dist=True)
-        depth_metric = self.val_depth if stage == "val" else self.test_depth
-        camera_metric = self.val_camera if stage == "val" else self.test_camera
-        if "depth" in out:
-            depth_metric.update(out["depth"], batch["depth"], batch["valid_mask"])
-        if "pose_enc" in out:
-            H, W = batch["images"].shape[-2:]
-            extr, _ = pose_encoding_to_extri_intri(out["pose_enc"][-1], (H, W))
-            camera_metric.update(extr, batch["extrinsics"])
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        for name, head_metrics in metrics.items():
+            self.model.heads[name].update_metrics(dict(head_metrics), out, batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        out = self.model(batch["images"])
+        out = self.model(batch["images"], stage="predict")
         return {k: v for k, v in out.items() if k != "images"}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -183,11 +183,16 @@ class IGGTLitModule(LightningModule):
         self._evaluate(batch, "test")
 
     def _log_metric_dicts(self, stage: str) -> None:
-        for metric in ((self.val_depth, self.val_camera) if stage == "val" else (self.test_depth, self.test_camera)):
-            if metric.update_count:
-                for k, v in metric.compute().items():
-                    self.log(f"{stage}/{k}", v.float(), sync_dist=False)
-            metric.reset()
+        values: dict[str, torch.Tensor] = {}
+        for head, head_metrics in (self.val_metrics if stage == "val" else self.test_metrics).items():
+            for metric in head_metrics.values():
+                if metric.update_count:
+                    for k, v in metric.compute().items():
+                        # metric names are flat (abs_rel, ap50, ...); a clash between heads gets the head's name
+                        values[f"{head}/{k}" if k in values else k] = v
+                metric.reset()
+        for k, v in values.items():
+            self.log(f"{stage}/{k}", v.float(), sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric_dicts("val")

@@ -40,12 +40,15 @@ def test_fit_writes_last_checkpoint_and_test_prints_the_metric_table(tmp_path, c
     assert ckpt.is_file()
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
-    assert state["hyper_parameters"]["model_config"]["heads"].keys() == {"camera", "depth", "point", "instance"}
+    assert state["hyper_parameters"]["model_config"]["heads"].keys() == {"camera", "depth", "point", "instance",
+                                                                         "tracking"}
     capsys.readouterr()
     assert main(["test", *tiny_args(tmp_path), "--ckpt_path", "last"]) == 0
     table = capsys.readouterr().out
+    # one table with every configured head's metrics: camera, depth, point map, instances and tracking
     for metric in ("test/abs_rel", "test/delta_1.25", "test/tau_1.03", "test/rra@30", "test/rta@30", "test/auc@30",
-                   "test/loss_contrastive"):
+                   "test/accuracy", "test/completeness", "test/chamfer", "test/ap", "test/ap50", "test/ap25",
+                   "test/ap_2d", "test/ap50_2d", "test/ap25_2d", "test/t_miou", "test/t_sr", "test/loss_contrastive"):
         assert metric in table, table
 
 

@@ -81,7 +81,7 @@ def test_init_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_heads_without_an_active_loss_are_frozen_and_lr_groups_split_backbone_from_heads():
     module = IGGTLitModule(preset="nano", loss_weights={"contrastive": 0.0}, lr=1e-3, backbone_lr=1e-5)
-    assert sorted(module.frozen_heads) == ["instance", "track"]
+    assert sorted(module.frozen_heads) == ["instance", "track", "tracking"]
     assert not any(p.requires_grad for p in module.model.heads["instance"].parameters())
     assert all(p.requires_grad for p in module.model.heads["depth"].parameters())
     opt = module.configure_optimizers()["optimizer"]
