@@ -144,7 +144,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
         return obj["state_dict"], {"format": FORMAT, "config": obj["config"]}
     if isinstance(obj, dict) and "hyper_parameters" in obj and "state_dict" in obj:  # a Lightning checkpoint
         sd = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-        cfg = obj["hyper_parameters"].get("model_config")
+        cfg = obj.get("iggt_model_config", obj["hyper_parameters"].get("model_config"))
         return sd, ({"format": FORMAT, "config": cfg} if cfg is not None else {})
     return _unwrap(obj, path), {}
 

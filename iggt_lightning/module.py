@@ -55,7 +55,6 @@ class IGGTLitModule(LightningModule):
                 raise ValueError(f"drop_heads names head(s) {sorted(drop - set(arch['heads']))} that are not configured")
             arch["heads"] = {k: v for k, v in arch["heads"].items() if k not in drop}
             self.model = IGGTModel(**arch)
-        self.hparams["model_config"] = self.model.config
         self.loss_weights, self.loss_options = self._check_loss_config(loss_weights or {}, loss_options or {})
         # A head no active loss term trains (track, a zero-weighted ablation) would get no gradient: freeze
         # it, which changes nothing for the optimiser and keeps DDP from failing on unused parameters.
@@ -90,6 +89,11 @@ class IGGTLitModule(LightningModule):
     def _build_metrics(self) -> torch.nn.ModuleDict:
         return torch.nn.ModuleDict({n: torch.nn.ModuleDict(h.build_metrics()) for n, h in self.model.heads.items()
                                     if h.build_metrics()})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The built architecture travels beside the hyper-parameters, not inside them: LightningCLI re-parses a
+        # checkpoint's hyper-parameters as IGGTLitModule arguments (``--ckpt_path file``).
+        checkpoint["iggt_model_config"] = self.model.config
 
     def configure_model(self) -> None:
         """Under Lightning's ModelParallelStrategy, shard with FSDP2 over the data-parallel mesh: one unit per

@@ -399,3 +399,19 @@ def test_mean_contrastive_gradients_and_zero_distance():
     assert out["loss_pull"].item() == 0 and out["loss_cons"].item() == 0
     out["loss_contrastive"].backward()
     assert torch.isfinite(f0.grad).all()
+
+
+def test_contrastive_balanced_sampling_gives_small_instances_their_share():
+    from iggt_lightning.losses.contrastive import _sample_scene
+
+    ids = torch.ones(2, 40, 40, dtype=torch.long)   # a "room" covering most of both views
+    ids[:, :5, :5] = 2                              # two small objects, 50 pixels each
+    ids[:, -5:, -5:] = 3
+    feats = torch.randn(2, 8, 40, 40)
+    g = torch.Generator().manual_seed(0)
+    _, uniform, _ = _sample_scene(feats, ids, 60, g)
+    _, balanced, _ = _sample_scene(feats, ids, 60, g, balanced=True)
+    assert torch.bincount(uniform, minlength=4)[2:].sum() < 10       # ~3 of 60 expected
+    assert (torch.bincount(balanced, minlength=4)[1:] >= 15).all()   # ~20 each
+    out = instance_contrastive_loss(feats[None], ids[None], num_samples=60, balanced=True, generator=g)
+    assert torch.isfinite(out["loss_contrastive"])

@@ -63,8 +63,10 @@ def _mean_or_zero(parts: list[torch.Tensor], features: torch.Tensor) -> torch.Te
 
 # ----------------------------------------------------------------------------- paper loss (Eq. 4)
 def _sample_scene(features: torch.Tensor, ids: torch.Tensor, num_samples: int,
-                  generator: torch.Generator | None):
-    """Uniformly sample up to ``num_samples`` foreground pixels of one scene over **all** its views.
+                  generator: torch.Generator | None, balanced: bool = False):
+    """Sample up to ``num_samples`` foreground pixels of one scene over **all** its views, uniformly, or with
+    ``balanced`` each instance equally likely (pixel weight 1 / its instance's pixel count), so that small
+    objects get pairs too when a large one (a room's walls) covers most of the image.
 
     ``features`` ``[S,D,H,W]``, ``ids`` ``[S,H,W]`` -> (features ``[N,D]``, ids ``[N]``, view index ``[N]``).
     Sampling over all views (rather than per view) is what lets positive pairs cross views.
@@ -73,7 +75,13 @@ def _sample_scene(features: torch.Tensor, ids: torch.Tensor, num_samples: int,
     candidates = torch.nonzero(ids.reshape(-1) != 0).squeeze(1)
     if candidates.numel() > num_samples:
         device = generator.device if generator is not None else candidates.device
-        pick = torch.randperm(candidates.numel(), generator=generator, device=device)[:num_samples]
+        if balanced:
+            cand_ids = ids.reshape(-1)[candidates]
+            _, inverse, counts = torch.unique(cand_ids, return_inverse=True, return_counts=True)
+            weights = (1.0 / counts.double())[inverse].to(device)
+            pick = torch.multinomial(weights, num_samples, replacement=False, generator=generator)
+        else:
+            pick = torch.randperm(candidates.numel(), generator=generator, device=device)[:num_samples]
         candidates = candidates[pick.to(candidates.device)]
     view, pixel = candidates // (H * W), candidates % (H * W)
     sampled = features.reshape(S, D, H * W)[view, :, pixel]  # [N,D]
@@ -103,7 +111,7 @@ def _scene_pair_terms(f: torch.Tensor, ids: torch.Tensor, view: torch.Tensor, ma
 
 def instance_contrastive_loss(features: torch.Tensor, instance_ids: torch.Tensor, num_samples: int = 4096,
                               margin: float = 1.0, lambda_pull: float = 2.0, lambda_push: float = 1.0,
-                              cross_view: bool = True,
+                              cross_view: bool = True, balanced: bool = False,
                               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """IGGT's 3D-consistent contrastive loss (PAPER.md §2, Eq. 4)::
 
@@ -116,6 +124,7 @@ def instance_contrastive_loss(features: torch.Tensor, instance_ids: torch.Tensor
 
     * ``P``: per scene, up to ``num_samples`` pixels with id != 0 drawn uniformly without replacement from
       all views together; ids are scene-global, so same-id pairs across views are the "3D-consistent" part.
+      ``balanced=True`` draws each instance equally often instead (pixel weight 1 / instance size).
       ``cross_view=False`` (ablation) keeps only pairs inside one view.
     * means over ordered pairs instead of the paper's sums, so the scale does not grow with ``N^2``;
     * each term is then averaged over the scenes where it is defined (pull: >= 2 samples of one id; push:
@@ -129,7 +138,7 @@ def instance_contrastive_loss(features: torch.Tensor, instance_ids: torch.Tensor
     instance_ids = _match_resolution(instance_ids, (H, W)).to(features.device)
     pulls, pushes = [], []
     for b in range(B):
-        f, ids, view = _sample_scene(features[b], instance_ids[b], num_samples, generator)
+        f, ids, view = _sample_scene(features[b], instance_ids[b], num_samples, generator, balanced)
         if f.shape[0] < 2:
             continue
         f = F.normalize(_at_least_fp32(f), dim=-1)

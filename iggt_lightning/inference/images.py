@@ -1,0 +1,162 @@
+"""Photos in, model-sized tensors out, and the way back to each photo's own pixels.
+
+Pixel coordinates are continuous with pixel i covering [i, i+1) (centre i + 0.5), in the original photo
+and in the model input alike; each view's :class:`ViewTransform` maps one to the other by a per-axis scale
+and offset, so intrinsics move exactly (``K_photo = A^-1 K_model``) and per-pixel outputs are resampled
+back to every photo's resolution (bilinear for depth/points/confidence, nearest for instance ids).
+
+Modes (``preprocess(..., mode=)``):
+
+* ``resize`` (the official demo): every photo resized to exactly ``size`` = (W, H) (default 504x336),
+  aspect ratio ignored.
+* ``crop``: scaled to width ``size[0]`` (default 518), height rounded to the patch size and centre-cropped
+  to at most ``size[0]``; photos of different aspect ratios are cropped to the smallest height, so
+  regions outside the crop come back as invalid (depth 0, id 0).
+* ``pad``: long side scaled to ``size[0]`` (default 518), short side to a multiple of the patch size, padded
+  with white to a square.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MODES = ("resize", "crop", "pad")
+DEFAULT_SIZE = {"resize": (504, 336), "crop": (518, 518), "pad": (518, 518)}
+
+
+class InputError(ValueError):
+    """Bad input photos (missing, empty, unreadable); the message names the file."""
+
+
+def list_images(inputs: str | os.PathLike | list) -> list[Path]:
+    """A folder (its images, sorted by name) or a list of image paths / folders, in order."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not items:
+        raise InputError("no input images given")
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"folder {p} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(p)
+    return paths
+
+
+def load_image(path: Path) -> np.ndarray:
+    """RGB uint8 [H,W,3]; transparency is composited on white (as the official demo)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(white, im)
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"cannot read image {path}: {err}") from err
+
+
+@dataclass
+class ViewTransform:
+    """Model-input pixel = scale * photo pixel + offset (per axis, continuous coordinates)."""
+
+    photo_size: tuple[int, int]          # (W, H) of the photo
+    scale: tuple[float, float]           # (sx, sy)
+    offset: tuple[float, float]          # (ox, oy)
+
+    def matrix(self) -> torch.Tensor:
+        (sx, sy), (ox, oy) = self.scale, self.offset
+        return torch.tensor([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+    def intrinsics_to_photo(self, K: torch.Tensor) -> torch.Tensor:
+        """Model-input intrinsics [3,3] -> the photo's."""
+        return (torch.linalg.inv(self.matrix()) @ K.double()).to(K.dtype)
+
+    def to_photo(self, value: torch.Tensor, model_size: tuple[int, int], nearest: bool = False,
+                 fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resample a model-resolution map [h,w] or [h,w,C] to the photo's pixels.
+
+        Returns (map at photo resolution, bool mask of photo pixels that fall inside the model input);
+        pixels outside get ``fill``.
+        """
+        W0, H0 = self.photo_size
+        w, h = model_size
+        (sx, sy), (ox, oy) = self.scale, self.offset
+        xs = (torch.arange(W0, dtype=torch.float64) + 0.5) * sx + ox      # model-input coordinates
+        ys = (torch.arange(H0, dtype=torch.float64) + 0.5) * sy + oy
+        inside = ((ys >= 0) & (ys < h))[:, None] & ((xs >= 0) & (xs < w))[None, :]
+        squeeze = value.ndim == 2
+        v = value[..., None] if squeeze else value
+        if nearest:
+            iy = ys.floor().long().clamp(0, h - 1)
+            ix = xs.floor().long().clamp(0, w - 1)
+            out = v[iy][:, ix]
+        else:  # bilinear, align_corners=False: normalised coordinate = 2 * x / size - 1
+            grid = torch.stack(torch.meshgrid((ys / h * 2 - 1).float(), (xs / w * 2 - 1).float(), indexing="ij")[::-1], -1)
+            out = F.grid_sample(v.permute(2, 0, 1)[None].float(), grid[None], mode="bilinear", padding_mode="border",
+                                align_corners=False)[0].permute(1, 2, 0)
+        mask = inside[..., None].expand_as(out)
+        out = torch.where(mask, out, torch.as_tensor(fill, dtype=out.dtype))
+        return (out[..., 0] if squeeze else out), inside
+
+
+def _fit(size: int, patch: int) -> int:
+    return max(patch, int(round(size / patch)) * patch)
+
+
+def preprocess(photos: list[np.ndarray], mode: str = "resize", size: tuple[int, int] | None = None,
+               patch: int = 14) -> tuple[torch.Tensor, list[ViewTransform]]:
+    """Photos (uint8 [H,W,3], any sizes) -> images [S,3,H,W] in [0,1] and one ViewTransform per view."""
+    from PIL import Image
+
+    if mode not in MODES:
+        raise ValueError(f"unknown preprocessing mode {mode!r}; expected one of {MODES}")
+    if not photos:
+        raise InputError("no photos to preprocess")
+    size = tuple(size or DEFAULT_SIZE[mode])
+    if len(size) != 2 or min(size) < patch:
+        raise ValueError(f"size must be (W, H) of at least {patch} px each; got {size}")
+    plans = []  # (resize_to (w, h), offset (ox, oy) in the resized image, final canvas (W, H))
+    if mode == "resize":
+        W, H = _fit(size[0], patch), _fit(size[1], patch)
+        plans = [((W, H), (0, 0), (W, H)) for _ in photos]
+    elif mode == "crop":
+        W = _fit(size[0], patch)
+        heights = [_fit(p.shape[0] * W / p.shape[1], patch) for p in photos]
+        H = min(min(heights), _fit(size[0], patch))
+        plans = [((W, h), (0, (h - H) // 2), (W, H)) for h in heights]
+    else:  # pad
+        L = _fit(size[0], patch)
+        for p in photos:
+            h0, w0 = p.shape[:2]
+            w, h = (L, _fit(h0 * L / w0, patch)) if w0 >= h0 else (_fit(w0 * L / h0, patch), L)
+            w, h = min(w, L), min(h, L)
+            plans.append(((w, h), (-((L - w) // 2), -((L - h) // 2)), (L, L)))
+    images, transforms = [], []
+    for photo, ((w, h), (ox, oy), (W, H)) in zip(photos, plans):
+        h0, w0 = photo.shape[:2]
+        resized = np.asarray(Image.fromarray(photo).resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0
+        canvas = np.ones((H, W, 3), dtype=np.float32)      # white, as the official pad mode
+        # place the resized photo at -offset (crop: positive offset cuts; pad: negative offset shifts)
+        src_y0, src_x0 = max(oy, 0), max(ox, 0)
+        dst_y0, dst_x0 = max(-oy, 0), max(-ox, 0)
+        hh, ww = min(h - src_y0, H - dst_y0), min(w - src_x0, W - dst_x0)
+        canvas[dst_y0:dst_y0 + hh, dst_x0:dst_x0 + ww] = resized[src_y0:src_y0 + hh, src_x0:src_x0 + ww]
+        images.append(torch.from_numpy(canvas).permute(2, 0, 1).clamp(0, 1))
+        transforms.append(ViewTransform((w0, h0), (w / w0, h / h0), (float(-ox), float(-oy))))
+    return torch.stack(images), transforms
