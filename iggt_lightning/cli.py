@@ -1,15 +1,15 @@
 """The ``iggt`` command.
 
-Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]`` and
-``iggt heads list``. Training subcommands (fit/validate/test/predict) are LightningCLI's, served by
-``iggt_lightning.lightning_cli`` when that module is present.
+Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]``,
+``iggt heads list`` and ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files). Training
+subcommands (fit/validate/test) are LightningCLI's, served by ``iggt_lightning.lightning_cli``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELPERS = ("convert", "parity", "heads")
+HELPERS = ("convert", "parity", "heads", "predict")
 
 
 def _convert(argv: list[str]) -> int:
@@ -74,14 +74,68 @@ def _heads(argv: list[str]) -> int:
     return 0
 
 
+def _predict(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="iggt predict", description="Photos -> point cloud (PLY/GLB), cameras (JSON, "
+                                "COLMAP text), depth (16-bit PNG + npz) and instance masks (16-bit PNG + COCO RLE).")
+    p.add_argument("inputs", nargs="+", help="a folder of images (jpg/png/webp, sorted by name) or image paths")
+    p.add_argument("--checkpoint", "-c", required=True, help="our .safetensors/.pt, a Lightning .ckpt, or an "
+                   "official IGGT/VGGT .pt/.safetensors (converted on the fly)")
+    p.add_argument("--out", "-o", required=True, help="output directory (refused if it exists, unless --overwrite)")
+    p.add_argument("--preset", default=None, help="preset of an official checkpoint (default: from its keys)")
+    p.add_argument("--mode", default="resize", choices=["resize", "crop", "pad"])
+    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
+                   help="model input size (resize: W H, default 504 336; crop/pad: the long side W, default 518)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="32", help="32, bf16 or 16 (autocast)")
+    p.add_argument("--conf-threshold", type=float, default=5.0, help="points kept: by default the lowest 5 %% "
+                   "by confidence are dropped")
+    p.add_argument("--conf-mode", default="percentile", choices=["percentile", "absolute"])
+    p.add_argument("--points-from", default="depth", choices=["depth", "point"])
+    p.add_argument("--granularity", default=None, help="instance granularity of the default clusterer "
+                   "(small/medium/large or a feature distance); default: the model's tracking head settings")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="check the inputs and print what would be written")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    import os
+
+    from .checkpoints import CheckpointError
+    from .inference.predict import PredictOptions, run_predict
+
+    clusterer = None
+    if a.granularity is not None:
+        g = a.granularity
+        clusterer = {"name": "torch", "granularity": float(g) if g.replace(".", "", 1).isdigit() else g}
+    opts = PredictOptions(inputs=a.inputs, checkpoint=a.checkpoint, out=a.out, preset=a.preset, mode=a.mode,
+                          size=tuple(a.size) if a.size else None, device=a.device, precision=a.precision,
+                          conf_threshold=a.conf_threshold, conf_mode=a.conf_mode, points_from=a.points_from,
+                          clusterer=clusterer, overwrite=a.overwrite, dry_run=a.dry_run, progress=not a.quiet)
+    try:
+        summary = run_predict(opts)
+    except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:
+        if os.environ.get("IGGT_DEBUG"):
+            raise
+        print(f"iggt predict: error: {err}", file=sys.stderr)
+        return 2
+    if summary.get("dry_run"):
+        print(f"dry run: {summary['views']} view(s), photo sizes {summary['photo_sizes']}; would write into "
+              f"{summary['out']}:")
+        for f in summary["files"]:
+            print(f"  {f}")
+        return 0
+    print(f"{summary['views']} views, {summary['instances']} instances, {summary['points']:,} points -> {a.out}")
+    print("  ".join(f"{k} {v:.2f} s" for k, v in summary["seconds"].items()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in HELPERS:
-        return {"convert": _convert, "parity": _parity, "heads": _heads}[argv[0]](argv[1:])
+        return {"convert": _convert, "parity": _parity, "heads": _heads, "predict": _predict}[argv[0]](argv[1:])
     import importlib.util
 
     has_training = importlib.util.find_spec("iggt_lightning.lightning_cli") is not None
-    training = ("fit", "validate", "test", "predict") if has_training else ()
+    training = ("fit", "validate", "test") if has_training else ()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         print("\nsubcommands: " + ", ".join(HELPERS + training))

@@ -1,0 +1,215 @@
+"""Writers for prediction files other tools open: PLY, GLB, 16-bit PNG id/depth maps, COCO RLE instances,
+cameras JSON and a COLMAP text model. Every writer goes through ``fileio.atomic_write`` (temp file + rename).
+
+Conventions where data leaves the program: cameras are OpenCV world-to-camera ``[R|t]`` (x right, y down,
+z forward) in the predicted world frame (the first camera's), in the model's normalised scale; pixel
+coordinates put pixel i's centre at i + 0.5 (COLMAP's convention too); instance id 0 = no instance.
+"""
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from iggt_lightning.fileio import atomic_write
+
+
+def instance_colours(n: int) -> np.ndarray:
+    """uint8 [n+1, 3]: row 0 (no instance) grey, then well-spread hues (golden-ratio steps); never overflows."""
+    out = np.full((n + 1, 3), 128, dtype=np.uint8)
+    for k in range(1, n + 1):
+        h = (k * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.75, 0.95)
+        out[k] = np.round(np.array([r, g, b]) * 255).astype(np.uint8)
+    return out
+
+
+def to_uint8(colours: np.ndarray) -> np.ndarray:
+    """Float colours in [0,1] (or already uint8) -> uint8, clipped (the official GLB export wrapped around)."""
+    if colours.dtype == np.uint8:
+        return colours
+    return np.clip(np.round(np.asarray(colours, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, instance: np.ndarray,
+              confidence: np.ndarray) -> None:
+    """Binary little-endian PLY: float x,y,z; uchar red,green,blue; int instance; float confidence."""
+    n = len(xyz)
+    vertex = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
+                                ("blue", "u1"), ("instance", "<i4"), ("confidence", "<f4")])
+    vertex["x"], vertex["y"], vertex["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    c = to_uint8(rgb)
+    vertex["red"], vertex["green"], vertex["blue"] = c[:, 0], c[:, 1], c[:, 2]
+    vertex["instance"] = instance
+    vertex["confidence"] = confidence
+    header = ("ply\nformat binary_little_endian 1.0\ncomment iggt-lightning prediction (OpenCV world frame of "
+              f"camera 0)\nelement vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty int instance\n"
+              "property float confidence\nend_header\n")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(header.encode("ascii"))
+            f.write(vertex.tobytes())
+
+    atomic_write(path, write)
+
+
+def camera_frustum(extrinsic: np.ndarray, intrinsic: np.ndarray, size: tuple[int, int], depth: float):
+    """Vertices [5,3] (apex + 4 image corners at ``depth``) and triangle faces of one camera, in world space."""
+    W, H = size
+    corners = np.array([[0, 0], [W, 0], [W, H], [0, H]], dtype=np.float64)
+    rays = np.concatenate([corners, np.ones((4, 1))], 1) @ np.linalg.inv(intrinsic).T
+    cam_pts = np.concatenate([np.zeros((1, 3)), rays * depth], 0)
+    R, t = extrinsic[:3, :3], extrinsic[:3, 3]
+    world = (cam_pts - t) @ R        # X_w = R^T (X_c - t)
+    faces = np.array([[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 4, 1], [1, 2, 3], [1, 3, 4]])
+    return world, faces
+
+
+def write_glb(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, extrinsics: np.ndarray | None = None,
+              intrinsics: np.ndarray | None = None, sizes: list[tuple[int, int]] | None = None) -> None:
+    """A GLB with the coloured point cloud and, when cameras are given, one frustum mesh per camera.
+
+    Coordinates are the OpenCV world frame as predicted (no viewer-specific flip is baked in)."""
+    import trimesh
+
+    scene = trimesh.Scene()
+    colours = np.concatenate([to_uint8(rgb), np.full((len(rgb), 1), 255, np.uint8)], 1)
+    scene.add_geometry(trimesh.PointCloud(xyz.astype(np.float64), colors=colours), geom_name="points")
+    if extrinsics is not None:
+        extent = np.percentile(xyz, 95, axis=0) - np.percentile(xyz, 5, axis=0) if len(xyz) else np.ones(3)
+        depth = max(float(np.linalg.norm(extent)) * 0.05, 1e-3)
+        palette = instance_colours(len(extrinsics))[1:]
+        for i, (E, K, size) in enumerate(zip(extrinsics, intrinsics, sizes)):
+            v, f = camera_frustum(E, K, size, depth)
+            mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
+            mesh.visual.face_colors = np.concatenate([palette[i], [200]]).astype(np.uint8)
+            scene.add_geometry(mesh, geom_name=f"camera_{i:03d}")
+
+    def write(tmp: str) -> None:
+        data = scene.export(file_type="glb")
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+
+
+def write_png16(path: str | os.PathLike, values: np.ndarray) -> None:
+    """A single-channel 16-bit PNG (uint16 values; errors if a value does not fit)."""
+    from PIL import Image
+
+    v = np.asarray(values)
+    if v.size and (v.min() < 0 or v.max() > 65535):
+        raise ValueError(f"{path}: values {v.min()}..{v.max()} do not fit a 16-bit PNG")
+    img = Image.fromarray(v.astype(np.uint16))
+
+    def write(tmp: str) -> None:
+        img.save(tmp, format="PNG")
+
+    atomic_write(path, write)
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+def coco_instances(ids: np.ndarray, scores: np.ndarray, file_names: list[str]) -> dict:
+    """COCO results + dataset in one dict: ``images`` (one per view), ``annotations`` (one per instance per
+    view where its mask is non-empty; RLE mask, bbox, area, ``score``, ``track_id`` = the multi-view instance
+    id), ``categories`` (a single class-agnostic ``object``). ``ids`` [S,H,W] at photo resolution; views of
+    different sizes are given as a list of [H,W] arrays."""
+    from pycocotools import mask as mask_utils
+
+    images, annotations = [], []
+    for v, (view_ids, name) in enumerate(zip(ids, file_names), start=1):
+        view_ids = np.asarray(view_ids)
+        images.append({"id": v, "file_name": name, "height": int(view_ids.shape[0]), "width": int(view_ids.shape[1])})
+        for k in np.unique(view_ids):
+            if k == 0:
+                continue
+            rle = mask_utils.encode(np.asfortranarray((view_ids == k).astype(np.uint8)))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": v, "category_id": 1, "iscrowd": 0,
+                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                "area": float(mask_utils.area(rle)), "bbox": [float(b) for b in mask_utils.toBbox(rle)],
+                "score": float(scores[int(k) - 1]) if int(k) - 1 < len(scores) else 0.0, "track_id": int(k)})
+    return {"info": {"description": "iggt-lightning instance masks; track_id is shared across views"},
+            "images": images, "annotations": annotations,
+            "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
+
+
+def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """[3,3] rotation -> unit quaternion (w, x, y, z) with w >= 0 (COLMAP's order)."""
+    m = np.asarray(R, dtype=np.float64)
+    t = np.trace(m)
+    if t > 0:
+        s = np.sqrt(t + 1.0) * 2
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+    else:
+        s = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+    q = np.array(q)
+    q /= np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def write_colmap_text(folder: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,
+                      sizes: list[tuple[int, int]], names: list[str], xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """COLMAP text model: ``cameras.txt`` (one PINHOLE camera per view), ``images.txt`` (world-to-camera
+    quaternion + translation, as COLMAP stores them; no 2D points), ``points3D.txt`` (no tracks)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cams = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
+            f"# Number of cameras: {len(names)}"]
+    imgs = ["# Image list with two lines of data per image:",
+            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)",
+            f"# Number of images: {len(names)}, mean observations per image: 0"]
+    for i, (E, K, (W, H), name) in enumerate(zip(extrinsics, intrinsics, sizes, names), start=1):
+        cams.append(f"{i} PINHOLE {W} {H} {K[0, 0]:.10g} {K[1, 1]:.10g} {K[0, 2]:.10g} {K[1, 2]:.10g}")
+        q = rotation_to_quaternion(E[:3, :3])
+        t = E[:3, 3]
+        imgs.append(f"{i} {q[0]:.12g} {q[1]:.12g} {q[2]:.12g} {q[3]:.12g} {t[0]:.12g} {t[1]:.12g} {t[2]:.12g} {i} {name}")
+        imgs.append("")
+    c = to_uint8(rgb)
+    pts = ["# 3D point list with one line of data per point:",
+           "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
+           f"# Number of points: {len(xyz)}, mean track length: 0"]
+    pts += [f"{j} {p[0]:.7g} {p[1]:.7g} {p[2]:.7g} {r} {g} {b} 0" for j, (p, (r, g, b)) in
+            enumerate(zip(xyz, c.tolist()), start=1)]
+    write_text(folder / "cameras.txt", "\n".join(cams) + "\n")
+    write_text(folder / "images.txt", "\n".join(imgs) + "\n")
+    write_text(folder / "points3D.txt", "\n".join(pts) + "\n")
+
+
+def write_cameras_json(path: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,
+                       sizes: list[tuple[int, int]], names: list[str]) -> None:
+    payload = {
+        "convention": "OpenCV world-to-camera [R|t] (x right, y down, z forward); world = camera 0's frame; "
+                      "model's normalised scale; intrinsics in pixels of each original photo, pixel i's "
+                      "centre at i + 0.5",
+        "views": [{"file_name": n, "width": int(W), "height": int(H), "extrinsic": np.asarray(E)[:3].tolist(),
+                   "intrinsic": np.asarray(K).tolist()}
+                  for E, K, (W, H), n in zip(extrinsics, intrinsics, sizes, names)]}
+    write_text(path, json.dumps(payload, indent=1) + "\n")

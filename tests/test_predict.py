@@ -1,0 +1,173 @@
+"""`iggt predict` end to end on synthetic photos with a tiny checkpoint; every output reopened by its own library."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iggt_lightning.cli import main
+from iggt_lightning.inference.images import ViewTransform, list_images, preprocess
+
+trimesh = pytest.importorskip("trimesh")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from iggt_lightning.checkpoints import save_model
+    from iggt_lightning.data import SyntheticScenes
+    from iggt_lightning.model import IGGTModel
+
+    root = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    save_model(IGGTModel.from_preset("nano", drop_heads=["track"]), root / "nano.safetensors")
+    photos = root / "photos"
+    photos.mkdir()
+    scene = SyntheticScenes(length=1, num_views=3, image_size=(98, 154), seed=1)[0]
+    for i, im in enumerate(scene["images"]):
+        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(photos / f"view_{i}.png")
+    return root
+
+
+def predict(assets, out, *extra):
+    return main(["predict", str(assets / "photos"), "-c", str(assets / "nano.safetensors"), "-o", str(out),
+                 "--size", "112", "84", "--quiet", *extra])
+
+
+def read_colmap(folder: Path):
+    cams, imgs, pts = {}, {}, []
+    for line in (folder / "cameras.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            i, model, w, h, fx, fy, cx, cy = line.split()
+            assert model == "PINHOLE"
+            cams[int(i)] = (int(w), int(h), np.array([[float(fx), 0, float(cx)], [0, float(fy), float(cy)], [0, 0, 1]]))
+    lines = [ln for ln in (folder / "images.txt").read_text().splitlines() if not ln.startswith("#")]
+    for line in lines[::2]:
+        f = line.split()
+        qw, qx, qy, qz, tx, ty, tz = map(float, f[1:8])
+        R = trimesh.transformations.quaternion_matrix([qw, qx, qy, qz])[:3, :3]
+        imgs[int(f[0])] = (R, np.array([tx, ty, tz]), int(f[8]), f[9])
+    for line in (folder / "points3D.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            pts.append([float(v) for v in line.split()[1:4]])
+    return cams, imgs, np.array(pts)
+
+
+def test_predict_writes_files_other_tools_open(assets, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    out = tmp_path / "out"
+    assert predict(assets, out) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    for rel in manifest["files"]:
+        assert (out / rel).is_file(), rel
+    assert not list(tmp_path.glob(".out.partial-*"))
+    n = manifest["points"]
+    # PLY and GLBs through trimesh
+    ply = trimesh.load(out / "points.ply")
+    assert len(ply.vertices) == n
+    for name in ("scene.glb", "instances.glb", "features.glb"):
+        scene = trimesh.load(out / name)
+        geoms = scene.geometry
+        assert len(geoms["points"].vertices) == n and sum(k.startswith("camera_") for k in geoms) == 3
+    # 16-bit id maps at photo resolution + COCO RLE that decodes to the same masks
+    coco = json.loads((out / "masks" / "instances.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["view_0.png", "view_1.png", "view_2.png"]
+    for im in coco["images"]:
+        ids = np.asarray(Image.open(out / "masks" / (Path(im["file_name"]).stem + ".png")))
+        assert ids.shape == (98, 154) and ids.dtype == np.uint16 and (ids > 0).all()
+        for ann in (a for a in coco["annotations"] if a["image_id"] == im["id"]):
+            rle = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
+            assert np.array_equal(mask_utils.decode(rle).astype(bool), ids == ann["track_id"])
+            assert 0 <= ann["score"] <= 1
+    assert max(a["track_id"] for a in coco["annotations"]) == manifest["instances"]
+    # COLMAP: the cameras reproject every exported point onto the depth map of the view it came from
+    cams, imgs, pts = read_colmap(out / "colmap")
+    assert len(pts) == n
+    depth = np.load(out / "depth" / "depth.npz")["depth"]
+    assert depth.shape == (3, 98, 154)
+    png = np.asarray(Image.open(out / "depth" / "view_0.png")).astype(np.float64)
+    assert np.allclose(png / 1000.0, np.clip(depth[0], 0, 65.535), atol=1e-3)
+    matched = np.zeros(len(pts), bool)
+    for i, (R, t, cam, name) in imgs.items():
+        w, h, K = cams[cam]
+        assert (w, h) == (154, 98)
+        xc = pts @ R.T + t
+        uv = xc @ K.T
+        u, v = uv[:, 0] / uv[:, 2], uv[:, 1] / uv[:, 2]
+        inside = (xc[:, 2] > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        d = np.full(len(pts), np.nan)
+        d[inside] = depth[i - 1][np.floor(v[inside]).astype(int), np.floor(u[inside]).astype(int)]
+        matched |= np.abs(xc[:, 2] - d) <= 0.02 * d
+    assert matched.mean() > 0.95, matched.mean()
+    cameras = json.loads((out / "cameras.json").read_text())
+    assert "world-to-camera" in cameras["convention"] and len(cameras["views"]) == 3
+
+
+def test_predict_refuses_bad_input_and_leaves_nothing(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert predict(assets, out) == 0
+    assert predict(assets, out) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert predict(assets, out, "--overwrite", "--mode", "pad") == 0
+    assert json.loads((out / "manifest.json").read_text())["mode"] == "pad"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "-c", str(assets / "nano.safetensors"), "-o", str(tmp_path / "o2")]) == 2
+    assert "contains no images" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_bytes(b"not a png")
+    assert main(["predict", str(bad), "-c", str(assets / "nano.safetensors"), "-o", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "a.png" in err
+    assert main(["predict", str(assets / "photos"), "-c", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "o4")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_predict_disk_error_mid_write_leaves_no_files(assets, tmp_path, monkeypatch):
+    from iggt_lightning.inference import export
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "write_colmap_text", full_disk)
+    assert predict(assets, tmp_path / "out") == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_dry_run_prints_the_plan(assets, tmp_path, capsys):
+    assert predict(assets, tmp_path / "out", "--dry-run") == 0
+    text = capsys.readouterr().out
+    assert "3 view(s)" in text and "points.ply" in text and "masks/view_2.png" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_preprocess_modes_keep_any_aspect_and_map_back(tmp_path):
+    photos = [np.zeros((300, 400, 3), np.uint8), np.zeros((480, 360, 3), np.uint8)]
+    for mode, shape in (("resize", (336, 504)), ("crop", (392, 518)), ("pad", (518, 518))):
+        images, transforms = preprocess(photos, mode)
+        assert images.shape == (2, 3, *shape)
+        h, w = shape
+        # a model-resolution map of model x-coordinates comes back as the photo's mapped coordinates
+        xm = (torch.arange(w) + 0.5).float()[None].expand(h, w)
+        for t in transforms:
+            back, inside = t.to_photo(xm, (w, h))
+            expected = (torch.arange(t.photo_size[0]) + 0.5) * t.scale[0] + t.offset[0]
+            assert torch.allclose(back[inside], expected[None].expand_as(back)[inside], atol=1e-3)
+    # intrinsics: a photo pixel and its model pixel see the same ray
+    t = ViewTransform((400, 300), (504 / 400, 336 / 300), (0.0, 0.0))
+    K_model = torch.tensor([[300.0, 0, 252], [0, 310, 168], [0, 0, 1]], dtype=torch.float64)
+    K_photo = t.intrinsics_to_photo(K_model)
+    px = torch.tensor([123.5, 77.5, 1.0], dtype=torch.float64)
+    pm = t.matrix() @ px
+    assert torch.allclose(torch.linalg.solve(K_photo, px), torch.linalg.solve(K_model, pm))
+    with pytest.raises(ValueError, match="unknown preprocessing mode"):
+        preprocess(photos, "stretch")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.jpg"]
