@@ -171,3 +171,20 @@ def test_preprocess_modes_keep_any_aspect_and_map_back(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.jpg"]
+
+
+def test_predict_from_a_lightning_checkpoint_and_a_wrong_checkpoint(assets, tmp_path, capsys):
+    from tests.test_cli_training import tiny_args
+
+    assert main(["fit", *tiny_args(tmp_path / "run", steps=1)]) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert main(["predict", str(assets / "photos"), "-c", str(ckpt), "-o", str(tmp_path / "out"),
+                 "--size", "112", "84", "--quiet", "--granularity", "large"]) == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["views"] == 3
+    # a file that is neither our format nor an official checkpoint (a plain state dict of another model)
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    capsys.readouterr()
+    assert main(["predict", str(assets / "photos"), "-c", str(tmp_path / "other.pt"), "-o", str(tmp_path / "o2"),
+                 "--quiet"]) == 2
+    assert "not an official IGGT/VGGT checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()

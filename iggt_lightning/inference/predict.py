@@ -59,13 +59,17 @@ class Stages:
     _t: float = 0.0
     _name: str = ""
 
+    total: int = 7
+
     def start(self, name: str) -> None:
         self._name, self._t = name, time.perf_counter()
         if self.progress:
-            print(f"[{len(self.seconds) + 1}] {name} ...", file=sys.stderr, flush=True)
+            print(f"[{len(self.seconds) + 1}/{self.total}] {name} ...", end="", file=sys.stderr, flush=True)
 
     def done(self) -> None:
         self.seconds[self._name] = round(time.perf_counter() - self._t, 3)
+        if self.progress:
+            print(f" {self.seconds[self._name]:.2f} s", file=sys.stderr, flush=True)
 
 
 def check_options(o: PredictOptions) -> None:
