@@ -27,8 +27,11 @@ def register_head(name: str):
     return decorate
 
 
-def load_plugins() -> None:
-    """Import the built-in heads and every head advertised through the entry-point group (once)."""
+def load_plugins(refresh: bool = False) -> None:
+    """Import the built-in heads and every head advertised through the entry-point group (once per process;
+    ``refresh=True`` looks at the installed distributions again, e.g. after installing a plugin)."""
+    if refresh:
+        _loaded["entry_points"] = False
     if not _loaded["builtin"]:
         _loaded["builtin"] = True
         importlib.import_module("heads")

@@ -136,19 +136,23 @@ def run_predict(o: PredictOptions) -> dict:
     st.start("inference")
     dtype = PRECISIONS[o.precision]
     with torch.no_grad(), torch.autocast(torch.device(o.device).type, dtype=dtype, enabled=dtype != torch.float32):
-        out = model(images.to(o.device)[None], stage="predict")
+        # "features": the tracking head stays idle here, so that clustering is timed as its own stage
+        out = model(images.to(o.device)[None], stage="features")
     st.done()
     st.start("instances")
     feats = out.get("part_feat")
     ids_model = scores = None
     if feats is not None:
-        if "instance_masks" in out and o.clusterer is None:
-            ids_model, scores = out["instance_masks"][0].cpu(), out["instance_scores"][0].cpu()
-        else:
-            from .clustering import build_clusterer
+        from .clustering import build_clusterer
 
-            c = build_clusterer(o.clusterer)(feats[0].float(), out.get("world_points", [None])[0])
-            ids_model, scores = c.ids.cpu(), c.scores.cpu()
+        tracking = model.heads["tracking"] if "tracking" in model.heads else None
+        if o.clusterer is None and tracking is not None:
+            clusterer, use_points = tracking.clusterer, tracking.use_points
+        else:
+            clusterer, use_points = build_clusterer(o.clusterer), True
+        points = out.get("world_points") if use_points else None
+        c = clusterer(feats[0].float(), None if points is None else points[0].float())
+        ids_model, scores = c.ids.cpu(), c.scores.cpu()
     st.done()
     st.start("geometry")
     extr, intr = pose_encoding_to_extri_intri(out["pose_enc"][-1].float(), (H, W))
