@@ -129,11 +129,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, write)
 
 
-def coco_instances(ids: np.ndarray, scores: np.ndarray, file_names: list[str]) -> dict:
+def coco_instances(ids: np.ndarray, scores: np.ndarray, file_names: list[str], labels: dict | None = None) -> dict:
     """COCO results + dataset in one dict: ``images`` (one per view), ``annotations`` (one per instance per
     view where its mask is non-empty; RLE mask, bbox, area, ``score``, ``track_id`` = the multi-view instance
-    id), ``categories`` (a single class-agnostic ``object``). ``ids`` [S,H,W] at photo resolution; views of
-    different sizes are given as a list of [H,W] arrays."""
+    id), ``categories`` (a single class-agnostic ``object``, or with open-vocabulary ``labels`` = {"names",
+    "labels", "scores"} the vocabulary, each annotation carrying ``label`` and ``label_score``). ``ids``
+    [S,H,W] at photo resolution; views of different sizes are given as a list of [H,W] arrays."""
     from pycocotools import mask as mask_utils
 
     images, annotations = [], []
@@ -149,9 +150,16 @@ def coco_instances(ids: np.ndarray, scores: np.ndarray, file_names: list[str]) -
                 "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
                 "area": float(mask_utils.area(rle)), "bbox": [float(b) for b in mask_utils.toBbox(rle)],
                 "score": float(scores[int(k) - 1]) if int(k) - 1 < len(scores) else 0.0, "track_id": int(k)})
+            if labels is not None:
+                lab = labels["labels"][int(k) - 1]
+                annotations[-1].update(category_id=lab + 2 if lab >= 0 else 1,
+                                       label=labels["names"][lab] if lab >= 0 else None,
+                                       label_score=float(labels["scores"][int(k) - 1]))
+    categories = [{"id": 1, "name": "object", "supercategory": "object"}]
+    if labels is not None:  # category 1 = unlabelled object, 2.. = the vocabulary in order
+        categories += [{"id": i + 2, "name": n, "supercategory": "object"} for i, n in enumerate(labels["names"])]
     return {"info": {"description": "iggt-lightning instance masks; track_id is shared across views"},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
+            "images": images, "annotations": annotations, "categories": categories}
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:

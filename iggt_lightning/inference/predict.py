@@ -153,6 +153,17 @@ def run_predict(o: PredictOptions) -> dict:
         points = out.get("world_points") if use_points else None
         c = clusterer(feats[0].float(), None if points is None else points[0].float())
         ids_model, scores = c.ids.cpu(), c.scores.cpu()
+    labels = None
+    if ids_model is not None and "open_vocab" in model.heads:  # name the instances with the configured VLM
+        from iggt_lightning.head import HeadInput
+
+        head = model.heads["open_vocab"]
+        inp = HeadInput([], 0, images[None], None, {"instance_masks": ids_model[None], "instance_scores": [scores]},
+                        None, "predict")
+        got = head(inp)
+        if got:
+            labels = {"names": head.class_names, "labels": got["instance_labels"][0].tolist(),
+                      "scores": got["instance_label_scores"][0].tolist()}
     st.done()
     st.start("geometry")
     extr, intr = pose_encoding_to_extri_intri(out["pose_enc"][-1].float(), (H, W))
@@ -188,7 +199,7 @@ def run_predict(o: PredictOptions) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         summary = _export(tmp, o, names, photo_sizes, transforms, (W, H), depth, depth_conf, ids_model, scores,
-                          feats, keep, xyz, rgb, inst, flat_conf[keep], E, K_photo)
+                          feats, keep, xyz, rgb, inst, flat_conf[keep], E, K_photo, labels)
         summary["seconds"] = st.seconds
         write_json(tmp / "manifest.json", summary)
         _replace_dir(tmp, out_dir)
@@ -211,7 +222,7 @@ def _replace_dir(new: Path, dst: Path) -> None:
 
 
 def _export(d: Path, o: PredictOptions, names, photo_sizes, transforms, model_size, depth, depth_conf, ids_model,
-            scores, feats, keep, xyz, rgb, inst, conf, E, K_photo) -> dict:
+            scores, feats, keep, xyz, rgb, inst, conf, E, K_photo, labels=None) -> dict:
     from iggt_lightning.module import pca_colours
 
     stems = [Path(n).stem for n in names]
@@ -256,9 +267,10 @@ def _export(d: Path, o: PredictOptions, names, photo_sizes, transforms, model_si
         S, D, h, w = f.shape
         pca = pca_colours(f.permute(1, 0, 2, 3).reshape(D, S * h, w)).reshape(3, S, h, w).permute(1, 2, 3, 0)
         export.write_glb(add("features.glb"), xyz, pca.reshape(-1, 3).numpy()[keep], E, K_photo, photo_sizes)
-        coco = export.coco_instances(ids_photo, scores.numpy(), names)
+        coco = export.coco_instances(ids_photo, scores.numpy(), names, labels)
         write_json(add("masks/instances.json"), coco)
     return {"views": len(names), "files": files, "instances": n_inst, "points": int(len(xyz)),
+            "labels": None if labels is None else [labels["names"][i] if i >= 0 else None for i in labels["labels"]],
             "photo_sizes": [list(s) for s in photo_sizes], "model_input": list(model_size),
             "mode": o.mode, "points_from": o.points_from,
             "confidence_filter": {"mode": o.conf_mode, "threshold": o.conf_threshold},

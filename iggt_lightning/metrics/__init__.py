@@ -2,7 +2,8 @@
 from .camera import CameraMetrics
 from .depth import DepthMetrics
 from .instance_ap import InstanceAP
+from .open_vocab import OpenVocabMetrics
 from .pointmap import PointMapMetrics
 from .tracking import TrackingMetrics
 
-__all__ = ["CameraMetrics", "DepthMetrics", "InstanceAP", "PointMapMetrics", "TrackingMetrics"]
+__all__ = ["CameraMetrics", "DepthMetrics", "InstanceAP", "OpenVocabMetrics", "PointMapMetrics", "TrackingMetrics"]
