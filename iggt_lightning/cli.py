@@ -67,7 +67,7 @@ def _heads(argv: list[str]) -> int:
     for name, cls in available_heads().items():
         rows.append((name, head_source(name), ",".join(getattr(cls, "requires", ())) or "-",
                      ",".join(getattr(cls, "outputs", ())), ",".join(getattr(cls, "loss_terms", ())) or "-",
-                     "yes" if getattr(cls, "trainable", True) else "no"))
+                     "yes" if getattr(cls, "trainable", True) and getattr(cls, "loss_terms", ()) else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -77,7 +77,9 @@ def _heads(argv: list[str]) -> int:
 def _predict(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="iggt predict", description="Photos -> point cloud (PLY/GLB), cameras (JSON, "
                                 "COLMAP text), depth (16-bit PNG + npz) and instance masks (16-bit PNG + COCO RLE).")
-    p.add_argument("inputs", nargs="+", help="a folder of images (jpg/png/webp, sorted by name) or image paths")
+    p.add_argument("inputs", nargs="+", help="a folder of images (jpg/png/webp, sorted by name), image paths, or "
+                   "videos (mp4/mov/avi/mkv/webm; extra [video])")
+    p.add_argument("--video-frames", type=int, default=8, help="frames sampled evenly from each video")
     p.add_argument("--checkpoint", "-c", required=True, help="our .safetensors/.pt, a Lightning .ckpt, or an "
                    "official IGGT/VGGT .pt/.safetensors (converted on the fly)")
     p.add_argument("--out", "-o", required=True, help="output directory (refused if it exists, unless --overwrite)")
@@ -109,7 +111,8 @@ def _predict(argv: list[str]) -> int:
     opts = PredictOptions(inputs=a.inputs, checkpoint=a.checkpoint, out=a.out, preset=a.preset, mode=a.mode,
                           size=tuple(a.size) if a.size else None, device=a.device, precision=a.precision,
                           conf_threshold=a.conf_threshold, conf_mode=a.conf_mode, points_from=a.points_from,
-                          clusterer=clusterer, overwrite=a.overwrite, dry_run=a.dry_run, progress=not a.quiet)
+                          clusterer=clusterer, video_frames=a.video_frames, overwrite=a.overwrite,
+                          dry_run=a.dry_run, progress=not a.quiet)
     try:
         summary = run_predict(opts)
     except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:

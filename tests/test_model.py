@@ -134,6 +134,8 @@ def test_config_errors():
         IGGTModel.from_preset("nano", drop_heads=["point"])
     with pytest.raises(ValueError, match="unknown head 'normals'"):
         IGGTModel(backbone=dict(embed_dim=32, depth=4, num_heads=2, patch_embed="conv"), heads={"normals": {}})
+    with pytest.raises(ValueError, match="cannot import head class 'no_such_pkg.Head'"):
+        IGGTModel.from_preset("nano", heads={"mine": {"class_path": "no_such_pkg.Head"}})
     with pytest.raises(ValueError, match="unknown argument\\(s\\) \\['featurs'\\]"):
         IGGTModel.from_preset("nano", heads={"depth": {"featurs": 8}})
     with pytest.raises(ValueError, match="reads backbone layer"):

@@ -208,3 +208,27 @@ def test_predict_names_instances_when_the_open_vocab_head_is_configured(assets, 
         assert ann["label"] in COLOUR_NAMES and names[ann["category_id"]] == ann["label"]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert len(manifest["labels"]) == manifest["instances"]
+
+
+def test_predict_from_a_video_and_mixed_photo_sizes(assets, tmp_path):
+    av = pytest.importorskip("av")
+    frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((assets / "photos").iterdir())]
+    video = tmp_path / "walk.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 154, 98, "yuv420p"
+        for f in frames * 2:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    small = tmp_path / "small.png"
+    Image.fromarray(frames[0][:70, :120]).save(small)  # a photo of another size
+    out = tmp_path / "out"
+    assert main(["predict", str(video), str(small), "-c", str(assets / "nano.safetensors"), "-o", str(out),
+                 "--size", "112", "84", "--quiet", "--video-frames", "3"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["views"] == 4 and manifest["photo_sizes"] == [[154, 98]] * 3 + [[120, 70]]
+    assert (out / "masks" / "walk_00000.png").is_file() and (out / "masks" / "small.png").is_file()
+    assert np.asarray(Image.open(out / "depth" / "small.png")).shape == (70, 120)
+    assert "depth_small" in np.load(out / "depth" / "depth.npz")

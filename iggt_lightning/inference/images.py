@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 MODES = ("resize", "crop", "pad")
 DEFAULT_SIZE = {"resize": (504, 336), "crop": (518, 518), "pad": (518, 518)}
 
@@ -36,7 +37,7 @@ class InputError(ValueError):
 
 
 def list_images(inputs: str | os.PathLike | list) -> list[Path]:
-    """A folder (its images, sorted by name) or a list of image paths / folders, in order."""
+    """A folder (its images, sorted by name) or a list of image / video paths and folders, in order."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
         raise InputError("no input images given")
@@ -53,6 +54,30 @@ def list_images(inputs: str | os.PathLike | list) -> list[Path]:
         else:
             paths.append(p)
     return paths
+
+
+def is_video(path: Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def load_video_frames(path: Path, frames: int = 8) -> tuple[list[np.ndarray], list[str]]:
+    """``frames`` frames evenly spaced over a video (RGB uint8) and their names (``<stem>_<index>``).
+    Needs PyAV (``pip install 'iggt-lightning[video]'``)."""
+    try:
+        import av
+    except ImportError as err:
+        raise InputError(f"{path} is a video; reading videos needs PyAV: pip install 'iggt-lightning[video]'") from err
+    if frames < 1:
+        raise InputError(f"--video-frames must be >= 1; got {frames}")
+    try:
+        with av.open(str(path)) as container:
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise InputError(f"cannot read video {path}: {err}") from err
+    if not decoded:
+        raise InputError(f"video {path} has no frames")
+    picks = np.unique(np.linspace(0, len(decoded) - 1, min(frames, len(decoded))).round().astype(int))
+    return [decoded[i] for i in picks], [f"{Path(path).stem}_{i:05d}.png" for i in picks]
 
 
 def load_image(path: Path) -> np.ndarray:

@@ -26,7 +26,7 @@ import torch
 from iggt_lightning.fileio import write_json
 
 from . import export
-from .images import InputError, list_images, load_image, preprocess
+from .images import InputError, is_video, list_images, load_image, load_video_frames, preprocess
 
 PRECISIONS = {"32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
               "16": torch.float16, "fp16": torch.float16, "16-mixed": torch.float16}
@@ -47,6 +47,7 @@ class PredictOptions:
     points_from: str = "depth"
     clusterer: str | dict | None = None  # None: the model's tracking head, else the default torch clusterer
     depth_png_scale: float = 1000.0      # PNG value = depth * scale ("millimetres" when units are metres)
+    video_frames: int = 8                # frames sampled evenly from each input video
     overwrite: bool = False
     dry_run: bool = False
     progress: bool = True
@@ -119,8 +120,16 @@ def run_predict(o: PredictOptions) -> dict:
     st = Stages(o.progress)
     st.start("read photos")
     paths = list_images(o.inputs)
-    photos = [load_image(p) for p in paths]
-    names = _unique_names(paths)
+    photos, frame_paths = [], []
+    for p in paths:
+        if is_video(p):
+            frames, frame_names = load_video_frames(p, o.video_frames)
+            photos += frames
+            frame_paths += [p.parent / n for n in frame_names]
+        else:
+            photos.append(load_image(p))
+            frame_paths.append(p)
+    names = _unique_names(frame_paths)
     st.done()
     if o.dry_run:
         sizes = sorted({(p.shape[1], p.shape[0]) for p in photos})
