@@ -214,3 +214,13 @@ def test_umeyama_recovers_a_similarity():
     dst = 0.7 * src @ R.T + torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
     s, R_, t = umeyama_alignment(src, dst)
     assert s.item() == pytest.approx(0.7) and torch.allclose(R_, R) and torch.allclose(s * src @ R_.T + t, dst)
+
+
+def test_faster_coco_eval_backend_agrees_with_pycocotools():
+    pytest.importorskip("faster_coco_eval")
+    rng = np.random.default_rng(3)
+    preds, target = zip(*[random_scene(rng) for _ in range(4)])
+    a, b = InstanceAP(), InstanceAP(backend="faster_coco_eval")
+    for m in (a, b):
+        m.update(list(preds), list(target))
+    assert a.compute() == pytest.approx(b.compute(), abs=1e-9)
