@@ -21,7 +21,10 @@ pixel was left out: ``confidence`` below ``min_confidence``, or every pixel was 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -290,10 +293,18 @@ class HDBSCANClusterer(Clusterer):
             raise ImportError(f"the HDBSCAN clusterer needs {'scikit-learn>=1.3' if self.backend == 'sklearn' else 'hdbscan'}"
                               " (pip install 'iggt-lightning[clustering]'); the default 'torch' clusterer needs "
                               "nothing") from err
-        h = HDBSCAN(min_cluster_size=max(2, min_cluster_size), min_samples=max(1, min_samples),
-                    cluster_selection_epsilon=self.eps, allow_single_cluster=False,
-                    **({"copy": True} if self.backend == "sklearn" else {}))
-        h.fit(x)
+        def fit(eps: float):
+            h = HDBSCAN(min_cluster_size=max(2, min_cluster_size), min_samples=max(1, min_samples),
+                        cluster_selection_epsilon=eps, allow_single_cluster=False,
+                        **({"copy": True} if self.backend == "sklearn" else {}))
+            return h.fit(np.asarray(x, dtype=np.float64))
+
+        try:
+            h = fit(self.eps)
+        except TypeError as err:  # scikit-learn 1.9's epsilon search fails on some cluster trees
+            warnings.warn(f"HDBSCAN with cluster_selection_epsilon={self.eps} failed inside scikit-learn ({err}); "
+                          "clustered without the epsilon merge (backend='hdbscan' avoids this)", RuntimeWarning)
+            h = fit(0.0)
         return h.labels_, h.probabilities_
 
     def smooth(self, x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
