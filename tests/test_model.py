@@ -185,6 +185,6 @@ def test_cli_heads_list_and_unknown_subcommand(capsys):
     instance_row = next(line for line in out.splitlines() if line.startswith("instance "))
     assert instance_row.split()[2:] == ["point", "part_feat", "contrastive", "yes"]  # deps, outputs, loss, trains
     track_row = next(line for line in out.splitlines() if line.startswith("track "))
-    assert track_row.split()[-2:] == ["-", "yes"]  # no loss terms
+    assert track_row.split()[-2:] == ["-", "no"]  # no loss terms, nothing to train
     assert main(["bogus"]) == 2
     assert "unknown subcommand 'bogus'" in capsys.readouterr().err
