@@ -2,6 +2,12 @@
 test it on the synthetic test split, print AP / AP50 / AP25 / T-mIoU / T-SR / AbsRel side by side (+ JSON).
 
     python benchmarks/ablation.py [--variants full "contrastive off" ...] [--json path] [-- extra CLI args]
+    python benchmarks/ablation.py --parallel 7 --threads 2 -- --trainer.accelerator gpu   # GPU: variants at once
+    python benchmarks/ablation.py --add "my run=--model.lr 1e-3" --variants "my run"     # an ad-hoc variant
+
+``--parallel N`` trains up to N variants at once, each in its own process (``--threads`` torch threads each);
+results do not depend on it (each process seeds itself from the config). ``--save-weights DIR`` keeps each
+variant's trained model weights (``DIR/<variant>.pt``) for later analysis.
 
 Every variant is a command-line override of configs/synthetic_tiny.yaml (listed in the table), so any row
 can be reproduced with ``iggt fit --config configs/synthetic_tiny.yaml <override>``. lambda is the weight of
@@ -14,6 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +38,7 @@ from iggt_lightning.fileio import write_json  # noqa: E402
 from iggt_lightning.lightning_cli import IGGTCLI  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
-COLUMNS = ["ap", "ap50", "ap25", "ap50_2d", "t_miou", "t_sr", "abs_rel", "loss_contrastive"]
+COLUMNS = ["ap", "ap50", "ap25", "ap50_2d", "t_miou", "t_sr", "abs_rel", "val_abs_rel", "loss_contrastive"]
 
 
 def variants(config: Path) -> dict[str, list[str]]:
@@ -50,7 +59,12 @@ def variants(config: Path) -> dict[str, list[str]]:
     }
 
 
-def run_variant(config: Path, override: list[str], extra: list[str]) -> dict:
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def run_variant(config: Path, override: list[str], extra: list[str], save_weights: str | None = None,
+                name: str = "") -> dict:
     workdir = tempfile.mkdtemp(prefix="iggt-ablation-")
     args = ["--config", str(config), "--trainer.default_root_dir", workdir, "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *override, *extra]
@@ -58,9 +72,52 @@ def run_variant(config: Path, override: list[str], extra: list[str]) -> dict:
     t0 = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     train_s = time.perf_counter() - t0
+    # the last validation of the fit (the config validates at its last step): depth AbsRel etc. on val
+    val = {f"val_{k[len('val/'):]}": float(v) for k, v in cli.trainer.callback_metrics.items()
+           if k.startswith("val/")}
+    if save_weights:
+        Path(save_weights).mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in cli.model.model.state_dict().items()},
+                   Path(save_weights) / f"{slug(name)}.pt")
+    t1 = time.perf_counter()
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    test_s = time.perf_counter() - t1
     out = {k[len("test/"):]: float(v) for k, v in metrics.items() if k.startswith("test/")}
-    return {"train_seconds": train_s, "steps": cli.trainer.global_step, **out}
+    return {"train_seconds": train_s, "test_seconds": test_s, "steps": cli.trainer.global_step,
+            "device": str(cli.model.device), **out, **val}
+
+
+def run_parallel(a, table: dict, names: list[str], log_dir: Path, progress=None) -> list[dict]:
+    """Each variant in a child process of this script (at most ``a.parallel`` at once); rows in ``names`` order."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, rows = list(names), {}, {}
+    while pending or running:
+        while pending and len(running) < a.parallel:
+            name = pending.pop(0)
+            part = log_dir / f"{slug(name)}.json"
+            cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--config", str(a.config),
+                   "--threads", str(a.threads), "--json", str(part), "--variants", name,
+                   *sum((["--add", f"{n}={shlex.join(table[n])}"] for n in a.added), []),
+                   *(["--save-weights", a.save_weights] if a.save_weights else []), "--", *a.extra]
+            log = open(log_dir / f"{slug(name)}.log", "w")
+            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), part, log)
+            print(f"== started {name}: {' '.join(table[name]) or '(the config as is)'}", flush=True)
+        time.sleep(1.0)
+        for name, (proc, part, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if proc.returncode == 0 and part.exists():
+                rows[name] = json.loads(part.read_text())["rows"][0]
+                print(f"== done {name} ({rows[name]['train_seconds']:.0f} s)", flush=True)
+            else:
+                rows[name] = {"variant": name, "override": table[name], "error": f"exit {proc.returncode}",
+                              "log": (log_dir / f"{slug(name)}.log").read_text()[-3000:]}
+                print(f"== FAILED {name}: exit {proc.returncode}; log {log_dir / (slug(name) + '.log')}", flush=True)
+            if progress is not None:
+                progress([rows[n] for n in names if n in rows])
+    return [rows[n] for n in names]
 
 
 def main() -> int:
@@ -69,23 +126,46 @@ def main() -> int:
     p.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation.json"))
+    p.add_argument("--parallel", type=int, default=1, help="variants trained at once, each in its own process")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=ARGS",
+                   help="an extra variant: NAME=command-line overrides (shell-quoted); repeatable")
+    p.add_argument("--save-weights", metavar="DIR", help="save each variant's trained weights to DIR/<variant>.pt")
     p.add_argument("extra", nargs="*", help="extra LightningCLI arguments for every variant (after --)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     table = variants(a.config)
+    a.added = []
+    for spec in a.add:
+        name, sep, args = spec.partition("=")
+        if not sep or not name:
+            p.error(f"--add takes NAME=ARGS; got {spec!r}")
+        table[name] = shlex.split(args)
+        a.added.append(name)
     names = a.variants or list(table)
     unknown = [n for n in names if n not in table]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(table)}")
-    rows = []
-    for name in names:
-        print(f"== {name}: {' '.join(table[name]) or '(the config as is)'}", flush=True)
-        rows.append({"variant": name, "override": table[name], **run_variant(a.config, table[name], a.extra)})
-        write_json(a.json, {"config": str(a.config), "extra_args": a.extra, "threads": a.threads,
-                            "load_avg": os.getloadavg(), "rows": rows})  # after each variant: partial results survive
+    header = {"config": str(a.config), "extra_args": a.extra, "threads": a.threads, "parallel": a.parallel,
+              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    t0 = time.perf_counter()
+    if a.parallel > 1 and len(names) > 1:
+        rows = run_parallel(a, table, names, Path(tempfile.mkdtemp(prefix="iggt-ablation-logs-")),
+                            lambda done: write_json(a.json, {**header, "load_avg": os.getloadavg(), "rows": done}))
+    else:
+        rows = []
+        for name in names:
+            print(f"== {name}: {' '.join(table[name]) or '(the config as is)'}", flush=True)
+            rows.append({"variant": name, "override": table[name],
+                         **run_variant(a.config, table[name], a.extra, a.save_weights, name)})
+            write_json(a.json, {**header, "load_avg": os.getloadavg(), "rows": rows})  # partial results survive
+    write_json(a.json, {**header, "load_avg": os.getloadavg(), "wall_seconds": time.perf_counter() - t0,
+                        "rows": rows})
     print()
     print(f"{'variant':<24}" + "".join(f"{c:>17}" for c in COLUMNS) + f"{'train min':>11}")
     for r in rows:
+        if "error" in r:
+            print(f"{r['variant']:<24} FAILED: {r['error']}")
+            continue
         print(f"{r['variant']:<24}" + "".join(f"{r.get(c, float('nan')):>17.4f}" for c in COLUMNS)
               + f"{r['train_seconds'] / 60:>11.1f}")
     print(f"\nwrote {a.json}")
