@@ -1,7 +1,8 @@
 """The ``iggt`` command.
 
 Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]``,
-``iggt heads list`` and ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files). Training
+``iggt heads list``, ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files) and
+``iggt data check PATH`` (validate a dataset folder). Training
 subcommands (fit/validate/test) are LightningCLI's, served by ``iggt_lightning.lightning_cli``.
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELPERS = ("convert", "parity", "heads", "predict")
+HELPERS = ("convert", "parity", "heads", "predict", "data")
 
 
 def _convert(argv: list[str]) -> int:
@@ -80,6 +81,8 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("inputs", nargs="+", help="a folder of images (jpg/png/webp, sorted by name), image paths, or "
                    "videos (mp4/mov/avi/mkv/webm; extra [video])")
     p.add_argument("--video-frames", type=int, default=8, help="frames sampled evenly from each video")
+    p.add_argument("--no-images", action="store_true", help="do not save the input views under images/ (then the "
+                   "output does not re-read as a scene folder on its own)")
     p.add_argument("--checkpoint", "-c", required=True, help="our .safetensors/.pt, a Lightning .ckpt, or an "
                    "official IGGT/VGGT .pt/.safetensors (converted on the fly)")
     p.add_argument("--out", "-o", required=True, help="output directory (refused if it exists, unless --overwrite)")
@@ -111,7 +114,7 @@ def _predict(argv: list[str]) -> int:
     opts = PredictOptions(inputs=a.inputs, checkpoint=a.checkpoint, out=a.out, preset=a.preset, mode=a.mode,
                           size=tuple(a.size) if a.size else None, device=a.device, precision=a.precision,
                           conf_threshold=a.conf_threshold, conf_mode=a.conf_mode, points_from=a.points_from,
-                          clusterer=clusterer, video_frames=a.video_frames, overwrite=a.overwrite,
+                          clusterer=clusterer, video_frames=a.video_frames, overwrite=a.overwrite, save_images=not a.no_images,
                           dry_run=a.dry_run, progress=not a.quiet)
     try:
         summary = run_predict(opts)
@@ -131,10 +134,45 @@ def _predict(argv: list[str]) -> int:
     return 0
 
 
+def _data(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="iggt data", description="Dataset tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="validate a dataset folder: files, sizes, rotations, depth units, ids, "
+                       "pose convention; non-zero exit on problems")
+    c.add_argument("path")
+    c.add_argument("--layout", default="auto",
+                   choices=["auto", "scannetpp", "infinigen", "re10k", "scannet", "scene_folder"])
+    c.add_argument("--max-scenes", type=int, default=None, help="check only the first N scenes")
+    c.add_argument("--max-frames", type=int, default=None, help="about N frames per scene, spread evenly")
+    c.add_argument("--json", default=None, help="also write the report as JSON here")
+    a = p.parse_args(argv)
+    from .data.check import check_dataset, format_report
+    from .data.frames import DatasetError
+
+    try:
+        report = check_dataset(a.path, a.layout, a.max_scenes, a.max_frames)
+    except DatasetError as err:
+        print(f"iggt data check: {err}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if a.json:
+        from .fileio import write_json
+
+        write_json(a.json, {"root": report.root, "layout": report.layout, "ok": report.ok,
+                            "problems": report.problems, "skipped": report.skipped,
+                            "scenes": [{"name": s.name, "frames": s.frames, "sizes": sorted(s.sizes),
+                                        "depth_median": float(sum(s.depth_medians) / len(s.depth_medians))
+                                        if s.depth_medians else None,
+                                        "free_space_violation": None if s.violation != s.violation else s.violation}
+                                       for s in report.scenes]})
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in HELPERS:
-        return {"convert": _convert, "parity": _parity, "heads": _heads, "predict": _predict}[argv[0]](argv[1:])
+        return {"convert": _convert, "parity": _parity, "heads": _heads, "predict": _predict,
+                "data": _data}[argv[0]](argv[1:])
     import importlib.util
 
     has_training = importlib.util.find_spec("iggt_lightning.lightning_cli") is not None

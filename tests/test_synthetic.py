@@ -217,10 +217,17 @@ def test_normalize_batch_matches_single(dataset):
             assert torch.allclose(n[key][b], single[key], atol=1e-6), key
 
 
-def test_normalize_without_valid_points(sample):
+def test_normalize_without_valid_points_uses_camera_baseline(sample):
+    # RE10K has no depth: the scale falls back to the mean distance of the camera centres to camera 0
     empty = {**sample, "valid_mask": torch.zeros_like(sample["valid_mask"])}
-    with pytest.raises(ValueError, match="no valid points"):
-        normalize_scene(empty)
+    n = normalize_scene(empty)
+    E = sample["extrinsics"].double()
+    centres = -(E[:, :, :3].transpose(1, 2) @ E[:, :, 3:]).squeeze(-1)
+    expected = (centres[1:] - centres[0]).norm(dim=-1).mean()
+    assert float(n["scene_scale"]) == pytest.approx(float(expected), rel=1e-5)
+    C = -(n["extrinsics"][:, :, :3].double().transpose(1, 2) @ n["extrinsics"][:, :, 3:].double()).squeeze(-1)
+    assert C[1:].norm(dim=-1).mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert not n["world_points"].any()
 
 
 def test_dataloader_with_collate(dataset):

@@ -1,9 +1,20 @@
-"""Datasets: procedurally generated multi-view instance scenes, VGGT scene normalisation, datamodules."""
+"""Datasets: procedurally generated scenes, real-dataset readers, co-transforms, mixing, datamodules."""
 from .datamodule import GroupedBatchSampler, SceneDataModule, SyntheticDataModule, collate_checked
+from .frames import DatasetError, Frame
+from .infinigen import InfinigenScenes
+from .mixed import MixedScenes
+from .multiview import MultiViewScenes, SceneRecord
 from .normalize import normalize_scene
+from .re10k import RE10KScenes
+from .scannet import ScanNetScenes
+from .scannetpp import ScanNetPPScenes
+from .scene_folder import SceneFolderScenes
 from .synthetic import CLASS_NAMES, Scene, SceneObject, SyntheticScenes, collate_scenes, render_scene
+from .transforms import ColorJitter, Compose, CropResize
 from .validate import SampleError, check_sample
 
-__all__ = ["CLASS_NAMES", "GroupedBatchSampler", "SampleError", "Scene", "SceneDataModule", "SceneObject",
+__all__ = ["CLASS_NAMES", "ColorJitter", "Compose", "CropResize", "DatasetError", "Frame", "GroupedBatchSampler",
+           "InfinigenScenes", "MixedScenes", "MultiViewScenes", "RE10KScenes", "SampleError", "ScanNetPPScenes",
+           "ScanNetScenes", "Scene", "SceneDataModule", "SceneFolderScenes", "SceneObject", "SceneRecord",
            "SyntheticDataModule", "SyntheticScenes", "check_sample", "collate_checked", "collate_scenes",
            "normalize_scene", "render_scene"]

@@ -18,6 +18,9 @@ def normalize_scene(sample: dict) -> dict:
     ``extrinsics`` become [R_i R_0^T | (t_i - R_i R_0^T t_0) / s] (the first one is [I|0]),
     ``world_points`` become (R_0 X + t_0) / s (0 where invalid), ``depth`` becomes depth / s, and the
     scale s is stored under ``scene_scale`` (a scalar, or [B]). Intrinsics and images are unchanged.
+
+    A scene without any valid depth (RE10K has none) is scaled by the mean distance of its camera centres
+    to the first camera's centre instead (1 if all cameras coincide), so its camera targets stay comparable.
     """
     missing = [k for k in _GEOMETRY_KEYS if k not in sample]
     if missing:
@@ -39,9 +42,6 @@ def _normalize_batch(g: dict) -> dict:
     ext, pts, depth, valid = g["extrinsics"], g["world_points"], g["depth"], g["valid_mask"].bool()
     B = ext.shape[0]
     counts = valid.reshape(B, -1).sum(-1)
-    if (counts == 0).any():
-        empty = torch.nonzero(counts == 0).flatten().tolist()
-        raise ValueError(f"normalize_scene: no valid points (valid_mask all False) in scene(s) {empty}")
     E = ext.double()
     R, t = E[..., :3], E[..., 3]                                     # [B,S,3,3], [B,S,3]
     R0, t0 = R[:, :1], t[:, :1]                                      # [B,1,3,3], [B,1,3]
@@ -51,7 +51,12 @@ def _normalize_batch(g: dict) -> dict:
     X = pts.double().reshape(B, -1, 3) @ R0[:, 0].transpose(-1, -2) + t0                     # [B,N,3]
     X = X.reshape(shape) * valid.unsqueeze(-1)
     dist = X.norm(dim=-1) * valid
-    scale = dist.reshape(B, -1).sum(-1) / counts                    # [B]
+    scale = dist.reshape(B, -1).sum(-1) / counts.clamp(min=1)       # [B]
+    if (counts == 0).any():                                          # no depth: the camera baseline instead
+        centres = -(R_new.transpose(-1, -2) @ t_new.unsqueeze(-1)).squeeze(-1)      # [B,S,3], camera 0 at 0
+        baseline = centres.norm(dim=-1)[:, 1:].mean(-1) if centres.shape[1] > 1 else torch.zeros_like(scale)
+        baseline = torch.where(torch.isfinite(baseline) & (baseline > 0), baseline, torch.ones_like(baseline))
+        scale = torch.where(counts == 0, baseline, scale)
     if not torch.isfinite(scale).all() or (scale <= 0).any():
         raise ValueError(f"normalize_scene: degenerate scene scale {scale.tolist()} (all valid points at the camera?)")
     s_pts = scale.view(B, *([1] * (X.ndim - 1)))

@@ -113,6 +113,14 @@ def write_png16(path: str | os.PathLike, values: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+def write_png_rgb(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """An RGB uint8 [H,W,3] image as PNG."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB")
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
 def write_npz(path: str | os.PathLike, **arrays) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -212,12 +220,17 @@ def write_colmap_text(folder: str | os.PathLike, extrinsics: np.ndarray, intrins
 
 
 def write_cameras_json(path: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,
-                       sizes: list[tuple[int, int]], names: list[str]) -> None:
+                       sizes: list[tuple[int, int]], names: list[str], image_paths: list[str] | None = None) -> None:
+    """cameras.json, readable back by ``iggt_lightning.data.SceneFolderScenes`` (``image_path``: where each
+    view's image was saved, relative to the folder)."""
+    views = [{"file_name": n, "width": int(W), "height": int(H), "extrinsic": np.asarray(E)[:3].tolist(),
+              "intrinsic": np.asarray(K).tolist()} for E, K, (W, H), n in zip(extrinsics, intrinsics, sizes, names)]
+    for v, p in zip(views, image_paths or []):
+        v["image_path"] = p
     payload = {
         "convention": "OpenCV world-to-camera [R|t] (x right, y down, z forward); world = camera 0's frame; "
                       "model's normalised scale; intrinsics in pixels of each original photo, pixel i's "
                       "centre at i + 0.5",
-        "views": [{"file_name": n, "width": int(W), "height": int(H), "extrinsic": np.asarray(E)[:3].tolist(),
-                   "intrinsic": np.asarray(K).tolist()}
-                  for E, K, (W, H), n in zip(extrinsics, intrinsics, sizes, names)]}
+        "pixel_center": 0.5,
+        "views": views}
     write_text(path, json.dumps(payload, indent=1) + "\n")

@@ -48,6 +48,7 @@ class PredictOptions:
     clusterer: str | dict | None = None  # None: the model's tracking head, else the default torch clusterer
     depth_png_scale: float = 1000.0      # PNG value = depth * scale ("millimetres" when units are metres)
     video_frames: int = 8                # frames sampled evenly from each input video
+    save_images: bool = True             # images/<stem>.png: the input views, so the folder re-reads as a dataset
     overwrite: bool = False
     dry_run: bool = False
     progress: bool = True
@@ -95,10 +96,11 @@ def check_options(o: PredictOptions) -> None:
         raise ValueError(f"--device {o.device}: CUDA is not available on this machine")
 
 
-def planned_files(names: list[str], has_instances: bool) -> list[str]:
+def planned_files(names: list[str], has_instances: bool, save_images: bool = True) -> list[str]:
     stems = [Path(n).stem for n in names]
     files = ["manifest.json", "points.ply", "scene.glb", "cameras.json", "colmap/cameras.txt", "colmap/images.txt",
              "colmap/points3D.txt", "depth/depth.npz"] + [f"depth/{s}.png" for s in stems]
+    files += [f"images/{s}.png" for s in stems] if save_images else []
     if has_instances:
         files += ["instances.glb", "features.glb", "masks/instances.json"] + [f"masks/{s}.png" for s in stems]
     return files
@@ -134,7 +136,7 @@ def run_predict(o: PredictOptions) -> dict:
     if o.dry_run:
         sizes = sorted({(p.shape[1], p.shape[0]) for p in photos})
         return {"dry_run": True, "views": len(photos), "photo_sizes": sizes, "out": str(o.out),
-                "files": planned_files(names, True)}
+                "files": planned_files(names, True, o.save_images)}
     st.start("load model")
     model = load_model(o.checkpoint, preset=o.preset).eval().to(o.device)
     st.done()
@@ -208,7 +210,7 @@ def run_predict(o: PredictOptions) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         summary = _export(tmp, o, names, photo_sizes, transforms, (W, H), depth, depth_conf, ids_model, scores,
-                          feats, keep, xyz, rgb, inst, flat_conf[keep], E, K_photo, labels)
+                          feats, keep, xyz, rgb, inst, flat_conf[keep], E, K_photo, labels, photos)
         summary["seconds"] = st.seconds
         write_json(tmp / "manifest.json", summary)
         _replace_dir(tmp, out_dir)
@@ -231,7 +233,7 @@ def _replace_dir(new: Path, dst: Path) -> None:
 
 
 def _export(d: Path, o: PredictOptions, names, photo_sizes, transforms, model_size, depth, depth_conf, ids_model,
-            scores, feats, keep, xyz, rgb, inst, conf, E, K_photo, labels=None) -> dict:
+            scores, feats, keep, xyz, rgb, inst, conf, E, K_photo, labels=None, photos=None) -> dict:
     from iggt_lightning.module import pca_colours
 
     stems = [Path(n).stem for n in names]
@@ -243,7 +245,12 @@ def _export(d: Path, o: PredictOptions, names, photo_sizes, transforms, model_si
 
     export.write_ply(add("points.ply"), xyz, rgb, inst, conf)
     export.write_glb(add("scene.glb"), xyz, rgb, E, K_photo, photo_sizes)
-    export.write_cameras_json(add("cameras.json"), E, K_photo, photo_sizes, names)
+    image_paths = None
+    if o.save_images and photos is not None:        # the views as the model read them (EXIF-rotated, RGB)
+        image_paths = [f"images/{s}.png" for s in stems]
+        for rel, photo in zip(image_paths, photos):
+            export.write_png_rgb(add(rel), np.asarray(photo))
+    export.write_cameras_json(add("cameras.json"), E, K_photo, photo_sizes, names, image_paths)
     export.write_colmap_text(d / "colmap", E, K_photo, photo_sizes, names, xyz, rgb)
     files += ["colmap/cameras.txt", "colmap/images.txt", "colmap/points3D.txt"]
     # per-view maps at photo resolution

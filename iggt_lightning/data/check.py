@@ -1,0 +1,211 @@
+"""``iggt data check PATH``: read every frame of a dataset folder and report what is wrong, file by file.
+
+Checks: the layout is recognised; every frame's image, depth, camera and id map is present and readable;
+sizes agree within a frame (maps of another aspect ratio are an error) and image sizes within a scene;
+rotations are orthonormal with det +1 (the readers refuse anything else); depth is plausibly in metres;
+ids are consistent (instances seen in several views of a scene); and the views of a scene agree
+geometrically: points unprojected from one view's depth must not land in front of another view's surface
+(free space). When they do with the poses as given but not with the poses inverted, the poses are
+camera-to-world where world-to-camera is expected (or the reverse), and the check says so.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .frames import DatasetError, Frame
+
+AUTO_MARKERS = (  # (layout, glob patterns any of which marks it), most specific first
+    ("scannetpp", ("*/scene_iphone_metadata.npz",)),
+    ("infinigen", ("*/*/frames/Image",)),
+    ("scannet", ("*/color", "*/pose")),
+    ("re10k", ("*/rgb", "*/cam")),
+    ("scene_folder", ("cameras.json", "cam", "*/cameras.json", "*/cam")),
+)
+
+
+def detect_layout(root: Path) -> str:
+    """The layout of a dataset folder, from the files that mark each one."""
+    if not root.is_dir():
+        raise DatasetError(f"{root} does not exist or is not a folder")
+    for layout, patterns in AUTO_MARKERS:
+        if layout in ("scannet", "re10k"):
+            if all(any(root.glob(p)) for p in patterns):
+                return layout
+        elif any(any(root.glob(p)) for p in patterns):
+            return layout
+    raise DatasetError(f"{root}: no known dataset layout found (looked for ScanNet++ scene_iphone_metadata.npz, "
+                       "Infinigen frames/Image, ScanNet color/+pose/, RE10K rgb/+cam/, a scene folder with "
+                       "cameras.json or cam/)")
+
+
+def invert(E: np.ndarray) -> np.ndarray:
+    R, t = E[:3, :3], E[:3, 3]
+    return np.concatenate([R.T, (-R.T @ t)[:, None]], 1)
+
+
+def free_space_violations(fa: Frame, fb: Frame, Ea: np.ndarray, Eb: np.ndarray, tol: float = 0.05,
+                          max_points: int = 20000) -> tuple[float, int]:
+    """Fraction of view a's depth points that, seen from view b, lie clearly *in front of* b's surface
+    (z < (1 - tol) x depth_b): impossible for consistent geometry. Returns (fraction, points compared)."""
+    from ..geometry import project_points, unproject_depth
+
+    da = torch.from_numpy(fa.depth).double()
+    pts = unproject_depth(da, torch.from_numpy(Ea), torch.from_numpy(fa.intrinsics))[da > 0]
+    if len(pts) > max_points:
+        pts = pts[torch.linspace(0, len(pts) - 1, max_points).long()]
+    uv, z = project_points(pts, torch.from_numpy(Eb), torch.from_numpy(fb.intrinsics))
+    H, W = fb.depth.shape
+    j, i = uv[:, 0].round().long(), uv[:, 1].round().long()
+    inside = (z > 0) & (j >= 0) & (j < W) & (i >= 0) & (i < H)
+    db = torch.from_numpy(fb.depth).double()[i[inside], j[inside]]
+    zi = z[inside]
+    seen = db > 0
+    n = int(seen.sum())
+    if n == 0:
+        return float("nan"), 0
+    return float((zi[seen] < (1 - tol) * db[seen]).double().mean()), n
+
+
+@dataclass
+class SceneReport:
+    name: str
+    frames: int = 0
+    sizes: set = field(default_factory=set)
+    depth_medians: list = field(default_factory=list)
+    depth_valid: list = field(default_factory=list)
+    ids_per_frame: list = field(default_factory=list)
+    views_per_id: dict = field(default_factory=dict)
+    violation: float = float("nan")
+    violation_inverted: float = float("nan")
+
+
+@dataclass
+class CheckReport:
+    root: str
+    layout: str
+    scenes: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_dataset(root: str | os.PathLike, layout: str = "auto", max_scenes: int | None = None,
+                  max_frames: int | None = None, pairs: int = 4, violation_threshold: float = 0.05,
+                  reader_kwargs: dict | None = None) -> CheckReport:
+    """Read (up to ``max_frames`` frames of up to ``max_scenes`` scenes of) a dataset; collect problems."""
+    from .fixtures import reader_class
+
+    root = Path(root)
+    layout = detect_layout(root) if layout == "auto" else layout
+    report = CheckReport(str(root), layout)
+    try:
+        ds = reader_class(layout)(root, split="all", num_views=1, min_views=1, **(reader_kwargs or {}))
+    except DatasetError as err:
+        report.problems.append(str(err))
+        return report
+    report.skipped = list(ds.skipped)
+    for record in ds.scenes[:max_scenes]:
+        sr = SceneReport(record.name)
+        report.scenes.append(sr)
+        try:
+            ds.prepare(record)
+        except DatasetError as err:
+            report.problems.append(str(err))
+            continue
+        keys = record.frames if max_frames is None else record.frames[:: max(1, len(record.frames) // max_frames)]
+        frames: list[Frame] = []
+        for key in keys:
+            try:
+                f = ds._conform(ds.read_frame(record, key), record)
+            except DatasetError as err:
+                report.problems.append(str(err))
+                continue
+            frames.append(f)
+            sr.frames += 1
+            sr.sizes.add(f.size)
+            if f.depth is not None:
+                valid = f.depth[f.depth > 0]
+                sr.depth_valid.append(valid.size / f.depth.size)
+                if valid.size:
+                    sr.depth_medians.append(float(np.median(valid)))
+            if f.instance_ids is not None:
+                ids = np.unique(f.instance_ids)
+                ids = ids[ids != 0]
+                sr.ids_per_frame.append(len(ids))
+                for k in ids.tolist():
+                    sr.views_per_id[k] = sr.views_per_id.get(k, 0) + 1
+        where = f"scene {record.name}"
+        if len(sr.sizes) > 1:
+            report.problems.append(f"{where}: images differ in size {sorted(sr.sizes)} (H, W); the co-transforms "
+                                   "handle it, but one camera per scene is expected; check the files")
+        if sr.depth_medians:
+            med = float(np.median(sr.depth_medians))
+            if not 0.05 <= med <= 200:
+                report.problems.append(f"{where}: median depth {med:.4g} is implausible for metres (expected "
+                                       "0.05..200); wrong depth_scale / unit?")
+        if sr.views_per_id and len(frames) > 1 and max(sr.views_per_id.values()) < 2:
+            report.problems.append(f"{where}: no instance id appears in more than one view; ids must be shared "
+                                   "by the views of a scene (per-frame ids cannot train 3D-consistent features)")
+        _geometry_check(report, sr, frames, pairs, violation_threshold)
+    if not report.scenes:
+        report.problems.append(f"{root}: no usable scene ({len(report.skipped)} skipped: "
+                               f"{report.skipped[:3]})")
+    return report
+
+
+def _geometry_check(report: CheckReport, sr: SceneReport, frames: list[Frame], pairs: int, threshold: float) -> None:
+    with_depth = [f for f in frames if f.depth is not None and (f.depth > 0).any()]
+    if len(with_depth) < 2:
+        return
+    # neighbouring views overlap most: compare consecutive frames, spread over the sequence
+    starts = np.unique(np.linspace(0, len(with_depth) - 2, min(pairs, len(with_depth) - 1)).round().astype(int))
+    given, inverted = [], []
+    for s in starts:
+        fa, fb = with_depth[s], with_depth[s + 1]
+        v, n = free_space_violations(fa, fb, fa.extrinsics, fb.extrinsics)
+        vi, ni = free_space_violations(fa, fb, invert(fa.extrinsics), invert(fb.extrinsics))
+        if n:
+            given.append(v)
+        inverted.append(vi if ni else 1.0)
+    if not given:
+        report.problems.append(f"scene {sr.name}: consecutive views do not see each other's points at all with the "
+                               "given poses; check the pose convention (world-to-camera expected)")
+        return
+    sr.violation, sr.violation_inverted = float(np.mean(given)), float(np.mean(inverted))
+    if sr.violation > threshold:
+        hint = (f"; with the poses inverted only {100 * sr.violation_inverted:.1f} %: the poses look like "
+                "camera-to-world where world-to-camera is expected (or the reverse)"
+                if sr.violation_inverted < sr.violation / 2 else "; check poses, intrinsics and depth units")
+        report.problems.append(f"scene {sr.name}: the views disagree: {100 * sr.violation:.1f} % of one view's "
+                               f"depth points land in front of the next view's surface{hint}")
+
+
+def format_report(r: CheckReport) -> str:
+    lines = [f"{r.root}: layout {r.layout}, {len(r.scenes)} scene(s), {sum(s.frames for s in r.scenes)} frame(s)"]
+    if r.skipped:
+        lines.append(f"skipped {len(r.skipped)} scene(s): " + "; ".join(f"{n} ({why})" for n, why in r.skipped[:5]))
+    head = f"{'scene':<28}{'frames':>7}{'size HxW':>12}{'depth med m':>13}{'valid %':>9}{'ids/frame':>10}" \
+           f"{'ids>=2 views':>13}{'free-space viol. %':>20}"
+    lines.append(head)
+    for s in r.scenes:
+        size = "/".join(f"{h}x{w}" for h, w in sorted(s.sizes)) or "-"
+        med = f"{np.median(s.depth_medians):.3f}" if s.depth_medians else "-"
+        valid = f"{100 * np.mean(s.depth_valid):.1f}" if s.depth_valid else "-"
+        ids = f"{np.mean(s.ids_per_frame):.1f}" if s.ids_per_frame else "-"
+        shared = f"{sum(v >= 2 for v in s.views_per_id.values())}/{len(s.views_per_id)}" if s.views_per_id else "-"
+        viol = "-" if np.isnan(s.violation) else f"{100 * s.violation:.2f} (inv {100 * s.violation_inverted:.0f})"
+        lines.append(f"{s.name[:27]:<28}{s.frames:>7}{size:>12}{med:>13}{valid:>9}{ids:>10}{shared:>13}{viol:>20}")
+    if r.problems:
+        lines.append(f"\n{len(r.problems)} problem(s):")
+        lines += [f"  - {p}" for p in r.problems]
+    else:
+        lines.append("\nno problems found")
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+"""One loaded view of a real dataset, before co-transforms: the common currency of every reader.
+
+Readers turn their layout into :class:`Frame` s in *our* conventions (below); co-transforms
+(:mod:`.transforms`) then crop and resize every field together, and :class:`.multiview.MultiViewScenes`
+stacks the views into the batch contract of ../DESIGN.md.
+
+Conventions of a Frame:
+- ``image`` uint8 RGB [H,W,3];
+- ``depth`` float32 [H,W] in metres (camera-frame z), 0 = invalid, or None when the dataset has no depth;
+- ``intrinsics`` float64 [3,3] in pixels of ``image`` with **pixel centres at integer coordinates**
+  (pixel (row i, column j) is at u = j, v = i), the convention of ``iggt_lightning.geometry``. Datasets
+  that follow OpenCV/COLMAP's continuous convention (pixel j spans [j, j+1), centre j + 0.5) are shifted by
+  -0.5 on reading (:func:`from_continuous_pixels`);
+- ``extrinsics`` float64 [3,4] world-to-camera [R|t], OpenCV axes (x right, y down, z forward);
+- ``instance_ids`` int64 [H,W], ids shared by the views of a scene, 0 = no instance; or None.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent; the message names the file."""
+
+
+@dataclass
+class Frame:
+    image: np.ndarray
+    intrinsics: np.ndarray
+    extrinsics: np.ndarray
+    depth: np.ndarray | None = None
+    instance_ids: np.ndarray | None = None
+    name: str = ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the image."""
+        return self.image.shape[0], self.image.shape[1]
+
+
+def from_continuous_pixels(K: np.ndarray) -> np.ndarray:
+    """Intrinsics with pixel centres at j + 0.5 (OpenCV/COLMAP) -> pixel centres at j (ours)."""
+    K = np.array(K, dtype=np.float64)
+    K[0, 2] -= 0.5
+    K[1, 2] -= 0.5
+    return K
+
+
+def to_continuous_pixels(K: np.ndarray) -> np.ndarray:
+    K = np.array(K, dtype=np.float64)
+    K[0, 2] += 0.5
+    K[1, 2] += 0.5
+    return K
+
+
+def pose_to_extrinsics(pose: np.ndarray, what: str, where: str | os.PathLike) -> np.ndarray:
+    """A 4x4 (or 3x4) camera-to-world pose -> world-to-camera [R|t] 3x4, checking it is a rigid motion."""
+    pose = np.asarray(pose, dtype=np.float64)
+    if pose.shape not in ((4, 4), (3, 4)):
+        raise DatasetError(f"{where}: {what} has shape {pose.shape}; expected a 4x4 or 3x4 matrix")
+    if not np.isfinite(pose).all():
+        raise DatasetError(f"{where}: {what} contains NaN or inf (an invalid/untracked frame)")
+    R, t = pose[:3, :3], pose[:3, 3]
+    check_rotation(R, what, where)
+    return np.concatenate([R.T, (-R.T @ t)[:, None]], 1)
+
+
+def as_extrinsics(matrix: np.ndarray, what: str, where: str | os.PathLike) -> np.ndarray:
+    """A 4x4 or 3x4 world-to-camera matrix -> 3x4, checking it is a rigid motion."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape not in ((4, 4), (3, 4)):
+        raise DatasetError(f"{where}: {what} has shape {m.shape}; expected a 4x4 or 3x4 matrix")
+    if not np.isfinite(m).all():
+        raise DatasetError(f"{where}: {what} contains NaN or inf")
+    check_rotation(m[:3, :3], what, where)
+    return m[:3].copy()
+
+
+def check_rotation(R: np.ndarray, what: str, where: str | os.PathLike, tol: float = 1e-3) -> None:
+    err = float(np.abs(R @ R.T - np.eye(3)).max())
+    det = float(np.linalg.det(R))
+    if err > tol or det < 0:
+        raise DatasetError(f"{where}: the rotation of {what} is not a proper rotation (|R R^T - I| = {err:.2g}, "
+                           f"det = {det:.3g}); expected an orthonormal R with det +1")
+
+
+def check_intrinsics(K: np.ndarray, where: str | os.PathLike) -> np.ndarray:
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape == (4, 4):       # ScanNet writes 4x4 intrinsics
+        K = K[:3, :3]
+    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise DatasetError(f"{where}: intrinsics must be a finite 3x3 matrix with positive focal lengths; got "
+                           f"{np.array2string(K, precision=3)}")
+    return K
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise DatasetError(f"missing image {path}")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from err
+
+
+def read_png_array(path: Path, what: str) -> np.ndarray:
+    """A single-channel 8/16-bit PNG as an integer array."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise DatasetError(f"missing {what} {path}")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot read {what} {path}: {err}") from err
+    if arr.ndim != 2:
+        raise DatasetError(f"{what} {path} has shape {arr.shape}; expected a single-channel image")
+    return arr
+
+
+def read_npy(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"missing {what} {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DatasetError(f"cannot read {what} {path}: {err}") from err
+
+
+def read_npz(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DatasetError(f"missing {what} {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError) as err:
+        raise DatasetError(f"cannot read {what} {path}: {err}") from err
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise DatasetError(f"{what} {path} lacks key(s) {missing}; it has {sorted(data)}")
+    return data
+
+
+def depth_from_millimetres(raw: np.ndarray, scale: float, where: Path) -> np.ndarray:
+    """uint16 depth PNG -> float32 metres (``raw / scale``), refusing depth that is not integer-coded."""
+    if raw.dtype.kind not in "ui":
+        raise DatasetError(f"depth {where} has dtype {raw.dtype}; expected an integer PNG (e.g. uint16 millimetres)")
+    return raw.astype(np.float32) / float(scale)
+
+
+def check_depth(depth: np.ndarray, where: Path, max_metres: float = 1000.0) -> np.ndarray:
+    """Float depth in metres: NaN/inf/negative become 0 (invalid); implausible units are an error."""
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim == 3 and depth.shape[-1] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2:
+        raise DatasetError(f"depth {where} has shape {depth.shape}; expected [H,W]")
+    depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32)
+    valid = depth[depth > 0]
+    if valid.size and float(np.median(valid)) > max_metres:
+        raise DatasetError(f"depth {where}: median {float(np.median(valid)):.4g} is implausible for metres "
+                           f"(> {max_metres:g}); is it in millimetres? set the reader's depth_scale")
+    return depth
+
+
+def resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a [h,w] map to (H, W), sampling at pixel centres."""
+    h, w = values.shape[:2]
+    H, W = size
+    if (h, w) == (H, W):
+        return values
+    rows = np.minimum(((np.arange(H) + 0.5) * (h / H)).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * (w / W)).astype(np.int64), w - 1)
+    return values[rows[:, None], cols[None, :]]

@@ -1,0 +1,274 @@
+"""The base of every real-dataset reader: scenes on disk -> samples of the batch contract (../DESIGN.md).
+
+A reader subclasses :class:`MultiViewScenes` and implements two methods:
+
+- ``scan() -> list[SceneRecord]``: find the scenes (sequences) and their frames, cheaply;
+- ``read_frame(record, key) -> Frame``: load one view in our conventions (:mod:`.frames`).
+
+The base class does the rest, the same way for every layout: the split (by a hash of the scene id, so it
+never changes when scenes are added), view sampling (random, by pose overlap, or sequential, with a
+frame stride), co-transforms (crop/resize with scale augmentation, shared colour jitter), and the
+assembly of the sample (world points unprojected from depth with the loaded cameras, valid mask, instance
+ids renumbered 1..K per sample with 0 kept as "none").
+
+Randomness: evaluation splits are a pure function of (seed, index); the training split draws fresh views and
+augmentations every epoch from torch's generator (so ``seed_everything`` makes a run reproducible and
+DataLoader workers differ). The number of views of a sample only depends on (seed, index), so batches can
+group samples by shape (``sample_shape``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .frames import DatasetError, Frame, resize_nearest
+from .transforms import ColorJitter, Compose, CropResize
+
+VIEW_SAMPLING = ("random", "overlap", "sequential")
+
+
+@dataclass
+class SceneRecord:
+    """One scene (sequence) of a dataset: its id, its frame keys in temporal order, reader-specific info."""
+
+    name: str
+    frames: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+    poses: np.ndarray | None = None     # [N,3,4] world-to-camera per frame, when the layout gives them cheaply
+
+
+def split_of(name: str, val_fraction: float, test_fraction: float) -> str:
+    """'train' / 'val' / 'test' from the md5 of the scene id: stable, and independent of the other scenes."""
+    u = int(hashlib.md5(name.encode()).hexdigest()[:8], 16) / 16 ** 8
+    if u < test_fraction:
+        return "test"
+    return "val" if u < test_fraction + val_fraction else "train"
+
+
+def overlap_ranking(poses: np.ndarray, anchor: int, rotation_weight: float = 1.0) -> np.ndarray:
+    """Frames ordered by pose distance to ``anchor`` (itself first): camera-centre distance divided by the
+    sequence's median step between consecutive centres, plus ``rotation_weight`` x the angle between the
+    viewing directions in units of 5 degrees (about one step of a handheld scan). A cheap proxy for view
+    overlap when no co-visibility is stored."""
+    R, t = poses[:, :, :3], poses[:, :, 3]
+    centres = -np.einsum("nji,nj->ni", R, t)            # C = -R^T t
+    steps = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    unit = float(np.median(steps)) if steps.size and np.median(steps) > 0 else 1.0
+    dist = np.linalg.norm(centres - centres[anchor], axis=1) / unit
+    forward = R[:, 2, :]                                 # the camera's z axis in world coordinates
+    angle = np.arccos(np.clip(forward @ forward[anchor], -1.0, 1.0))
+    score = dist + rotation_weight * angle / np.radians(5.0)
+    score[anchor] = -1.0
+    return np.argsort(score, kind="stable")
+
+
+class MultiViewScenes(Dataset):
+    """Samples of S views from the scenes of a dataset folder; the shared machinery of every reader.
+
+    Args:
+        root: the dataset folder.
+        split: 'train', 'val', 'test' (by :func:`split_of` with ``val_fraction``/``test_fraction``) or 'all'.
+        num_views: views per sample, or a range [min, max] drawn per sample.
+        image_size: (H, W) of every view after the co-transforms.
+        resize_mode: 'crop' (keep the aspect ratio, crop the excess) or 'resize' (stretch).
+        scale_augment: (1, s_max) random zoom-in for training; (1, 1) = off.
+        color_jitter: probability of a colour jitter shared by the views (0 = off), or ColorJitter kwargs.
+        view_sampling: 'random' (uniform), 'overlap' (an anchor and views near it by pose, within the
+            ``overlap_top_k`` nearest frames) or 'sequential' (consecutive frames).
+        frame_stride: use every n-th frame of a sequence.
+        min_views: scenes with fewer usable frames are skipped (listed in ``skipped``).
+        samples_per_scene: how many samples (each with its own views) a scene gives per epoch.
+        max_depth: depth beyond this (metres) is marked invalid; ``depth_quantile`` drops the farthest
+            depths above that per-view quantile (the official loaders clip at 0.99 / 0.98).
+        pixel_center: where the dataset's intrinsics put pixel j's centre: 0.5 for OpenCV/COLMAP-style
+            calibrations (the default), 0 for VGGT-style; converted to ours (0) on reading.
+        deterministic: fixed views and augmentation per index (default: every split but 'train').
+        seed: base seed of the sampling.
+    """
+
+    layout = "generic"
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", num_views: int | tuple[int, int] = 8,
+                 image_size: tuple[int, int] = (336, 504), resize_mode: str = "crop",
+                 scale_augment: tuple[float, float] = (1.0, 1.0), color_jitter: float | dict = 0.0,
+                 view_sampling: str = "random", overlap_top_k: int = 32, frame_stride: int = 1, min_views: int = 2,
+                 samples_per_scene: int = 1, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                 max_depth: float | None = None, depth_quantile: float | None = None, pixel_center: float = 0.5,
+                 deterministic: bool | None = None, seed: int = 0) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{type(self).__name__}: dataset root {self.root} does not exist or is not a folder")
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"split must be 'train', 'val', 'test' or 'all'; got {split!r}")
+        if view_sampling not in VIEW_SAMPLING:
+            raise ValueError(f"view_sampling must be one of {VIEW_SAMPLING}; got {view_sampling!r}")
+        lo, hi = (num_views, num_views) if isinstance(num_views, int) else tuple(int(v) for v in num_views)
+        if not 1 <= lo <= hi:
+            raise ValueError(f"num_views must be >= 1 or a range [min, max] with 1 <= min <= max; got {num_views}")
+        if frame_stride < 1 or samples_per_scene < 1 or min_views < 1:
+            raise ValueError("frame_stride, samples_per_scene and min_views must be >= 1; got "
+                             f"{frame_stride}, {samples_per_scene}, {min_views}")
+        if depth_quantile is not None and not 0 < depth_quantile <= 1:
+            raise ValueError(f"depth_quantile must be in (0, 1]; got {depth_quantile}")
+        self.split, self.num_views, self.image_size = split, (lo, hi), tuple(int(s) for s in image_size)
+        self.view_sampling, self.overlap_top_k, self.frame_stride = view_sampling, overlap_top_k, frame_stride
+        self.min_views, self.samples_per_scene, self.seed = min_views, samples_per_scene, seed
+        self.max_depth, self.depth_quantile, self.pixel_center = max_depth, depth_quantile, float(pixel_center)
+        self.deterministic = split != "train" if deterministic is None else deterministic
+        jitter = color_jitter if isinstance(color_jitter, dict) else {"p": float(color_jitter)}
+        steps: list = [CropResize(self.image_size, resize_mode, scale_augment, random_position=not self.deterministic)]
+        if jitter.get("p", 0.5) > 0:
+            steps.append(ColorJitter(**jitter))
+        self.transform = Compose(steps)
+
+        records = self.scan()
+        if not records:
+            raise DatasetError(f"{type(self).__name__}: no scene found under {self.root} (expected the "
+                               f"{self.layout} layout; see the class docstring)")
+        if split != "all":
+            records = [r for r in records if split_of(r.name, val_fraction, test_fraction) == split]
+        self.skipped: list[tuple[str, str]] = []
+        self.scenes: list[SceneRecord] = []
+        for r in records:
+            n = len(r.frames[::frame_stride])
+            if n < max(min_views, 1):
+                self.skipped.append((r.name, f"{n} frame(s) after stride {frame_stride} < min_views {min_views}"))
+            else:
+                self.scenes.append(r)
+        self._pose_cache: dict[str, np.ndarray] = {}
+
+    # -- to implement -------------------------------------------------------------------------------------
+    def scan(self) -> list[SceneRecord]:
+        raise NotImplementedError
+
+    def read_frame(self, record: SceneRecord, key: str) -> Frame:
+        raise NotImplementedError
+
+    def prepare(self, record: SceneRecord) -> None:
+        """Hook run before a scene's views are chosen (e.g. drop frames with invalid poses, lazily)."""
+
+    def read_pose(self, record: SceneRecord, key: str) -> np.ndarray:
+        """World-to-camera [3,4] of one frame (for overlap sampling); default: read the whole frame."""
+        return self.read_frame(record, key).extrinsics
+
+    # -- sampling ---------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.scenes) * self.samples_per_scene
+
+    def _views_of(self, index: int) -> int:
+        lo, hi = self.num_views
+        record = self.scenes[index // self.samples_per_scene]
+        n = lo if lo == hi else int(np.random.default_rng([self.seed, index, 7]).integers(lo, hi + 1))
+        return min(n, len(record.frames[::self.frame_stride]))
+
+    def sample_shape(self, index: int) -> tuple[int, int, int]:
+        return (self._views_of(index), *self.image_size)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.deterministic:
+            return np.random.default_rng([self.seed, index])
+        return np.random.default_rng([self.seed, index, int(torch.randint(0, 2 ** 62, ()).item())])
+
+    def poses_of(self, record: SceneRecord) -> np.ndarray:
+        if record.poses is not None:
+            return record.poses
+        if record.name not in self._pose_cache:
+            self._pose_cache[record.name] = np.stack([self.read_pose(record, k) for k in record.frames])
+        return self._pose_cache[record.name]
+
+    def choose_views(self, record: SceneRecord, n: int, rng: np.random.Generator) -> list[str]:
+        idx = np.arange(0, len(record.frames), self.frame_stride)
+        if self.view_sampling == "sequential":
+            start = int(rng.integers(0, len(idx) - n + 1))
+            picks = idx[start:start + n]
+        elif self.view_sampling == "overlap" and n > 1:
+            poses = self.poses_of(record)[idx]
+            anchor = int(rng.integers(0, len(idx)))
+            near = overlap_ranking(poses, anchor)[1:max(n - 1, min(self.overlap_top_k, len(idx) - 1)) + 1]
+            picks = idx[np.sort(np.concatenate([[anchor], rng.choice(near, n - 1, replace=False)]))]
+        else:
+            picks = idx[np.sort(rng.choice(len(idx), n, replace=False))]
+        return [record.frames[i] for i in picks]
+
+    # -- assembly ----------------------------------------------------------------------------------------
+    def _conform(self, f: Frame, record: SceneRecord) -> Frame:
+        """Intrinsics to integer pixel centres (a scene may state its own ``pixel_center``); depth and id maps
+        at another resolution than the image are resampled, nearest, onto the image grid if the aspect ratio
+        agrees (ScanNet's depth is 640x480 beside 1296x968 colour)."""
+        H, W = f.size
+        where = f"{record.name}/{f.name}"
+        shift = record.info.get("pixel_center", self.pixel_center)
+        if shift:
+            f.intrinsics = f.intrinsics.copy()
+            f.intrinsics[:2, 2] -= shift
+        for name in ("depth", "instance_ids"):
+            m = getattr(f, name)
+            if m is None or m.shape[:2] == (H, W):
+                continue
+            h, w = m.shape[:2]
+            if abs(w / h - W / H) > 0.01 * (W / H):
+                raise DatasetError(f"{where}: {name} map is {w}x{h} but the image is {W}x{H} (another aspect ratio); "
+                                   "the maps of a frame must cover the same field of view")
+            setattr(f, name, resize_nearest(m, (H, W)))
+        return f
+
+    def _clip_depth(self, depth: np.ndarray) -> np.ndarray:
+        if self.max_depth is not None:
+            depth = np.where(depth <= self.max_depth, depth, 0)
+        if self.depth_quantile is not None and self.depth_quantile < 1 and (depth > 0).any():
+            depth = np.where(depth <= np.quantile(depth[depth > 0], self.depth_quantile), depth, 0)
+        return depth.astype(np.float32)
+
+    def load_views(self, record: SceneRecord, keys: list[str], rng: np.random.Generator) -> list[Frame]:
+        frames = [self._conform(self.read_frame(record, k), record) for k in keys]
+        return self.transform(frames, rng)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        record = self.scenes[index // self.samples_per_scene]
+        rng = self._rng(index)
+        self.prepare(record)
+        n = self._views_of(index)
+        if len(record.frames[::self.frame_stride]) < n:
+            raise DatasetError(f"{record.name}: only {len(record.frames[::self.frame_stride])} usable frame(s) left "
+                               f"(after dropping invalid ones), {n} view(s) needed")
+        keys = self.choose_views(record, n, rng)
+        return assemble(self.load_views(record, keys, rng), record.name, self._clip_depth)
+
+
+def assemble(frames: list[Frame], scene_id: str, clip_depth=None) -> dict:
+    """Stack transformed frames into one sample of the batch contract."""
+    from ..geometry import unproject_depth
+
+    sizes = {f.size for f in frames}
+    if len(sizes) > 1:
+        raise DatasetError(f"{scene_id}: views differ in size after the transforms: {sorted(sizes)}")
+    H, W = frames[0].size
+    images = torch.from_numpy(np.stack([f.image for f in frames])).permute(0, 3, 1, 2).float() / 255.0
+    depth = np.stack([f.depth if f.depth is not None else np.zeros((H, W), np.float32) for f in frames])
+    if clip_depth is not None:
+        depth = np.stack([clip_depth(d) for d in depth])
+    depth_t = torch.from_numpy(depth.astype(np.float32))
+    E = torch.from_numpy(np.stack([f.extrinsics for f in frames]))          # float64 for the unprojection
+    K = torch.from_numpy(np.stack([f.intrinsics for f in frames]))
+    valid = depth_t > 0
+    points = unproject_depth(depth_t.double(), E, K).float() * valid[..., None]
+    if all(f.instance_ids is None for f in frames):
+        ids = torch.zeros((len(frames), H, W), dtype=torch.int64)
+    else:
+        raw = np.stack([f.instance_ids if f.instance_ids is not None else np.zeros((H, W), np.int64)
+                        for f in frames]).astype(np.int64)
+        uniq, inverse = np.unique(raw, return_inverse=True)     # renumber 1..K, keeping 0 = none
+        offset = 0 if uniq[0] == 0 else 1
+        ids = torch.from_numpy((inverse.reshape(raw.shape) + offset).astype(np.int64))
+    return {"images": images, "depth": depth_t, "extrinsics": E.float(), "intrinsics": K.float(),
+            "world_points": points, "valid_mask": valid, "instance_ids": ids, "scene_id": scene_id,
+            "frame_ids": [f.name for f in frames]}

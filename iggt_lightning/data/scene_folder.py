@@ -1,0 +1,172 @@
+"""A plain scene folder, the exchange format (and what ``iggt predict`` writes), one folder = one scene::
+
+    <scene>/images/<name>.jpg|png                  RGB
+    <scene>/cameras.json                           {"pixel_center": 0.5, "views": [{"file_name": "<name>.jpg",
+                                                     "extrinsic": 3x4 or 4x4 world-to-camera, "intrinsic": 3x3,
+                                                     "width": W, "height": H}, ...]}
+      or <scene>/cam/<stem>.npz                    intrinsics (3x3) + extrinsics (world-to-camera) or pose
+                                                   (camera-to-world); views in natural order of the stems
+    <scene>/depth/<stem>.npy | <stem>.png          optional: float metres | uint16 (metres x ``depth_scale``)
+      or <scene>/depth/depth.npz                   optional: "depth" [S,H,W] in view order, or "depth_<stem>"
+                                                   per view, with optional "valid" / "valid_<stem>" masks
+    <scene>/instances/<stem>.png|npy               optional: instance ids shared by the views, 0 = none;
+      or <scene>/masks/<stem>.png                  the folder ``iggt predict`` writes
+
+``root`` is one scene folder, or a folder of scene folders. The intrinsics are in pixels of the stored image;
+``pixel_center`` in cameras.json (or the reader's ``pixel_center``; default 0.5, OpenCV/COLMAP) says where
+pixel j's centre lies. A view's image is ``images/<file_name>``, else its ``image_path`` (absolute, or
+relative to the scene folder).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .frames import DatasetError, Frame, as_extrinsics, check_depth, check_intrinsics, depth_from_millimetres
+from .frames import pose_to_extrinsics, read_npy, read_npz, read_png_array, read_rgb
+from .multiview import MultiViewScenes, SceneRecord
+from .re10k import IMAGE_SUFFIXES, natural_key
+
+INSTANCE_DIRS = ("instances", "masks")
+
+
+def is_scene_folder(path: Path) -> bool:
+    return (path / "cameras.json").is_file() or (path / "cam").is_dir()
+
+
+class SceneFolderScenes(MultiViewScenes):
+    """Plain scene folders (see the module docstring); every ``MultiViewScenes`` option applies.
+
+    Args:
+        depth_scale: PNG depth value per metre (1000 = millimetres, what ``iggt predict`` writes).
+        use_instances: read instance maps when present (False: ids all 0).
+    """
+
+    layout = "scene folder (<scene>/images, cameras.json or cam/*.npz, optional depth/, instances/ or masks/)"
+
+    def __init__(self, root, depth_scale: float = 1000.0, use_instances: bool = True, **kwargs) -> None:
+        self.depth_scale, self.use_instances = depth_scale, use_instances
+        super().__init__(root, **kwargs)
+
+    # -- discovery -----------------------------------------------------------------------------------------
+    def scan(self) -> list[SceneRecord]:
+        if is_scene_folder(self.root):
+            dirs = [self.root]
+        else:
+            dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and is_scene_folder(p))
+        return [self._scan_scene(d) for d in dirs]
+
+    def _scan_scene(self, d: Path) -> SceneRecord:
+        info: dict = {"dir": d, "views": {}}
+        if (d / "cameras.json").is_file():
+            path = d / "cameras.json"
+            try:
+                data = json.loads(path.read_text())
+                views = data["views"]
+                if not isinstance(views, list):
+                    raise TypeError("'views' is not a list")
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise DatasetError(f"cannot read {path}: {err} (expected {{'views': [{{file_name, extrinsic, "
+                                   "intrinsic}}, ...]}})") from err
+            if "pixel_center" in data:
+                info["pixel_center"] = float(data["pixel_center"])
+            keys = []
+            for i, v in enumerate(views):
+                missing = [k for k in ("file_name", "extrinsic", "intrinsic") if k not in v]
+                if missing:
+                    raise DatasetError(f"{path}: views[{i}] lacks {missing}")
+                where = f"{path} (views[{i}], {v['file_name']})"
+                info["views"][v["file_name"]] = {
+                    "E": as_extrinsics(v["extrinsic"], "extrinsic (world-to-camera)", where),
+                    "K": check_intrinsics(v["intrinsic"], where), "size": (v.get("height"), v.get("width")),
+                    "image_path": v.get("image_path")}
+                keys.append(v["file_name"])
+        else:
+            stems = sorted((p.stem for p in (d / "cam").glob("*.npz")), key=natural_key)
+            images = {p.stem: p.name for p in (d / "images").iterdir()
+                      if p.suffix.lower() in IMAGE_SUFFIXES} if (d / "images").is_dir() else {}
+            keys = []
+            for s in stems:
+                if s not in images:
+                    raise DatasetError(f"{d / 'cam' / (s + '.npz')} has no image images/{s}.<jpg|png|...>")
+                keys.append(images[s])
+        info["ids"] = next((d / n for n in INSTANCE_DIRS if (d / n).is_dir()), None) if self.use_instances else None
+        depth_npz = d / "depth" / "depth.npz"
+        info["depth_npz"] = depth_npz if depth_npz.is_file() else None
+        return SceneRecord(d.name, keys, info)
+
+    # -- one view ------------------------------------------------------------------------------------------
+    def _camera(self, record: SceneRecord, key: str) -> tuple[np.ndarray, np.ndarray]:
+        if key in record.info["views"]:
+            v = record.info["views"][key]
+            return v["E"], v["K"]
+        path = record.info["dir"] / "cam" / f"{Path(key).stem}.npz"
+        cam = read_npz(path, "camera", ("intrinsics",))
+        if "extrinsics" in cam:
+            E = as_extrinsics(cam["extrinsics"], "extrinsics (world-to-camera)", path)
+        elif "pose" in cam:
+            E = pose_to_extrinsics(cam["pose"], "pose (camera-to-world)", path)
+        else:
+            raise DatasetError(f"camera {path} needs 'extrinsics' (world-to-camera) or 'pose' (camera-to-world); "
+                               f"it has {sorted(cam)}")
+        return E, check_intrinsics(cam["intrinsics"], path)
+
+    def read_pose(self, record: SceneRecord, key: str) -> np.ndarray:
+        return self._camera(record, key)[0]
+
+    def _image_path(self, record: SceneRecord, key: str) -> Path:
+        d = record.info["dir"]
+        local = d / "images" / key
+        other = record.info["views"].get(key, {}).get("image_path")
+        if local.is_file() or not other:
+            return local
+        return Path(other) if Path(other).is_absolute() else d / other
+
+    def _depth(self, record: SceneRecord, key: str) -> np.ndarray | None:
+        d, stem = record.info["dir"] / "depth", Path(key).stem
+        if record.info["depth_npz"] is not None:
+            path = record.info["depth_npz"]
+            if getattr(self, "_npz", (None,))[0] != path:      # one archive cached: views of a sample share it
+                self._npz = (path, read_npz(path, "depth archive"))
+            cache = self._npz[1]
+            if f"depth_{stem}" in cache:
+                depth, valid = cache[f"depth_{stem}"], cache.get(f"valid_{stem}")
+            elif "depth" in cache:
+                i = record.frames.index(key) if key in record.frames else -1
+                if not 0 <= i < len(cache["depth"]):
+                    raise DatasetError(f"{path}: 'depth' has {len(cache['depth'])} views; view {key} is not among them")
+                depth, valid = cache["depth"][i], cache["valid"][i] if "valid" in cache else None
+            else:
+                raise DatasetError(f"{path} has neither 'depth' nor 'depth_{stem}'; it has {sorted(cache)}")
+            depth = np.where(valid, depth, 0) if valid is not None else depth
+            return check_depth(depth, path)
+        if (d / f"{stem}.npy").is_file():
+            return check_depth(read_npy(d / f"{stem}.npy", "depth"), d / f"{stem}.npy")
+        if (d / f"{stem}.png").is_file():
+            path = d / f"{stem}.png"
+            return check_depth(depth_from_millimetres(read_png_array(path, "depth"), self.depth_scale, path), path)
+        return None
+
+    def _ids(self, record: SceneRecord, key: str) -> np.ndarray | None:
+        folder, stem = record.info["ids"], Path(key).stem
+        if folder is None:
+            return None
+        if (folder / f"{stem}.npy").is_file():
+            ids = read_npy(folder / f"{stem}.npy", "instance map")
+            if ids.ndim != 2 or ids.dtype.kind not in "iub":
+                raise DatasetError(f"instance map {folder / (stem + '.npy')} has shape {ids.shape}, dtype {ids.dtype}; "
+                                   "expected an integer [H,W] array")
+            return ids.astype(np.int64)
+        return read_png_array(folder / f"{stem}.png", "instance map").astype(np.int64)
+
+    def read_frame(self, record: SceneRecord, key: str) -> Frame:
+        image = read_rgb(self._image_path(record, key))
+        E, K = self._camera(record, key)
+        size = record.info["views"].get(key, {}).get("size", (None, None))
+        if size[0] is not None and tuple(size) != image.shape[:2]:
+            raise DatasetError(f"{record.info['dir'] / 'cameras.json'}: view {key} says {size[1]}x{size[0]} but the "
+                               f"image is {image.shape[1]}x{image.shape[0]}")
+        return Frame(image=image, intrinsics=K, extrinsics=E, depth=self._depth(record, key),
+                     instance_ids=self._ids(record, key), name=key)
