@@ -50,8 +50,10 @@ def invert(E: np.ndarray) -> np.ndarray:
 
 def free_space_violations(fa: Frame, fb: Frame, Ea: np.ndarray, Eb: np.ndarray, tol: float = 0.05,
                           max_points: int = 20000) -> tuple[float, int]:
-    """Fraction of view a's depth points that, seen from view b, lie clearly *in front of* b's surface
-    (z < (1 - tol) x depth_b): impossible for consistent geometry. Returns (fraction, points compared)."""
+    """Fraction of view a's depth points that, seen from view b, lie clearly *in front of* b's surface:
+    impossible for consistent geometry. "In front" means closer than (1 - tol) x the nearest surface among
+    the 3x3 pixels around the projection, so rounding at depth edges and grazing angles is not counted.
+    Returns (fraction, points compared)."""
     from ..geometry import project_points, unproject_depth
 
     da = torch.from_numpy(fa.depth).double()
@@ -62,13 +64,16 @@ def free_space_violations(fa: Frame, fb: Frame, Ea: np.ndarray, Eb: np.ndarray, 
     H, W = fb.depth.shape
     j, i = uv[:, 0].round().long(), uv[:, 1].round().long()
     inside = (z > 0) & (j >= 0) & (j < W) & (i >= 0) & (i < H)
-    db = torch.from_numpy(fb.depth).double()[i[inside], j[inside]]
+    db = torch.from_numpy(fb.depth).double()
+    db = torch.where(db > 0, db, torch.full_like(db, float("inf")))
+    nearest = -torch.nn.functional.max_pool2d(-db[None, None], 3, stride=1, padding=1)[0, 0]   # 3x3 minimum
+    surface = nearest[i[inside], j[inside]]
     zi = z[inside]
-    seen = db > 0
+    seen = torch.isfinite(surface)
     n = int(seen.sum())
     if n == 0:
         return float("nan"), 0
-    return float((zi[seen] < (1 - tol) * db[seen]).double().mean()), n
+    return float((zi[seen] < (1 - tol) * surface[seen]).double().mean()), n
 
 
 @dataclass
