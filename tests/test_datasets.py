@@ -416,3 +416,21 @@ def test_predict_output_reads_back_as_a_scene_folder(tmp_path):
     masks = np.stack([np.asarray(Image.open(out / "masks" / f"v{i}.png")) for i in range(2)])
     assert same_partition(s["instance_ids"], torch.from_numpy(masks.astype(np.int64)))
     _assert_projection(s)
+
+
+def test_shipped_insscene15k_config_trains_on_fixtures(tmp_path):
+    """configs/data/insscene15k.yaml with its roots pointed at fixtures of the three layouts."""
+    root = Path(__file__).resolve().parents[1]
+    for layout in ("scannetpp", "infinigen", "re10k"):
+        write_fixture(layout, tmp_path / layout, num_scenes=2, num_views=4, image_size=SIZE)
+    text = (root / "configs" / "data" / "insscene15k.yaml").read_text().replace("/data/insscene15k", str(tmp_path))
+    text = text.replace("split: val", "split: all").replace("[336, 518]", "[56, 70]").replace("[2, 8]", "[2, 3]")
+    text = text.replace("num_workers: 8", "num_workers: 0").replace("length: 20000", "length: 4")
+    text = text.replace("frame_stride: 4", "frame_stride: 1")
+    (tmp_path / "data.yaml").write_text(text)
+    args = ["fit", "--config", str(root / "configs" / "synthetic_tiny.yaml"), "--config", str(tmp_path / "data.yaml"),
+            "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--model.log_images_every_n_steps", "0",
+            "--data.init_args.val.init_args.num_views", "2"]
+    assert main(args) == 0

@@ -30,9 +30,11 @@ class MixedScenes(Dataset):
         if not self.datasets:
             raise ValueError("MixedScenes needs at least one dataset")
         sizes = [len(d) for d in self.datasets]
-        empty = [f"{i} ({type(d).__name__})" for i, (d, n) in enumerate(zip(self.datasets, sizes)) if n == 0]
+        empty = [f"{i} ({type(d).__name__}" + (f", skipped: {d.skipped[:2]}" if getattr(d, "skipped", None) else "")
+                 + ")" for i, (d, n) in enumerate(zip(self.datasets, sizes)) if n == 0]
         if empty:
-            raise ValueError(f"MixedScenes: dataset(s) {empty} have no samples (wrong root or split?)")
+            raise ValueError(f"MixedScenes: dataset(s) {empty} have no samples (wrong root or split? too few frames "
+                             "for min_views after frame_stride?)")
         w = np.ones(len(self.datasets)) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (len(self.datasets),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"MixedScenes weights must be {len(self.datasets)} non-negative numbers, not all 0; "
