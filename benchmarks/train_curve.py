@@ -9,7 +9,6 @@ and lowers val AbsRel >= 3x" target of configs/synthetic_tiny.yaml is measured:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -156,6 +156,11 @@ def depth_from_millimetres(raw: np.ndarray, scale: float, where: Path) -> np.nda
     return raw.astype(np.float32) / float(scale)
 
 
+def read_depth_png(path: Path, scale: float) -> np.ndarray:
+    """An integer depth PNG (value = metres x ``scale``) -> float32 metres, checked by :func:`check_depth`."""
+    return check_depth(depth_from_millimetres(read_png_array(path, "depth"), scale, path), path)
+
+
 def check_depth(depth: np.ndarray, where: Path, max_metres: float = 1000.0) -> np.ndarray:
     """Float depth in metres: NaN/inf/negative become 0 (invalid); implausible units are an error."""
     depth = np.asarray(depth, dtype=np.float32)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .frames import DatasetError, Frame, check_depth, check_intrinsics, depth_from_millimetres, pose_to_extrinsics
-from .frames import read_png_array, read_rgb, resize_nearest
+from .frames import DatasetError, Frame, check_intrinsics, pose_to_extrinsics, read_depth_png, read_png_array, read_rgb
+from .frames import resize_nearest
 from .multiview import MultiViewScenes, SceneRecord
 
 _NUM = re.compile(r"^(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
@@ -90,8 +90,7 @@ class ScanNetScenes(MultiViewScenes):
         stem = Path(key).stem
         image = read_rgb(d / "color" / key)
         depth_path = d / "depth" / f"{stem}.png"
-        depth = check_depth(depth_from_millimetres(read_png_array(depth_path, "depth"), self.depth_scale, depth_path),
-                            depth_path)
+        depth = read_depth_png(depth_path, self.depth_scale)
         ids = None
         if record.info["ids"] is not None:
             ids = read_png_array(record.info["ids"] / f"{stem}.png", "instance map").astype(np.int64)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .frames import DatasetError, Frame, check_depth, check_intrinsics, depth_from_millimetres, pose_to_extrinsics
-from .frames import read_npy, read_npz, read_png_array, read_rgb
+from .frames import DatasetError, Frame, check_intrinsics, pose_to_extrinsics, read_depth_png, read_npy, read_npz
+from .frames import read_rgb
 from .multiview import MultiViewScenes, SceneRecord
 
 METADATA = "scene_iphone_metadata.npz"
@@ -55,8 +55,7 @@ class ScanNetPPScenes(MultiViewScenes):
         stem = Path(key).stem
         image = read_rgb(d / "images" / key)
         depth_path = d / "depth" / f"{stem}.png"
-        depth = check_depth(depth_from_millimetres(read_png_array(depth_path, "depth"), self.depth_scale, depth_path),
-                            depth_path)
+        depth = read_depth_png(depth_path, self.depth_scale)
         ids_path = d / self.ids_folder / f"{key}.npy"
         ids = read_npy(ids_path, "instance id map").astype(np.int64)
         if ids.ndim != 2:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .frames import DatasetError, Frame, as_extrinsics, check_depth, check_intrinsics, depth_from_millimetres
-from .frames import pose_to_extrinsics, read_npy, read_npz, read_png_array, read_rgb
+from .frames import DatasetError, Frame, as_extrinsics, check_depth, check_intrinsics, pose_to_extrinsics
+from .frames import read_depth_png, read_npy, read_npz, read_png_array, read_rgb
 from .multiview import MultiViewScenes, SceneRecord
 from .re10k import IMAGE_SUFFIXES, natural_key
 
@@ -146,7 +146,7 @@ class SceneFolderScenes(MultiViewScenes):
             return check_depth(read_npy(d / f"{stem}.npy", "depth"), d / f"{stem}.npy")
         if (d / f"{stem}.png").is_file():
             path = d / f"{stem}.png"
-            return check_depth(depth_from_millimetres(read_png_array(path, "depth"), self.depth_scale, path), path)
+            return read_depth_png(path, self.depth_scale)
         return None
 
     def _ids(self, record: SceneRecord, key: str) -> np.ndarray | None:

@@ -17,7 +17,6 @@ Modes (``preprocess(..., mode=)``):
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -26,7 +26,7 @@ import torch
 from iggt_lightning.fileio import write_json
 
 from . import export
-from .images import InputError, is_video, list_images, load_image, load_video_frames, preprocess
+from .images import is_video, list_images, load_image, load_video_frames, preprocess
 
 PRECISIONS = {"32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
               "16": torch.float16, "fp16": torch.float16, "16-mixed": torch.float16}
