@@ -246,8 +246,6 @@ class MultiViewScenes(Dataset):
 
 def assemble(frames: list[Frame], scene_id: str, clip_depth=None) -> dict:
     """Stack transformed frames into one sample of the batch contract."""
-    from ..geometry import unproject_depth
-
     sizes = {f.size for f in frames}
     if len(sizes) > 1:
         raise DatasetError(f"{scene_id}: views differ in size after the transforms: {sorted(sizes)}")
@@ -260,15 +258,43 @@ def assemble(frames: list[Frame], scene_id: str, clip_depth=None) -> dict:
     E = torch.from_numpy(np.stack([f.extrinsics for f in frames]))          # float64 for the unprojection
     K = torch.from_numpy(np.stack([f.intrinsics for f in frames]))
     valid = depth_t > 0
-    points = unproject_depth(depth_t.double(), E, K).float() * valid[..., None]
+    points = _unproject(depth_t, E, K) * valid[..., None]
     if all(f.instance_ids is None for f in frames):
         ids = torch.zeros((len(frames), H, W), dtype=torch.int64)
     else:
         raw = np.stack([f.instance_ids if f.instance_ids is not None else np.zeros((H, W), np.int64)
                         for f in frames]).astype(np.int64)
-        uniq, inverse = np.unique(raw, return_inverse=True)     # renumber 1..K, keeping 0 = none
-        offset = 0 if uniq[0] == 0 else 1
-        ids = torch.from_numpy((inverse.reshape(raw.shape) + offset).astype(np.int64))
+        ids = torch.from_numpy(renumber(raw))
     return {"images": images, "depth": depth_t, "extrinsics": E.float(), "intrinsics": K.float(),
             "world_points": points, "valid_mask": valid, "instance_ids": ids, "scene_id": scene_id,
             "frame_ids": [f.name for f in frames]}
+
+
+def _unproject(depth: torch.Tensor, E: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """[S,H,W] depth, [S,3,4] world-to-camera, [S,3,3] K (integer pixel centres) -> [S,H,W,3] world points;
+    float64 inside, one batched matmul (what ``geometry.unproject_depth`` computes, ~10x faster here)."""
+    S, H, W = depth.shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    d = depth.double()
+    K = K.double()
+    x = (u - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None] * d
+    y = (v - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None] * d
+    cam = torch.stack([x, y, d], -1).reshape(S, H * W, 3) - E[:, None, :, 3]
+    return torch.bmm(cam, E[:, :, :3]).reshape(S, H, W, 3).float()          # R^T (X - t), as row vectors
+
+
+def renumber(raw: np.ndarray) -> np.ndarray:
+    """Instance ids -> 1..K in increasing order of the original ids, 0 kept as "none" (a negative id counts
+    as an instance too). A lookup table when ids are small non-negative integers (the usual case), else
+    ``np.unique``."""
+    lo, hi = int(raw.min()), int(raw.max())
+    if lo >= 0 and hi < (1 << 22):
+        present = np.bincount(raw.ravel(), minlength=hi + 1) > 0
+        present[0] = False
+        lut = np.cumsum(present).astype(np.int64)
+        lut[0] = 0
+        return lut[raw]
+    uniq, inverse = np.unique(raw, return_inverse=True)
+    nonzero = uniq != 0
+    lut = np.where(nonzero, np.cumsum(nonzero), 0).astype(np.int64)
+    return lut[inverse.reshape(raw.shape)]
