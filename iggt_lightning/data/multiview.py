@@ -88,7 +88,8 @@ class MultiViewScenes(Dataset):
         max_depth: depth beyond this (metres) is marked invalid; ``depth_quantile`` drops the farthest
             depths above that per-view quantile (the official loaders clip at 0.99 / 0.98).
         pixel_center: where the dataset's intrinsics put pixel j's centre: 0.5 for OpenCV/COLMAP-style
-            calibrations (the default), 0 for VGGT-style; converted to ours (0) on reading.
+            calibrations (the default), 0 for VGGT-style; converted to ours (0) on reading. A scene may
+            state its own (``SceneRecord.info["pixel_center"]``, e.g. from a scene folder's cameras.json).
         deterministic: fixed views and augmentation per index (default: every split but 'train').
         seed: base seed of the sampling.
     """

@@ -72,7 +72,7 @@ class RE10KScenes(MultiViewScenes):
                  require_masks: bool = False, **kwargs) -> None:
         self.mask_root = Path(mask_root) if mask_root else Path(root)
         self.masks_file, self.require_masks = masks_file, require_masks
-        self._masklets: dict[str, tuple[list, dict[str, int]]] = {}
+        self._masklet: tuple[str, tuple[list, dict[str, int]]] | None = None   # the last sequence's, parsed
         super().__init__(root, **kwargs)
 
     def scan(self) -> list[SceneRecord]:
@@ -97,11 +97,12 @@ class RE10KScenes(MultiViewScenes):
         return self._cam(record, key)[0]
 
     def masklet(self, record: SceneRecord) -> tuple[list, dict[str, int]] | None:
-        """The parsed masklet of a sequence (cached): per-frame RLE lists and frame stem -> row."""
+        """The parsed masklet of a sequence: per-frame RLE lists and frame stem -> row. Only the last
+        sequence's is kept (the views of a sample share it; thousands of sequences would not fit)."""
         path = record.info["masks"]
         if path is None:
             return None
-        if record.name not in self._masklets:
+        if self._masklet is None or self._masklet[0] != record.name:
             try:
                 data = json.loads(Path(path).read_text())
             except (OSError, ValueError) as err:
@@ -119,8 +120,8 @@ class RE10KScenes(MultiViewScenes):
                     raise DatasetError(f"masklet file {path} has {len(rows)} rows but {record.info['dir'] / 'rgb'} "
                                        f"has {len(record.frames)} frames; add 'frame_names' or match the counts")
                 index = {Path(k).stem: i for i, k in enumerate(record.frames)}
-            self._masklets[record.name] = (rows, index)
-        return self._masklets[record.name]
+            self._masklet = (record.name, (rows, index))
+        return self._masklet[1]
 
     def read_frame(self, record: SceneRecord, key: str) -> Frame:
         image = read_rgb(record.info["dir"] / "rgb" / key)
