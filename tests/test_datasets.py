@@ -222,7 +222,8 @@ def test_missing_and_truncated_files_are_named(tmp_path):
     image = scene / "images" / "frame_000020.jpg"
     image.write_bytes(image.read_bytes()[:200])
     report = check_dataset(tmp_path)
-    assert not report.ok and len(report.problems) == 2
+    assert not report.ok and len(report.problems) == 3
+    assert "3 frame(s) but 2 file(s) match depth/*.png" in report.problems[0]
     assert any("frame_000010.png" in p for p in report.problems)
     assert any("frame_000020.jpg" in p for p in report.problems)
 
@@ -434,3 +435,14 @@ def test_shipped_insscene15k_config_trains_on_fixtures(tmp_path):
             "--trainer.default_root_dir", str(tmp_path / "run"), "--model.log_images_every_n_steps", "0",
             "--data.init_args.val.init_args.num_views", "2"]
     assert main(args) == 0
+
+
+def test_data_check_counts_files_per_frame(tmp_path):
+    write_fixture("infinigen", tmp_path, num_scenes=1, num_views=3, image_size=SIZE)
+    assert check_dataset(tmp_path).ok
+    cam = tmp_path / "scene0000" / "0" / "frames" / "camview" / "camera_0"
+    extra = cam / "camview_9_0_0001_0.npz"
+    extra.write_bytes(next(cam.glob("*.npz")).read_bytes())          # a camera without an image
+    report = check_dataset(tmp_path)
+    assert report.problems == ["scene scene0000/0: 3 frame(s) but 4 file(s) match "
+                               "camview/camera_0/camview_*.npz; every frame needs exactly one"]

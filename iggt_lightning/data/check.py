@@ -120,6 +120,10 @@ def check_dataset(root: str | os.PathLike, layout: str = "auto", max_scenes: int
     for record in ds.scenes[:max_scenes]:
         sr = SceneReport(record.name)
         report.scenes.append(sr)
+        for pattern, n in ds.companions(record).items():
+            if n != len(record.frames):
+                report.problems.append(f"scene {record.name}: {len(record.frames)} frame(s) but {n} file(s) match "
+                                       f"{pattern}; every frame needs exactly one")
         try:
             ds.prepare(record)
         except DatasetError as err:

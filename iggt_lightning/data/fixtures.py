@@ -166,6 +166,7 @@ def _scannet(root: Path, name: str, a: dict) -> None:
     lost = len(a["rgb"])
     _save_image(d / "color" / f"{lost}.jpg", np.zeros((2 * a["rgb"].shape[1], 2 * a["rgb"].shape[2], 3), np.uint8))
     _save_png(d / "depth" / f"{lost}.png", np.zeros(a["depth"].shape[1:]))
+    _save_png(d / "instance-filt" / f"{lost}.png", np.zeros(a["depth"].shape[1:]), np.uint8)
     _save_txt(d / "pose" / f"{lost}.txt", np.full((4, 4), -np.inf))
     K = np.eye(4)
     K[:3, :3] = _continuous(a["K"][0])                     # ScanNet has one K per scene: the views share it

@@ -50,6 +50,11 @@ class InfinigenScenes(MultiViewScenes):
     def _path(self, record: SceneRecord, kind: str, key: str, ext: str) -> Path:
         return record.info["dir"] / kind / self.camera / f"{kind}_{key}.{ext}"
 
+    def companions(self, record: SceneRecord) -> dict[str, int]:
+        kinds = [("Depth", "npy"), ("camview", "npz"), ("ObjectSegmentation", "npy")]
+        kinds += [("Objects", "json")] if self.mesh_only else []
+        return self.count_files(record.info["dir"], [f"{k}/{self.camera}/{k}_*.{e}" for k, e in kinds])
+
     def read_pose(self, record: SceneRecord, key: str) -> np.ndarray:
         path = self._path(record, "camview", key, "npz")
         cam = read_npz(path, "Infinigen camview", ("K", "T"))

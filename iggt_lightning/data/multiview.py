@@ -159,6 +159,15 @@ class MultiViewScenes(Dataset):
         """World-to-camera [3,4] of one frame (for overlap sampling); default: read the whole frame."""
         return self.read_frame(record, key).extrinsics
 
+    def companions(self, record: SceneRecord) -> dict[str, int]:
+        """Files per frame-wise folder of a scene ({glob pattern: count}), for ``iggt data check`` to compare
+        with the number of frames; only folders that exist are listed."""
+        return {}
+
+    @staticmethod
+    def count_files(folder: Path, patterns: list[str]) -> dict[str, int]:
+        return {p: sum(1 for _ in folder.glob(p)) for p in patterns if (folder / p).parent.is_dir()}
+
     # -- sampling ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.scenes) * self.samples_per_scene

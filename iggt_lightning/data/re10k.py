@@ -93,6 +93,9 @@ class RE10KScenes(MultiViewScenes):
         cam = read_npz(path, "RE10K camera", ("pose", "intrinsics"))
         return pose_to_extrinsics(cam["pose"], "pose (camera-to-world)", path), check_intrinsics(cam["intrinsics"], path)
 
+    def companions(self, record: SceneRecord) -> dict[str, int]:
+        return self.count_files(record.info["dir"], ["cam/*.npz"])
+
     def read_pose(self, record: SceneRecord, key: str) -> np.ndarray:
         return self._cam(record, key)[0]
 

@@ -79,6 +79,10 @@ class ScanNetScenes(MultiViewScenes):
         record.frames = [k for k in record.frames if np.isfinite(poses[k]).all()]
         record.info["checked"] = True
 
+    def companions(self, record: SceneRecord) -> dict[str, int]:
+        d, ids = record.info["dir"], record.info["ids"]
+        return self.count_files(d, ["depth/*.png", "pose/*.txt"] + ([f"{ids.name}/*.png"] if ids is not None else []))
+
     def read_pose(self, record: SceneRecord, key: str) -> np.ndarray:
         path = record.info["dir"] / "pose" / f"{Path(key).stem}.txt"
         return pose_to_extrinsics(self._pose(record, key), "pose (camera-to-world)", path)

@@ -65,3 +65,6 @@ class ScanNetPPScenes(MultiViewScenes):
 
     def read_pose(self, record: SceneRecord, key: str) -> np.ndarray:
         return record.info["E"][key]
+
+    def companions(self, record: SceneRecord) -> dict[str, int]:
+        return self.count_files(record.info["dir"], ["depth/*.png", f"{self.ids_folder}/*.npy"])

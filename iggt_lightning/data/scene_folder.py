@@ -113,6 +113,12 @@ class SceneFolderScenes(MultiViewScenes):
                                f"it has {sorted(cam)}")
         return E, check_intrinsics(cam["intrinsics"], path)
 
+    def companions(self, record: SceneRecord) -> dict[str, int]:
+        d = record.info["dir"]
+        patterns = [] if record.info["depth_npz"] is not None else ["depth/*.png", "depth/*.npy"]
+        patterns += [f"{record.info['ids'].name}/*.png", f"{record.info['ids'].name}/*.npy"] if record.info["ids"] else []
+        return {p: n for p, n in self.count_files(d, patterns).items() if n}
+
     def read_pose(self, record: SceneRecord, key: str) -> np.ndarray:
         return self._camera(record, key)[0]
 
