@@ -191,6 +191,24 @@ def test_view_count_range_and_background_id():
     assert (s["instance_ids"] == -1).any() and not (s["instance_ids"] == 0).any()
 
 
+def test_repeated_objects_are_identical_copies_with_their_own_ids():
+    ds = SyntheticScenes(length=8, num_views=3, image_size=SIZE, num_objects=(3, 4), seed=2, repeat_prob=1.0)
+    base = SyntheticScenes(length=8, num_views=3, image_size=SIZE, num_objects=(3, 4), seed=2)
+    seen_twice = 0
+    for i in range(len(ds)):
+        objects = ds.scene(i).objects
+        first = objects[0]
+        for obj in objects[1:]:   # repeat_prob 1: every later object copies an earlier one, hence the first
+            assert (obj.shape, obj.size, obj.yaw, obj.class_index) == (first.shape, first.size, first.yaw, first.class_index)
+            assert np.array_equal(obj.rgb, first.rgb) and obj.centre_xz != first.centre_xz
+        assert [o.instance_id for o in objects] == list(range(1, len(objects) + 1))
+        s = ds[i]
+        visible = [o.instance_id for o in objects if (s["instance_ids"] == o.instance_id).any()]
+        seen_twice += len(visible) >= 2
+        assert len({o.colour_name for o in base.scene(i).objects}) == len(base.scene(i).objects)
+    assert seen_twice >= 4          # copies are rendered as distinct instances of one appearance
+
+
 def test_normalize_single_scene(sample):
     before = {k: v.clone() for k, v in sample.items() if isinstance(v, torch.Tensor)}
     n = normalize_scene(sample)
@@ -253,6 +271,7 @@ def test_shared_memory_rendering_matches(dataset):
     ({"num_views": (3, 2)}, "num_views"),
     ({"num_objects": (3, 1)}, "num_objects"),
     ({"focal_range": (0.0, 1.0)}, "focal_range"),
+    ({"repeat_prob": 1.5}, "repeat_prob"),
     ({"background_id": 2}, "background_id"),
     ({"seed": -1}, "seed"),
     ({"length": -5}, "length"),

@@ -136,10 +136,10 @@ class SyntheticDataModule(SceneDataModule):
     def __init__(self, num_train: int = 512, num_val: int = 32, num_test: int = 32,
                  num_views: int | tuple[int, int] = 4, image_size: tuple[int, int] = (112, 112),
                  num_objects: tuple[int, int] = (2, 6), focal_range: tuple[float, float] = (0.8, 1.3),
-                 background_id: int = 0, seed: int = 0, batch_size: int = 1, eval_batch_size: int | None = None,
-                 num_workers: int = 0, persistent_workers: bool = True, check_samples: bool = True) -> None:
+                 repeat_prob: float = 0.0, background_id: int = 0, seed: int = 0, batch_size: int = 1,
+                 eval_batch_size: int | None = None, num_workers: int = 0, persistent_workers: bool = True, check_samples: bool = True) -> None:
         common = dict(num_views=num_views, image_size=image_size, num_objects=num_objects, focal_range=focal_range,
-                      background_id=background_id)
+                      repeat_prob=repeat_prob, background_id=background_id)
         super().__init__(train=SyntheticScenes(num_train, seed=seed, **common),
                          val=SyntheticScenes(num_val, seed=seed + 1_000_003, **common),
                          test=SyntheticScenes(num_test, seed=seed + 2_000_006, **common),

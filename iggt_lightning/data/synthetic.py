@@ -162,17 +162,27 @@ def _place(rng: np.random.Generator, radius: float, placed: list[tuple[float, fl
     return None
 
 
-def sample_objects(rng: np.random.Generator, count: int) -> list[SceneObject]:
-    """``count`` objects with ids 1..count, distinct palette colours while the palette lasts."""
+def sample_objects(rng: np.random.Generator, count: int, repeat_prob: float = 0.0) -> list[SceneObject]:
+    """``count`` objects with ids 1..count, distinct palette colours while the palette lasts.
+
+    With ``repeat_prob`` > 0 each object after the first is, with that probability, an identical copy
+    (shape, size, yaw, exact colour) of a random earlier one: like a room's matching chairs, copies can be
+    told apart only by where they are. (No random number is drawn for it when ``repeat_prob`` is 0, so the
+    scenes of a seed stay what they were.)"""
     colour_idx = rng.permutation(len(COLOURS))
     if count > len(COLOURS):
         colour_idx = np.concatenate([colour_idx, rng.integers(0, len(COLOURS), count - len(COLOURS))])
     objects, placed = [], []
     for k in range(count):
-        shape_i = int(rng.integers(0, len(SHAPES)))
-        shape, colour_i = SHAPES[shape_i], int(colour_idx[k])
-        size = _random_size(rng, shape)
-        yaw = float(rng.uniform(0, math.pi)) if shape == "box" and rng.random() < 0.7 else 0.0
+        source = objects[int(rng.integers(0, k))] if k and repeat_prob > 0 and rng.random() < repeat_prob else None
+        if source is not None:
+            shape_i, colour_i = SHAPES.index(source.shape), COLOUR_NAMES.index(source.colour_name)
+            shape, size, yaw = source.shape, source.size, source.yaw
+        else:
+            shape_i = int(rng.integers(0, len(SHAPES)))
+            shape, colour_i = SHAPES[shape_i], int(colour_idx[k])
+            size = _random_size(rng, shape)
+            yaw = float(rng.uniform(0, math.pi)) if shape == "box" and rng.random() < 0.7 else 0.0
         while True:
             obj = SceneObject(shape, (0.0, 0.0), size, yaw, COLOUR_NAMES[colour_i], np.zeros(3), k + 1,
                               1 + shape_i * len(COLOURS) + colour_i)
@@ -183,6 +193,8 @@ def sample_objects(rng: np.random.Generator, count: int) -> list[SceneObject]:
         obj.centre_xz = pos
         # Small per-object jitter keeps repeated palette colours apart without changing the class.
         obj.rgb = np.clip(np.array(COLOURS[obj.colour_name]) + rng.uniform(-0.04, 0.04, 3), 0, 1).astype(np.float32)
+        if source is not None:
+            obj.rgb = source.rgb.copy()
         placed.append((pos[0], pos[1], obj.footprint()))
         objects.append(obj)
     return objects
@@ -453,11 +465,14 @@ class SyntheticScenes(Dataset):
         seed: dataset seed (>= 0).
         background_id: instance id of the room pixels (objects are 1..N).
         focal_range: focal length range as a multiple of the image width.
+        repeat_prob: probability that an object is an identical copy of an earlier one in its scene (see
+            :func:`sample_objects`): instances that only their 3D position tells apart.
     """
 
     def __init__(self, length: int = 1000, num_views: int | tuple[int, int] = 8,
                  image_size: tuple[int, int] = (224, 224), num_objects: tuple[int, int] = (2, 6), seed: int = 0,
-                 background_id: int = 0, focal_range: tuple[float, float] = (0.8, 1.3)) -> None:
+                 background_id: int = 0, focal_range: tuple[float, float] = (0.8, 1.3),
+                 repeat_prob: float = 0.0) -> None:
         if not isinstance(length, (int, np.integer)) or length < 0:
             raise ValueError(f"length must be a non-negative int; got {length!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -473,6 +488,9 @@ class SyntheticScenes(Dataset):
             raise ValueError(f"background_id must be an int outside the object ids 1..{self.num_objects[1]}; "
                              f"got {background_id!r}")
         self.background_id = int(background_id)
+        if not isinstance(repeat_prob, (int, float)) or not 0.0 <= repeat_prob <= 1.0:
+            raise ValueError(f"repeat_prob must be a probability in [0, 1]; got {repeat_prob!r}")
+        self.repeat_prob = float(repeat_prob)
 
     def __len__(self) -> int:
         return self.length
@@ -489,7 +507,8 @@ class SyntheticScenes(Dataset):
         rng = np.random.default_rng([self.seed, int(index)])
         views = int(rng.integers(self.num_views[0], self.num_views[1] + 1))
         room = sample_room(rng)
-        objects = sample_objects(rng, int(rng.integers(self.num_objects[0], self.num_objects[1] + 1)))
+        objects = sample_objects(rng, int(rng.integers(self.num_objects[0], self.num_objects[1] + 1)),
+                                 self.repeat_prob)
         E, K = sample_cameras(rng, views, self.image_size, self.focal_range, room)
         scene_id = f"synthetic-{self.seed}-{index:07d}"
         return Scene(scene_id, room, objects, E, K, self.image_size, [f"{scene_id}/view{s:02d}" for s in range(views)])
