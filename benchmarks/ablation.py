@@ -97,7 +97,7 @@ def run_parallel(a, table: dict, names: list[str], log_dir: Path, progress=None)
             part = log_dir / f"{slug(name)}.json"
             cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--config", str(a.config),
                    "--threads", str(a.threads), "--json", str(part), "--variants", name,
-                   *sum((["--add", f"{n}={shlex.join(table[n])}"] for n in a.added), []),
+                   *(["--add", f"{name}={shlex.join(table[name])}"] if name in a.added else []),
                    *(["--save-weights", a.save_weights] if a.save_weights else []), "--", *a.extra]
             log = open(log_dir / f"{slug(name)}.log", "w")
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), part, log)
@@ -128,7 +128,8 @@ def main() -> int:
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation.json"))
     p.add_argument("--parallel", type=int, default=1, help="variants trained at once, each in its own process")
     p.add_argument("--add", action="append", default=[], metavar="NAME=ARGS",
-                   help="an extra variant: NAME=command-line overrides (shell-quoted); repeatable")
+                   help="an extra variant: NAME=command-line overrides (shell-quoted); repeatable; "
+                        "runs after the named --variants (all of them when none are named)")
     p.add_argument("--save-weights", metavar="DIR", help="save each variant's trained weights to DIR/<variant>.pt")
     p.add_argument("extra", nargs="*", help="extra LightningCLI arguments for every variant (after --)")
     a = p.parse_args()
@@ -141,7 +142,8 @@ def main() -> int:
             p.error(f"--add takes NAME=ARGS; got {spec!r}")
         table[name] = shlex.split(args)
         a.added.append(name)
-    names = a.variants or list(table)
+    # --add'ed variants always run, also next to an explicit --variants list
+    names = (a.variants or [n for n in table if n not in a.added]) + [n for n in a.added if n not in (a.variants or [])]
     unknown = [n for n in names if n not in table]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(table)}")
