@@ -7,7 +7,9 @@ test it on the synthetic test split, print AP / AP50 / AP25 / T-mIoU / T-SR / Ab
 
 ``--parallel N`` trains up to N variants at once, each in its own process (``--threads`` torch threads each);
 results do not depend on it (each process seeds itself from the config). ``--save-weights DIR`` keeps each
-variant's trained model weights (``DIR/<variant>.pt``) for later analysis.
+variant's trained model weights (``DIR/<variant>.pt``); ``--from-weights DIR`` evaluates them again without
+training (e.g. after a change to the clusterer or the metrics). Every variant is evaluated by the same test
+loop on the test split and on the val split (``val_*`` columns).
 
 Every variant is a command-line override of configs/synthetic_tiny.yaml (listed in the table), so any row
 can be reproduced with ``iggt fit --config configs/synthetic_tiny.yaml <override>``. lambda is the weight of
@@ -38,7 +40,9 @@ from iggt_lightning.fileio import write_json  # noqa: E402
 from iggt_lightning.lightning_cli import IGGTCLI  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
-COLUMNS = ["ap", "ap50", "ap25", "ap50_2d", "t_miou", "t_sr", "abs_rel", "val_abs_rel", "loss_contrastive"]
+# test split, then the val split (same test loop); loss_contrastive is the last training-step value
+COLUMNS = ["ap", "ap50", "ap25", "ap50_2d", "t_miou", "t_sr", "abs_rel",
+           "val_ap", "val_ap50", "val_ap25", "val_t_miou", "val_t_sr", "val_abs_rel", "loss_contrastive"]
 
 
 def variants(config: Path) -> dict[str, list[str]]:
@@ -64,18 +68,22 @@ def slug(name: str) -> str:
 
 
 def run_variant(config: Path, override: list[str], extra: list[str], save_weights: str | None = None,
-                name: str = "") -> dict:
+                name: str = "", from_weights: str | None = None) -> dict:
     workdir = tempfile.mkdtemp(prefix="iggt-ablation-")
     args = ["--config", str(config), "--trainer.default_root_dir", workdir, "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *override, *extra]
     cli = IGGTCLI(args=args, run=False)
     t0 = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    if from_weights:
+        weights = Path(from_weights) / f"{slug(name)}.pt"
+        if not weights.is_file():
+            raise FileNotFoundError(f"--from-weights: no trained weights for variant {name!r} at {weights}")
+        cli.model.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    else:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     train_s = time.perf_counter() - t0
-    # the last validation of the fit (the config validates at its last step): depth AbsRel etc. on val
-    val = {f"val_{k[len('val/'):]}": float(v) for k, v in cli.trainer.callback_metrics.items()
-           if k.startswith("val/")}
-    if save_weights:
+    steps = cli.trainer.global_step
+    if save_weights and not from_weights:
         Path(save_weights).mkdir(parents=True, exist_ok=True)
         torch.save({k: v.cpu() for k, v in cli.model.model.state_dict().items()},
                    Path(save_weights) / f"{slug(name)}.pt")
@@ -83,8 +91,11 @@ def run_variant(config: Path, override: list[str], extra: list[str], save_weight
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     test_s = time.perf_counter() - t1
     out = {k[len("test/"):]: float(v) for k, v in metrics.items() if k.startswith("test/")}
-    return {"train_seconds": train_s, "test_seconds": test_s, "steps": cli.trainer.global_step,
-            "device": str(cli.model.device), **out, **val}
+    # the same test loop (clustering, AP, tracking) over the val split: the targets are on val
+    val_metrics = cli.trainer.test(cli.model, dataloaders=cli.datamodule.val_dataloader(), verbose=False)[0]
+    val = {f"val_{k[len('test/'):]}": float(v) for k, v in val_metrics.items() if k.startswith("test/")}
+    return {"train_seconds": train_s, "test_seconds": test_s, "steps": steps,
+            "trained_from": str(weights) if from_weights else "fit", "device": str(cli.model.device), **out, **val}
 
 
 def run_parallel(a, table: dict, names: list[str], log_dir: Path, progress=None) -> list[dict]:
@@ -98,7 +109,8 @@ def run_parallel(a, table: dict, names: list[str], log_dir: Path, progress=None)
             cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--config", str(a.config),
                    "--threads", str(a.threads), "--json", str(part), "--variants", name,
                    *(["--add", f"{name}={shlex.join(table[name])}"] if name in a.added else []),
-                   *(["--save-weights", a.save_weights] if a.save_weights else []), "--", *a.extra]
+                   *(["--save-weights", a.save_weights] if a.save_weights else []),
+                   *(["--from-weights", a.from_weights] if a.from_weights else []), "--", *a.extra]
             log = open(log_dir / f"{slug(name)}.log", "w")
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), part, log)
             print(f"== started {name}: {' '.join(table[name]) or '(the config as is)'}", flush=True)
@@ -131,6 +143,8 @@ def main() -> int:
                    help="an extra variant: NAME=command-line overrides (shell-quoted); repeatable; "
                         "runs after the named --variants (all of them when none are named)")
     p.add_argument("--save-weights", metavar="DIR", help="save each variant's trained weights to DIR/<variant>.pt")
+    p.add_argument("--from-weights", metavar="DIR",
+                   help="skip training: evaluate the weights a --save-weights run left in DIR/<variant>.pt")
     p.add_argument("extra", nargs="*", help="extra LightningCLI arguments for every variant (after --)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -148,6 +162,7 @@ def main() -> int:
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(table)}")
     header = {"config": str(a.config), "extra_args": a.extra, "threads": a.threads, "parallel": a.parallel,
+              "from_weights": a.from_weights,
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     t0 = time.perf_counter()
     if a.parallel > 1 and len(names) > 1:
@@ -158,17 +173,18 @@ def main() -> int:
         for name in names:
             print(f"== {name}: {' '.join(table[name]) or '(the config as is)'}", flush=True)
             rows.append({"variant": name, "override": table[name],
-                         **run_variant(a.config, table[name], a.extra, a.save_weights, name)})
+                         **run_variant(a.config, table[name], a.extra, a.save_weights, name, a.from_weights)})
             write_json(a.json, {**header, "load_avg": os.getloadavg(), "rows": rows})  # partial results survive
     write_json(a.json, {**header, "load_avg": os.getloadavg(), "wall_seconds": time.perf_counter() - t0,
                         "rows": rows})
     print()
-    print(f"{'variant':<24}" + "".join(f"{c:>17}" for c in COLUMNS) + f"{'train min':>11}")
+    width = {c: max(len(c), 6) + 2 for c in COLUMNS}
+    print(f"{'variant':<24}" + "".join(f"{c:>{width[c]}}" for c in COLUMNS) + f"{'train min':>11}")
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:<24} FAILED: {r['error']}")
             continue
-        print(f"{r['variant']:<24}" + "".join(f"{r.get(c, float('nan')):>17.4f}" for c in COLUMNS)
+        print(f"{r['variant']:<24}" + "".join(f"{r.get(c, float('nan')):>{width[c]}.4f}" for c in COLUMNS)
               + f"{r['train_seconds'] / 60:>11.1f}")
     print(f"\nwrote {a.json}")
     return 0

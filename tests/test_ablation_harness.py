@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from iggt_lightning.lightning_cli import IGGTCLI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,8 @@ def test_harness_trains_tests_and_writes_every_column(tmp_path):
     out = tmp_path / "ablation.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--threads", "1",
                           "--variants", "contrastive off", "--add", "tiny lr=--model.lr 1e-4", "--parallel", "2",
-                          "--json", str(out), "--", *SHRINK], capture_output=True, text=True, timeout=600)
+                          "--save-weights", str(tmp_path / "w"), "--json", str(out), "--", *SHRINK],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     # an --add'ed variant runs next to the named ones
@@ -63,3 +66,22 @@ def test_harness_trains_tests_and_writes_every_column(tmp_path):
             if c != "loss_contrastive":
                 assert 0.0 <= r[c] < float("inf"), (r["variant"], c, r[c])
     assert "tiny lr" in run.stdout and "contrastive off" in run.stdout
+
+    # --from-weights evaluates the saved weights again without training and reproduces every metric
+    again = tmp_path / "again.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--threads", "1",
+                          "--variants", "tiny lr", "--add", "tiny lr=--model.lr 1e-4",
+                          "--from-weights", str(tmp_path / "w"), "--json", str(again), "--", *SHRINK],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (row,) = json.loads(again.read_text())["rows"]
+    assert row["steps"] == 0 and row["trained_from"].endswith("tiny_lr.pt")
+    trained = rows[1]
+    for c in ("ap", "ap50", "t_miou", "t_sr", "abs_rel", "val_ap50", "val_t_sr", "val_abs_rel"):
+        assert row[c] == pytest.approx(trained[c], abs=1e-6), c
+
+
+def test_from_weights_names_the_missing_file(tmp_path):
+    harness = load_harness()
+    with pytest.raises(FileNotFoundError, match="no trained weights for variant 'full'"):
+        harness.run_variant(CONFIG, [], SHRINK, name="full", from_weights=str(tmp_path))
