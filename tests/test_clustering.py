@@ -90,15 +90,17 @@ def test_single_view_and_bad_inputs():
         HDBSCANClusterer(preset="tiny")
 
 
-def test_hdbscan_path_with_3d_smoothing_and_sub_sampling():
-    pytest.importorskip("sklearn.cluster", minversion=None)
+@pytest.mark.parametrize("backend", ["sklearn", "hdbscan"])
+def test_hdbscan_path_with_3d_smoothing_and_sub_sampling(backend):
+    pytest.importorskip("sklearn.cluster" if backend == "sklearn" else "hdbscan")
     feats, points, ids = scene(S=2, H=40, W=40, objects=3)
     n = ids.numel()
     full = build_clusterer({"name": "hdbscan", "preset": "medium", "min_cluster_size": 40, "min_samples": 10,
-                            "max_points": None})(feats, points)
+                            "max_points": None, "backend": backend})(feats, points)
     assert same_partition(full.ids, ids) and (full.ids > 0).all()
     assert full.scores.shape == (4,) and ((full.scores > 0) & (full.scores <= 1)).all()
-    sub = HDBSCANClusterer(preset="medium", min_cluster_size=40, min_samples=10, max_points=n // 4)(feats, points)
+    sub = HDBSCANClusterer(preset="medium", min_cluster_size=40, min_samples=10, max_points=n // 4,
+                           backend=backend)(feats, points)
     assert same_partition(sub.ids, ids) and (sub.ids > 0).all()
 
 
@@ -107,3 +109,11 @@ def test_hdbscan_all_noise_gives_id_zero_everywhere():
     feats = F.normalize(torch.randn(1, 8, 6, 6), dim=1)
     out = HDBSCANClusterer(min_cluster_size=500, min_samples=5, max_points=None)(feats)
     assert out.num_instances == 0 and (out.ids == 0).all()
+
+
+def test_hdbscan_backend_auto_prefers_the_hdbscan_package():
+    # scikit-learn's epsilon merge breaks under NumPy >= 2.4, the hdbscan package's does not
+    pytest.importorskip("hdbscan")
+    assert HDBSCANClusterer().backend == "hdbscan"
+    with pytest.raises(ValueError, match="backend must be 'auto', 'sklearn' or 'hdbscan'"):
+        HDBSCANClusterer(backend="cuml")

@@ -20,6 +20,8 @@ pixel was left out: ``confidence`` below ``min_confidence``, or every pixel was 
 """
 from __future__ import annotations
 
+import importlib.util
+
 import math
 import warnings
 from dataclasses import dataclass
@@ -257,7 +259,9 @@ class HDBSCANClusterer(Clusterer):
             otherwise, knn_k 20. Explicit arguments override the preset.
         max_points: pixels clustered (random sub-sample); None = every pixel, as the official demo.
         fill_refs_per_instance: labelled samples per instance that unsampled pixels are matched against.
-        backend: ``"sklearn"`` (sklearn.cluster.HDBSCAN) or ``"hdbscan"`` (the hdbscan package).
+        backend: ``"hdbscan"`` (the hdbscan package), ``"sklearn"`` (sklearn.cluster.HDBSCAN) or ``"auto"``
+            (the hdbscan package when installed). scikit-learn's epsilon merge fails under NumPy >= 2.4
+            (scikit-learn issue 33219); it then clusters without the merge and warns.
     Scores: mean HDBSCAN membership probability of the instance's clustered pixels.
     """
 
@@ -267,7 +271,7 @@ class HDBSCANClusterer(Clusterer):
 
     def __init__(self, preset: str = "large", eps: float | None = None, min_samples: int | None = None,
                  min_cluster_size: int | None = None, knn_k: int | None = None, max_points: int | None = 20000,
-                 fill_refs_per_instance: int = 64, backend: str = "sklearn", min_confidence: float | None = None,
+                 fill_refs_per_instance: int = 64, backend: str = "auto", min_confidence: float | None = None,
                  seed: int = 0) -> None:
         super().__init__(min_confidence, seed)
         if preset not in self.PRESETS:
@@ -278,8 +282,10 @@ class HDBSCANClusterer(Clusterer):
                 p[k] = v
         self.eps, self.min_samples, self.min_cluster_size, self.knn_k = \
             float(p["eps"]), int(p["min_samples"]), int(p["min_cluster_size"]), int(p["knn_k"])
-        if backend not in ("sklearn", "hdbscan"):
-            raise ValueError(f"backend must be 'sklearn' or 'hdbscan'; got {backend!r}")
+        if backend not in ("auto", "sklearn", "hdbscan"):
+            raise ValueError(f"backend must be 'auto', 'sklearn' or 'hdbscan'; got {backend!r}")
+        if backend == "auto":
+            backend = "hdbscan" if importlib.util.find_spec("hdbscan") is not None else "sklearn"
         self.max_points, self.backend = max_points, backend
         self.fill_refs_per_instance = int(fill_refs_per_instance)
 
