@@ -67,6 +67,16 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
 
+def weights_file(directory: str, name: str) -> Path:
+    return Path(directory) / f"{slug(name)}.pt"
+
+
+def evaluate(cli, prefix: str, **where) -> dict:
+    """One test loop (clustering, AP, tracking, geometry); ``where`` picks the data (datamodule or dataloaders)."""
+    metrics = cli.trainer.test(cli.model, verbose=False, **where)[0]
+    return {prefix + k[len("test/"):]: float(v) for k, v in metrics.items() if k.startswith("test/")}
+
+
 def run_variant(config: Path, override: list[str], extra: list[str], save_weights: str | None = None,
                 name: str = "", from_weights: str | None = None) -> dict:
     workdir = tempfile.mkdtemp(prefix="iggt-ablation-")
@@ -75,7 +85,7 @@ def run_variant(config: Path, override: list[str], extra: list[str], save_weight
     cli = IGGTCLI(args=args, run=False)
     t0 = time.perf_counter()
     if from_weights:
-        weights = Path(from_weights) / f"{slug(name)}.pt"
+        weights = weights_file(from_weights, name)
         if not weights.is_file():
             raise FileNotFoundError(f"--from-weights: no trained weights for variant {name!r} at {weights}")
         cli.model.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
@@ -85,15 +95,12 @@ def run_variant(config: Path, override: list[str], extra: list[str], save_weight
     steps = cli.trainer.global_step
     if save_weights and not from_weights:
         Path(save_weights).mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in cli.model.model.state_dict().items()},
-                   Path(save_weights) / f"{slug(name)}.pt")
+        torch.save({k: v.cpu() for k, v in cli.model.model.state_dict().items()}, weights_file(save_weights, name))
     t1 = time.perf_counter()
-    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    out = evaluate(cli, "", datamodule=cli.datamodule)
     test_s = time.perf_counter() - t1
-    out = {k[len("test/"):]: float(v) for k, v in metrics.items() if k.startswith("test/")}
-    # the same test loop (clustering, AP, tracking) over the val split: the issue's targets are on val
-    val_metrics = cli.trainer.test(cli.model, dataloaders=cli.datamodule.val_dataloader(), verbose=False)[0]
-    val = {f"val_{k[len('test/'):]}": float(v) for k, v in val_metrics.items() if k.startswith("test/")}
+    # the same test loop over the val split: the issue's targets are on val
+    val = evaluate(cli, "val_", dataloaders=cli.datamodule.val_dataloader())
     return {"train_seconds": train_s, "test_seconds": test_s, "steps": steps,
             "trained_from": str(weights) if from_weights else "fit", "device": str(cli.model.device), **out, **val}
 

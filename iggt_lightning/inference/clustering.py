@@ -21,7 +21,6 @@ pixel was left out: ``confidence`` below ``min_confidence``, or every pixel was 
 from __future__ import annotations
 
 import importlib.util
-
 import math
 import warnings
 from dataclasses import dataclass
