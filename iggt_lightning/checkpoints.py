@@ -110,6 +110,9 @@ def convert_official_state_dict(official: dict[str, torch.Tensor], model: torch.
 
 
 # ---------------------------------------------------------------------------- files
+CONFIG_KEYS = ("backbone", "heads", "frames_chunk_size")
+
+
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     for key in ("model", "state_dict", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -121,40 +124,196 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """-> (state dict, metadata). Metadata has ``format``/``config`` for our own files, else is empty."""
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({_one_line(err)}); it may be truncated "
+                              "or not a checkpoint at all") from err
+    return sd, meta
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:300] + " ..."
+
+
+def load_tensor_file(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """``torch.load`` of a .pt/.pth/.ckpt without unpickling code (``weights_only=True``), every failure one
+    :class:`CheckpointError` naming the file. Also used for Lightning's ``--ckpt_path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); expected a PyTorch checkpoint")
+    try:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(str(path), map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... depending on the damage
+        text = _one_line(err)
+        if "weights_only" in text or "Unsupported global" in text or "Unpickl" in type(err).__name__:
+            why = ("it contains Python objects other than tensors and plain containers; loading those could run "
+                   "code, so it is refused")
+        elif "zip" in text.lower() or isinstance(err, EOFError) or "central directory" in text:
+            why = f"it is truncated or not a PyTorch checkpoint ({size:,} bytes)"
+        else:
+            why = "it cannot be read as a tensor-only checkpoint"
+        raise CheckpointError(f"{path}: {why} [{type(err).__name__}: {text}]") from err
+
+
+def read_file(path: str | os.PathLike, trust_code: bool = False, check_config: bool = True, mmap: bool = False
+              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """-> (state dict, metadata). Metadata has ``format``/``config`` for our own files, else is empty.
+
+    The stored config is validated as data (:func:`check_stored_config`) before anyone builds from it;
+    ``check_config=False`` is for callers that use the weights only (the config is then returned as read);
+    ``mmap=True`` maps a .pt/.ckpt's tensors instead of reading them (for a look at keys and config)."""
+    def checked(config: Any) -> Any:
+        return check_stored_config(config, path, trust_code) if check_config else config
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+        sd, meta = _read_safetensors(path)
         if meta.get("format") == FORMAT:
-            meta["config"] = json.loads(meta["config"])
-            return sd, meta
+            try:
+                config = json.loads(meta.get("config", ""))
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"{path}: its metadata 'config' is not valid JSON ({err})") from err
+            return sd, {"format": FORMAT, "config": checked(config)}
         return _unwrap(sd, path), {}
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: cannot be read as a tensor-only checkpoint ({err})") from err
+    obj = load_tensor_file(path, mmap=mmap)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return obj["state_dict"], {"format": FORMAT, "config": obj["config"]}
+        if not isinstance(obj.get("state_dict"), dict):
+            raise CheckpointError(f"{path}: an {FORMAT} file without a 'state_dict' mapping")
+        return obj["state_dict"], {"format": FORMAT, "config": checked(obj.get("config"))}
     if isinstance(obj, dict) and "hyper_parameters" in obj and "state_dict" in obj:  # a Lightning checkpoint
+        if not isinstance(obj["state_dict"], dict):
+            raise CheckpointError(f"{path}: a Lightning checkpoint whose 'state_dict' is not a mapping")
         sd = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-        cfg = obj.get("iggt_model_config", obj["hyper_parameters"].get("model_config"))
-        return sd, ({"format": FORMAT, "config": cfg} if cfg is not None else {})
+        cfg = obj.get("iggt_model_config", (obj.get("hyper_parameters") or {}).get("model_config"))
+        if cfg is None:
+            return sd, {}
+        return sd, {"format": FORMAT, "config": checked(cfg)}
     return _unwrap(obj, path), {}
 
 
-def load_model(path: str | os.PathLike, preset: str | None = None, map_location: str | torch.device = "cpu"
-               ) -> IGGTModel:
-    """Build and load a model from our format or an official IGGT/VGGT checkpoint (strict)."""
-    sd, meta = read_file(path)
+def check_stored_config(config: Any, path: str | os.PathLike, trust_code: bool = False) -> dict:
+    """A model config read from ``path``, checked as data: known fields only, backbone arguments that
+    :class:`Aggregator` takes, heads that are registered (dotted paths only with ``trust_code``)."""
+    import inspect
+
+    from .backbone import Aggregator
+    from .registry import UntrustedCodeError, get_head
+
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the stored model config must be a mapping; got {type(config).__name__}")
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown field(s) {unknown} in the stored model config; expected "
+                              f"{list(CONFIG_KEYS)}")
+    backbone = config.get("backbone") or {}
+    if not isinstance(backbone, dict):
+        raise CheckpointError(f"{path}: config.backbone must be a mapping; got {backbone!r}")
+    accepted = [n for n in inspect.signature(Aggregator.__init__).parameters if n != "self"]
+    bad = sorted(set(backbone) - set(accepted))
+    if bad:
+        raise CheckpointError(f"{path}: config.backbone has unknown argument(s) {bad}; the backbone accepts {accepted}")
+    heads = config.get("heads") or {}
+    if not isinstance(heads, dict):
+        raise CheckpointError(f"{path}: config.heads must be a mapping of head name -> arguments; got {heads!r}")
+    for name, spec in heads.items():
+        if spec is not None and not isinstance(spec, dict):
+            raise CheckpointError(f"{path}: config.heads.{name} must be a mapping of arguments or null; got {spec!r}")
+        target = (spec or {}).get("class_path", name)
+        try:
+            get_head(target, trust_code=trust_code, source=f"checkpoint {path} (config.heads.{name})")
+        except UntrustedCodeError:
+            raise
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
+    chunk = config.get("frames_chunk_size")
+    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+        raise CheckpointError(f"{path}: config.frames_chunk_size must be a positive integer or null; got {chunk!r}")
+    return config
+
+
+def build_from_config(config: dict, path: str | os.PathLike, trust_code: bool = False) -> IGGTModel:
+    """IGGTModel from a stored config; construction errors name the file."""
+    try:
+        return IGGTModel(**config, trust_code=trust_code, source=f"checkpoint {path}")
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: its stored model config cannot be built: {err}") from err
+
+
+def inspect_checkpoint(path: str | os.PathLike, preset: str | None = None, trust_code: bool = False) -> dict:
+    """The model config a checkpoint builds (its stored config, checked, or the official preset's), without
+    reading the weights: a .safetensors header, a memory-mapped .pt/.ckpt. Errors name the file."""
+    from .model import PRESETS
+
+    path = Path(path)
+    if preset is not None and preset not in PRESETS:
+        raise CheckpointError(f"preset {preset!r} is not a preset; expected one of {sorted(PRESETS)}")
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta, keys = dict(f.metadata() or {}), list(f.keys())
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({_one_line(err)}); it may be "
+                                  "truncated or not a checkpoint at all") from err
+        if meta.get("format") == FORMAT:
+            try:
+                return check_stored_config(json.loads(meta.get("config", "")), path, trust_code)
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"{path}: its metadata 'config' is not valid JSON ({err})") from err
+    else:
+        sd, meta = read_file(path, trust_code=trust_code, mmap=True)
+        if meta.get("format") == FORMAT:
+            return meta["config"]
+        keys = list(sd)
+    if keys and all(k.startswith("module.") for k in keys):
+        keys = [k[len("module."):] for k in keys]
+    try:
+        kind = preset or official_kind(keys)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    return {"backbone": dict(PRESETS[kind]["backbone"]), "heads": dict(PRESETS[kind]["heads"])}
+
+
+def check_official_shapes(sd: dict[str, torch.Tensor], kind: str, path: str | os.PathLike) -> None:
+    """Validate an official state dict against the preset's keys and shapes on the meta device (no memory,
+    a few seconds) before the real model is built."""
+    with torch.device("meta"):
+        skeleton = IGGTModel.from_preset(kind)
+    try:
+        convert_official_state_dict(sd, skeleton)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+
+def load_model(path: str | os.PathLike, preset: str | None = None, map_location: str | torch.device = "cpu",
+               trust_code: bool = False) -> IGGTModel:
+    """Build and load a model from our format or an official IGGT/VGGT checkpoint (strict).
+
+    Nothing in the file runs: tensors are read without unpickling code and the stored config may name only
+    registered heads, unless ``trust_code=True`` (the CLI's ``--trust-checkpoint-code``)."""
+    sd, meta = read_file(path, trust_code=trust_code)
     if meta.get("format") == FORMAT:
-        model = IGGTModel(**meta["config"])
+        model = build_from_config(meta["config"], path, trust_code)
         own = model.state_dict()
         mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
                       if k in own and tuple(v.shape) != tuple(own[k].shape)]
@@ -165,7 +324,11 @@ def load_model(path: str | os.PathLike, preset: str | None = None, map_location:
             raise CheckpointError(f"{path}: does not match its own config: missing {_listing(missing)}; "
                                   f"unexpected {_listing(unexpected)}")
         return model.to(map_location)
-    kind = preset or official_kind(sd)
+    try:
+        kind = preset or official_kind(sd)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    check_official_shapes(sd, kind, path)
     model = IGGTModel.from_preset(kind)
     model.load_state_dict(convert_official_state_dict(sd, model), strict=True)
     return model.to(map_location)
@@ -184,8 +347,13 @@ def save_model(model: IGGTModel, dst: str | os.PathLike) -> None:
         atomic_write(dst, lambda p: torch.save({"format": FORMAT, "config": config, "state_dict": sd}, p))
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, preset: str | None = None) -> IGGTModel:
-    """``iggt convert``: official (or our) checkpoint -> our format."""
-    model = load_model(src, preset)
+def convert(src: str | os.PathLike, dst: str | os.PathLike, preset: str | None = None,
+            trust_code: bool = False) -> IGGTModel:
+    """``iggt convert``: official (or our) checkpoint -> our format. The output never replaces the input."""
+    if Path(dst).exists() and Path(src).exists() and os.path.samefile(src, dst):
+        raise CheckpointError(f"the output {dst} is the input checkpoint itself; choose another path")
+    if Path(dst).suffix not in (".safetensors", ".pt", ".pth"):
+        raise CheckpointError(f"output {dst}: expected a .safetensors or .pt path")
+    model = load_model(src, preset, trust_code=trust_code)
     save_model(model, dst)
     return model

@@ -19,12 +19,14 @@ def _convert(argv: list[str]) -> int:
     p.add_argument("src")
     p.add_argument("dst", help="output path; .safetensors or .pt")
     p.add_argument("--preset", default=None, help="model preset (default: detected from the keys)")
+    p.add_argument("--trust-checkpoint-code", action="store_true", help="let the file's stored config import head "
+                   "classes that are not registered (runs code named by the file: only for files you trust)")
     a = p.parse_args(argv)
-    from .checkpoints import CheckpointError, convert
+    from .checkpoints import convert
 
     try:
-        model = convert(a.src, a.dst, a.preset)
-    except (CheckpointError, FileNotFoundError) as err:
+        model = convert(a.src, a.dst, a.preset, trust_code=a.trust_checkpoint_code)
+    except (ValueError, FileNotFoundError, OSError) as err:  # CheckpointError, UntrustedCodeError, ...
         print(f"iggt convert: {err}", file=sys.stderr)
         return 2
     n = sum(t.numel() for t in model.state_dict().values())
@@ -85,7 +87,8 @@ def _predict(argv: list[str]) -> int:
                    "output does not re-read as a scene folder on its own)")
     p.add_argument("--checkpoint", "-c", required=True, help="our .safetensors/.pt, a Lightning .ckpt, or an "
                    "official IGGT/VGGT .pt/.safetensors (converted on the fly)")
-    p.add_argument("--out", "-o", required=True, help="output directory (refused if it exists, unless --overwrite)")
+    p.add_argument("--out", "-o", required=True, help="output directory: a folder of its own (never an input, the "
+                   "checkpoint's folder or the current directory); refused if it exists, unless --overwrite")
     p.add_argument("--preset", default=None, help="preset of an official checkpoint (default: from its keys)")
     p.add_argument("--mode", default="resize", choices=["resize", "crop", "pad"])
     p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
@@ -98,8 +101,12 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--points-from", default="depth", choices=["depth", "point"])
     p.add_argument("--granularity", default=None, help="instance granularity of the default clusterer "
                    "(small/medium/large or a feature distance); default: the model's tracking head settings")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="check the inputs and print what would be written")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder, only if it is a "
+                   "previous prediction (has our manifest.json)")
+    p.add_argument("--dry-run", action="store_true", help="check the inputs and every option as the real run does, "
+                   "and print what would be written")
+    p.add_argument("--trust-checkpoint-code", action="store_true", help="let the checkpoint's stored config import "
+                   "head classes that are not registered (runs code named by the file: only for files you trust)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     import os
@@ -115,21 +122,33 @@ def _predict(argv: list[str]) -> int:
                           size=tuple(a.size) if a.size else None, device=a.device, precision=a.precision,
                           conf_threshold=a.conf_threshold, conf_mode=a.conf_mode, points_from=a.points_from,
                           clusterer=clusterer, video_frames=a.video_frames, overwrite=a.overwrite, save_images=not a.no_images,
-                          dry_run=a.dry_run, progress=not a.quiet)
+                          dry_run=a.dry_run, progress=not a.quiet, trust_code=a.trust_checkpoint_code)
     try:
         summary = run_predict(opts)
-    except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:  # every message names the path/option
         if os.environ.get("IGGT_DEBUG"):
             raise
         print(f"iggt predict: error: {err}", file=sys.stderr)
         return 2
     if summary.get("dry_run"):
-        print(f"dry run: {summary['views']} view(s), photo sizes {summary['photo_sizes']}; would write into "
-              f"{summary['out']}:")
+        from .inference.output_folder import human_size as _human
+
+        free = summary["free_bytes"]
+        space = _human(summary["estimated_bytes"]) + (f" of {_human(free)} free" if free >= 0 else "")
+        print(f"dry run: {summary['views']} view(s), photo sizes {summary['photo_sizes']}, model input "
+              f"{summary['model_input'][0]}x{summary['model_input'][1]}; about {space}; would "
+              f"{'replace' if summary['replaces'] else 'write'} {summary['out']}:")
         for f in summary["files"]:
             print(f"  {f}")
+        for f in summary["leftovers"]:
+            print(f"would remove the leftover of a dead run: {f}")
+        if summary["restore"]:
+            print(f"would put {summary['out']} back from {summary['restore']} (left by a run that died replacing it)")
         return 0
     print(f"{summary['views']} views, {summary['instances']} instances, {summary['points']:,} points -> {a.out}")
+    if summary.get("invalid_views"):
+        print(f"  {len(summary['invalid_views'])} view(s) with non-finite predictions: see invalid_views in "
+              f"{os.path.join(a.out, 'manifest.json')}")
     print("  ".join(f"{k} {v:.2f} s" for k, v in summary["seconds"].items()))
     return 0
 
@@ -144,13 +163,18 @@ def _data(argv: list[str]) -> int:
                    choices=["auto", "scannetpp", "infinigen", "re10k", "scannet", "scene_folder"])
     c.add_argument("--max-scenes", type=int, default=None, help="check only the first N scenes")
     c.add_argument("--max-frames", type=int, default=None, help="about N frames per scene, spread evenly")
+    c.add_argument("--max-invalid-depth", type=float, default=0.01, metavar="FRACTION",
+                   help="largest fraction of a frame's depth pixels that may be NaN/inf or negative (read as invalid); "
+                   "more is a problem, as is a frame with no valid depth (default 0.01)")
     c.add_argument("--json", default=None, help="also write the report as JSON here")
     a = p.parse_args(argv)
+    if not 0 <= a.max_invalid_depth <= 1:
+        p.error(f"--max-invalid-depth must be a fraction in [0, 1]; got {a.max_invalid_depth}")
     from .data.check import check_dataset, format_report
     from .data.frames import DatasetError
 
     try:
-        report = check_dataset(a.path, a.layout, a.max_scenes, a.max_frames)
+        report = check_dataset(a.path, a.layout, a.max_scenes, a.max_frames, max_invalid_depth=a.max_invalid_depth)
     except DatasetError as err:
         print(f"iggt data check: {err}", file=sys.stderr)
         return 2
@@ -159,10 +183,13 @@ def _data(argv: list[str]) -> int:
         from .fileio import write_json
 
         write_json(a.json, {"root": report.root, "layout": report.layout, "ok": report.ok,
-                            "problems": report.problems, "skipped": report.skipped,
+                            "problems": report.problems, "warnings": report.warnings, "skipped": report.skipped,
                             "scenes": [{"name": s.name, "frames": s.frames, "sizes": sorted(s.sizes),
                                         "depth_median": float(sum(s.depth_medians) / len(s.depth_medians))
                                         if s.depth_medians else None,
+                                        "depth_valid_mean": float(sum(s.depth_valid) / len(s.depth_valid))
+                                        if s.depth_valid else None,
+                                        "depth_frames": s.depth_frames,
                                         "free_space_violation": None if s.violation != s.violation else s.violation}
                                        for s in report.scenes]})
     return 0 if report.ok else 1
@@ -189,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .lightning_cli import run_lightning_cli
 
+    trust = "--trust-checkpoint-code" in argv
+    argv = [a for a in argv if a != "--trust-checkpoint-code"]
     try:
-        run_lightning_cli(argv)
-    except ValueError as err:  # configuration and data errors: the message names the field; no traceback
+        run_lightning_cli(argv, trust_checkpoint_code=trust)
+    except (ValueError, FileNotFoundError) as err:  # configuration, data and checkpoint errors name the field/file
         if os.environ.get("IGGT_DEBUG"):
             raise
         print(f"iggt {argv[0]}: error: {err}\n(set IGGT_DEBUG=1 for the traceback)", file=sys.stderr)

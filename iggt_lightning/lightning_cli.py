@@ -8,23 +8,42 @@ group are loaded before parsing, so their short names resolve. The data section 
 
 Checkpoints without an explicit ``dirpath`` go to ``<trainer.default_root_dir>/checkpoints`` (not a
 per-version log folder), so ``--ckpt_path last`` finds the previous run's ``last.ckpt``.
+
+Checkpoints are data: every ``--ckpt_path`` file is read with ``weights_only=True`` (errors name the file),
+and the hyper-parameters LightningCLI re-parses from it may name only registered heads (or classes the
+user's own config names) unless ``--trust-checkpoint-code`` is given.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .checkpoints import CheckpointError, load_tensor_file
 
 from .data.datamodule import SceneDataModule, SyntheticDataModule
 from .module import IGGTLitModule
-from .registry import load_plugins
+from .registry import TRUST_OPT_IN, UntrustedCodeError, load_plugins, qualified_name, registered_head
+from .training_callbacks import add_resume_state, reuse_logger_versions
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader with ``weights_only=True`` always and one error line naming the file."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_tensor_file(path)
 
 
 class IGGTCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True, trust_checkpoint_code: bool = False,
+                 **kwargs) -> None:
         load_plugins()
+        self.trust_checkpoint_code = trust_checkpoint_code
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         kwargs.setdefault("auto_configure_optimizers", False)  # IGGTLitModule builds its own parameter groups
@@ -36,13 +55,81 @@ class IGGTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data": {"class_path": f"{SyntheticDataModule.__module__}.SyntheticDataModule"}})
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI merges a ``--ckpt_path`` file's hyper-parameters into the model config; check them as
+        data first (registered heads only, no foreign class) and read the file safely."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        ckpt = load_tensor_file(ckpt_path)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (no 'state_dict')")
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        own = qualified_name(IGGTLitModule)
+        cls_path = hparams.pop("_class_path", own)
+        if cls_path != own:
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: its hyper-parameters name the model class {cls_path!r}; "
+                                  f"iggt loads {own} only")
+        # the weights come from the checkpoint itself; a stored init_checkpoint names a file of the author's machine
+        hparams.pop("init_checkpoint", None)
+        accepted = set(inspect.signature(IGGTLitModule.__init__).parameters) - {"self"}
+        unknown = sorted(set(hparams) - accepted)
+        if unknown:
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: unknown hyper-parameter(s) {unknown}; "
+                                  f"IGGTLitModule takes {sorted(accepted)}")
+        self._check_ckpt_heads(ckpt_path, hparams.get("heads"), self.config[sub].get("model"))
+        if hparams:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+
+    def _check_ckpt_heads(self, ckpt_path: str, heads, user_model) -> None:
+        if heads is None:
+            return
+        if not isinstance(heads, dict):
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter heads must be a mapping; got {heads!r}")
+        # classes the user's own config names are trusted already (the user asked for them)
+        user_heads = (getattr(user_model, "heads", None) if not isinstance(user_model, dict)
+                      else user_model.get("heads")) or {}
+        trusted = {(spec or {}).get("class_path", name) for name, spec in dict(user_heads).items()
+                   if spec is None or isinstance(spec, dict)}
+        for name, spec in heads.items():
+            if spec is not None and not isinstance(spec, dict):
+                raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter heads.{name} must be a mapping "
+                                      f"or null; got {spec!r}")
+            target = (spec or {}).get("class_path", name)
+            if registered_head(target) is not None or target in trusted or self.trust_checkpoint_code:
+                continue
+            if isinstance(target, str) and "." in target:
+                raise UntrustedCodeError(
+                    f"--ckpt_path {ckpt_path}: hyper-parameter heads.{name} names class {target!r}, which is not a "
+                    f"registered head; importing it would run code from that file. If you trust the file, pass "
+                    f"{TRUST_OPT_IN}, or name the same class in your own config")
+            raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter heads.{name} names unknown head "
+                                  f"{target!r}")
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
         for cb in trainer.callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        # exact resumes (RNG states, the same logger version) and last.ckpt at the final step: training_callbacks.py
+        add_resume_state(trainer)
+        if self.subcommand == "fit":
+            reuse_logger_versions(trainer, self._get(self.config, "ckpt_path"))
         return trainer
 
 
-def run_lightning_cli(argv: list[str]) -> IGGTCLI:
-    return IGGTCLI(args=argv)
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments[subcommand] and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True  # torch < 2.6 would otherwise unpickle whatever the file holds
+        return kwargs
+
+
+def run_lightning_cli(argv: list[str], trust_checkpoint_code: bool = False) -> IGGTCLI:
+    return IGGTCLI(args=argv, trust_checkpoint_code=trust_checkpoint_code)

@@ -75,10 +75,13 @@ class IGGTModel(nn.Module):
             or a dotted ``module.Class`` path; a dict value may name its class with ``class_path``
             (and then ``init_args``). ``dim_in`` and ``patch_size`` default to the backbone's.
         frames_chunk_size: frames a dense head decodes at once (memory bound; results do not depend on it).
+        trust_code: whether a dotted path that is not a registered head may be imported (False for configs
+            read from files: see :mod:`iggt_lightning.registry`); ``source`` names the config in errors.
     """
 
     def __init__(self, backbone: dict | None = None, heads: dict[str, dict | None] | None = None,
-                 frames_chunk_size: int | None = 8) -> None:
+                 frames_chunk_size: int | None = 8, *, trust_code: bool = True,
+                 source: str = "the model configuration") -> None:
         super().__init__()
         backbone = dict(backbone or {})
         self.backbone = Aggregator(**backbone)
@@ -87,8 +90,10 @@ class IGGTModel(nn.Module):
         self.frames_chunk_size = frames_chunk_size
         built = {}
         for name, spec in (heads or {}).items():
+            if spec is not None and not isinstance(spec, dict):
+                raise ValueError(f"{source}: heads.{name} must be a mapping of arguments or null; got {spec!r}")
             spec = dict(spec or {})
-            cls = get_head(spec.pop("class_path", name))
+            cls = get_head(spec.pop("class_path", name), trust_code=trust_code, source=f"{source} (heads.{name})")
             kwargs = dict(spec.pop("init_args", {}), **spec)
             kwargs.setdefault("dim_in", 2 * self.backbone.embed_dim)
             if "patch_size" in _init_params(cls):
@@ -111,7 +116,8 @@ class IGGTModel(nn.Module):
         self.token_layers = {i % depth for h in self.heads.values() for i in h.token_layers}
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "IGGTModel":
+    def from_preset(cls, name: str, *, trust_code: bool = True, source: str = "the model configuration",
+                    **overrides: Any) -> "IGGTModel":
         """Build a named configuration (``iggt-large``, ``vggt-large``, ``tiny``, ``small-dino``, ``nano``,
         ``mini``);
         ``overrides`` are merged into it (e.g. ``heads={"track": None}`` is not a removal: use ``drop_heads``;
@@ -130,12 +136,12 @@ class IGGTModel(nn.Module):
         # trainable head left without its input is a configuration error, reported below
         while True:
             dependents = {k for k in PRESETS[name]["heads"] if k not in drop and k not in (overrides.get("heads") or {})
-                          and not get_head(k).trainable and set(getattr(get_head(k), "requires", ())) & drop}
+                          and not get_head(k).trainable and set(get_head(k).requires) & drop}
             if not dependents:
                 break
             drop |= dependents
         cfg["heads"] = {k: v for k, v in cfg["heads"].items() if k not in drop}
-        return cls(**cfg)
+        return cls(**cfg, trust_code=trust_code, source=source)
 
     # ------------------------------------------------------------------ input checks
     def _check_inputs(self, images: torch.Tensor, query_points: torch.Tensor | None):

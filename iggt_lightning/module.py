@@ -67,7 +67,8 @@ class IGGTLitModule(LightningModule):
         if init_checkpoint:
             from .checkpoints import CheckpointError, convert_official_state_dict, read_file
 
-            sd, meta = read_file(init_checkpoint)
+            # the weights only: the file's stored config is never built, so it cannot name code to run
+            sd, meta = read_file(init_checkpoint, check_config=False)
             if not meta:
                 sd = convert_official_state_dict(sd, self.model)
             missing, unexpected = self.model.load_state_dict(sd, strict=False)
@@ -158,6 +159,7 @@ class IGGTLitModule(LightningModule):
         batch = self._prepare(batch)
         out = self.model(batch["images"])
         terms = self.compute_losses(out, batch)
+        self._stop_if_non_finite(terms, batch)
         bs = batch["images"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", terms["loss"].detach(), batch_size=bs, prog_bar=True)
@@ -165,6 +167,23 @@ class IGGTLitModule(LightningModule):
         if n and self.global_step % n == 0:
             self._log_images(batch, out)
         return terms["loss"]
+
+    def _stop_if_non_finite(self, terms: dict[str, torch.Tensor], batch: dict) -> None:
+        """Training stops at the first NaN/inf loss (on every rank at once under DDP), naming the step and terms."""
+        bad = not bool(torch.isfinite(terms["loss"].detach()))
+        if self._trainer is not None:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            from .training_callbacks import NonFiniteLossError, format_non_finite
+
+            scenes = batch.get("scene_id")
+            main = ["loss", *(f"loss_{t}" for t in self.loss_weights)]       # the total and the terms, then sub-terms
+            terms = {**{k: terms[k] for k in main if k in terms}, **terms}
+            raise NonFiniteLossError(
+                f"non-finite training loss at global step {self.global_step}: "
+                f"{format_non_finite(terms) or 'finite here (another rank had a non-finite loss)'}"
+                + (f" (scenes {list(scenes)})" if isinstance(scenes, (list, tuple)) else "")
+                + "; training stopped")
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         batch = self._prepare(batch)

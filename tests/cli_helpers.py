@@ -47,6 +47,24 @@ class RecordSteps(Callback):
             json.dump(payload, f)
 
 
+class RecordLosses(Callback):
+    """Appends one JSON line per training step to ``path``: the global step after it, ``train/loss`` as returned
+    by training_step (exact: a float64 of the float32 value), the first parameter group's lr and the batch's
+    scene ids. Appends, so a killed run and its resume write one file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank != 0:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        row = {"step": trainer.global_step, "loss": float(loss.detach()),
+               "lr": trainer.optimizers[0].param_groups[0]["lr"], "scenes": list(batch.get("scene_id", []))}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 class _Corrupt(Dataset):
     """Synthetic scenes with one field broken, to check the errors that reach the user."""
 

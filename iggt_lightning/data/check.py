@@ -2,7 +2,10 @@
 
 Checks: the layout is recognised; every frame's image, depth, camera and id map is present and readable;
 sizes agree within a frame (maps of another aspect ratio are an error) and image sizes within a scene;
-rotations are orthonormal with det +1 (the readers refuse anything else); depth is plausibly in metres;
+rotations are orthonormal with det +1 (the readers refuse anything else); depth is plausibly in metres, and
+per frame: the fractions of NaN/inf, of negative and of valid (> 0) depth pixels (a problem when NaN/inf and
+negative pixels together exceed ``max_invalid_depth``, default 1 %, or when a frame has no valid depth at all;
+a warning when under ``min_valid_depth``, default 10 %, is valid: zero is the usual "no measurement" code);
 ids are consistent (instances seen in several views of a scene); and the views of a scene agree
 geometrically: points unprojected from one view's depth must not land in front of another view's surface
 (free space). When they do with the poses as given but not with the poses inverted, the poses are
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .frames import DatasetError, Frame
+from .frames import DatasetError, DepthStats, Frame, collect_depth_stats, pct
 
 AUTO_MARKERS = (  # (layout, glob patterns any of which marks it), most specific first
     ("scannetpp", ("*/scene_iphone_metadata.npz",)),
@@ -83,6 +86,7 @@ class SceneReport:
     sizes: set = field(default_factory=set)
     depth_medians: list = field(default_factory=list)
     depth_valid: list = field(default_factory=list)
+    depth_frames: list = field(default_factory=list)     # per frame with depth: {name, file, nonfinite, negative, valid}
     ids_per_frame: list = field(default_factory=list)
     views_per_id: dict = field(default_factory=dict)
     violation: float = float("nan")
@@ -96,6 +100,7 @@ class CheckReport:
     scenes: list = field(default_factory=list)
     problems: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -104,8 +109,15 @@ class CheckReport:
 
 def check_dataset(root: str | os.PathLike, layout: str = "auto", max_scenes: int | None = None,
                   max_frames: int | None = None, pairs: int = 4, violation_threshold: float = 0.05,
-                  reader_kwargs: dict | None = None) -> CheckReport:
-    """Read (up to ``max_frames`` frames of up to ``max_scenes`` scenes of) a dataset; collect problems."""
+                  reader_kwargs: dict | None = None, max_invalid_depth: float = 0.01,
+                  min_valid_depth: float = 0.1) -> CheckReport:
+    """Read (up to ``max_frames`` frames of up to ``max_scenes`` scenes of) a dataset; collect problems.
+
+    ``max_invalid_depth``: the largest fraction of a frame's depth pixels that may be NaN/inf or negative
+    (the readers read them as invalid, 0); more is a problem. ``min_valid_depth``: frames with a smaller
+    fraction of valid (> 0) depth get a warning; none at all is a problem."""
+    if not 0 <= max_invalid_depth <= 1:
+        raise ValueError(f"max_invalid_depth must be a fraction in [0, 1]; got {max_invalid_depth}")
     from .fixtures import reader_class
 
     root = Path(root)
@@ -133,7 +145,8 @@ def check_dataset(root: str | os.PathLike, layout: str = "auto", max_scenes: int
         frames: list[Frame] = []
         for key in keys:
             try:
-                f = ds._conform(ds.read_frame(record, key), record)
+                with collect_depth_stats() as depth_stats:
+                    f = ds._conform(ds.read_frame(record, key), record)
             except DatasetError as err:
                 report.problems.append(str(err))
                 continue
@@ -145,6 +158,7 @@ def check_dataset(root: str | os.PathLike, layout: str = "auto", max_scenes: int
                 sr.depth_valid.append(valid.size / f.depth.size)
                 if valid.size:
                     sr.depth_medians.append(float(np.median(valid)))
+                _depth_check(report, sr, record.name, key, f, depth_stats, max_invalid_depth, min_valid_depth)
             if f.instance_ids is not None:
                 ids = np.unique(f.instance_ids)
                 ids = ids[ids != 0]
@@ -168,6 +182,27 @@ def check_dataset(root: str | os.PathLike, layout: str = "auto", max_scenes: int
         report.problems.append(f"{root}: no usable scene ({len(report.skipped)} skipped: "
                                f"{report.skipped[:3]})")
     return report
+
+
+def _depth_check(report: CheckReport, sr: SceneReport, scene: str, key: str, f: Frame, stats: list[DepthStats],
+                 max_invalid: float, min_valid: float) -> None:
+    """Per-frame depth fractions: NaN/inf and negative pixels (what the reader found in the file), valid ones."""
+    s = stats[-1] if stats else None       # the depth map the reader checked (one per frame)
+    file = s.path if s else "?"
+    valid = float((f.depth > 0).mean()) if f.depth.size else 0.0
+    nonfinite, negative = (s.nonfinite, s.negative) if s else (0.0, 0.0)
+    sr.depth_frames.append({"name": key, "file": file, "nonfinite": nonfinite, "negative": negative, "valid": valid})
+    where = f"scene {scene}, frame {key}: depth {file}"
+    fractions = f"{pct(nonfinite)} NaN/inf, {pct(negative)} negative, {pct(valid)} valid pixels"
+    if nonfinite + negative > max_invalid:
+        report.problems.append(f"{where}: {fractions}; NaN/inf + negative {pct(nonfinite + negative)} exceeds "
+                               f"--max-invalid-depth {max_invalid:g} ({pct(max_invalid)}); the readers read them "
+                               "as invalid (0)")
+    elif valid == 0:
+        report.problems.append(f"{where}: no valid depth at all ({fractions}; 0 = no measurement); drop the frame "
+                               "or its depth file")
+    elif valid < min_valid:
+        report.warnings.append(f"{where}: only {pct(valid)} of the pixels have valid depth ({fractions})")
 
 
 def _geometry_check(report: CheckReport, sr: SceneReport, frames: list[Frame], pairs: int, threshold: float) -> None:
@@ -201,17 +236,22 @@ def format_report(r: CheckReport) -> str:
     lines = [f"{r.root}: layout {r.layout}, {len(r.scenes)} scene(s), {sum(s.frames for s in r.scenes)} frame(s)"]
     if r.skipped:
         lines.append(f"skipped {len(r.skipped)} scene(s): " + "; ".join(f"{n} ({why})" for n, why in r.skipped[:5]))
-    head = f"{'scene':<28}{'frames':>7}{'size HxW':>12}{'depth med m':>13}{'valid %':>9}{'ids/frame':>10}" \
-           f"{'ids>=2 views':>13}{'free-space viol. %':>20}"
+    head = f"{'scene':<28}{'frames':>7}{'size HxW':>12}{'depth med m':>13}{'valid % (min)':>15}" \
+           f"{'NaN/neg % max':>15}{'ids/frame':>10}{'ids>=2 views':>13}{'free-space viol. %':>20}"
     lines.append(head)
     for s in r.scenes:
         size = "/".join(f"{h}x{w}" for h, w in sorted(s.sizes)) or "-"
         med = f"{np.median(s.depth_medians):.3f}" if s.depth_medians else "-"
-        valid = f"{100 * np.mean(s.depth_valid):.1f}" if s.depth_valid else "-"
+        valid = f"{100 * np.mean(s.depth_valid):.1f} ({100 * np.min(s.depth_valid):.1f})" if s.depth_valid else "-"
+        bad = f"{100 * max(d['nonfinite'] + d['negative'] for d in s.depth_frames):.2f}" if s.depth_frames else "-"
         ids = f"{np.mean(s.ids_per_frame):.1f}" if s.ids_per_frame else "-"
         shared = f"{sum(v >= 2 for v in s.views_per_id.values())}/{len(s.views_per_id)}" if s.views_per_id else "-"
         viol = "-" if np.isnan(s.violation) else f"{100 * s.violation:.2f} (inv {100 * s.violation_inverted:.0f})"
-        lines.append(f"{s.name[:27]:<28}{s.frames:>7}{size:>12}{med:>13}{valid:>9}{ids:>10}{shared:>13}{viol:>20}")
+        lines.append(f"{s.name[:27]:<28}{s.frames:>7}{size:>12}{med:>13}{valid:>15}{bad:>15}{ids:>10}{shared:>13}"
+                     f"{viol:>20}")
+    if r.warnings:
+        lines.append(f"\n{len(r.warnings)} warning(s):")
+        lines += [f"  - {w}" for w in r.warnings]
     if r.problems:
         lines.append(f"\n{len(r.problems)} problem(s):")
         lines += [f"  - {p}" for p in r.problems]

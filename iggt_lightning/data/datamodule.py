@@ -3,6 +3,10 @@
 A batch stacks scenes, so its scenes need the same number of views and image size. Datasets whose
 samples vary (``num_views: [2, 8]``) are batched by :class:`GroupedBatchSampler`, which only puts scenes
 of one shape together; a dataset tells it a sample's shape through ``sample_shape(index)``.
+
+The training loader is resumable (:mod:`.resumable`): its order per epoch is a function of (seed, epoch), every
+index carries its epoch into the dataset, and its position is part of Lightning's checkpoints, so a run resumed
+mid-epoch with ``--ckpt_path`` continues with the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
@@ -10,21 +14,24 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lightning import LightningDataModule
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
+from .resumable import EpochBatchSampler, EpochShuffleSampler, ResumableDataLoader, default_seed
 from .synthetic import SyntheticScenes, collate_scenes
 from .validate import SampleError, check_sample
 
 
-class GroupedBatchSampler(BatchSampler):
+class GroupedBatchSampler(EpochBatchSampler):
     """Batches of ``batch_size`` indices whose samples share a group key (e.g. (views, H, W)).
 
     Every epoch yields exactly ``len(self)`` = ceil(N / batch_size) batches (floor with ``drop_last``), N
     being the number of indices ``sampler`` yields, so that DDP ranks always run the same number of steps:
     full batches come first in sampler order, then the partial ones; any surplus partial batch is left
     for another epoch, and a shortfall (rare; only with ``drop_last``) is made up by repeating batches.
-    Lightning swaps ``sampler`` for a DistributedSampler under DDP/FSDP and keeps the grouping.
+    Lightning swaps ``sampler`` for a DistributedSampler under DDP/FSDP and keeps the grouping. As an
+    :class:`EpochBatchSampler` it tags indices with the epoch and can start at batch ``k`` (resumes).
     """
 
     def __init__(self, sampler: Sampler | Sequence[int], batch_size: int, drop_last: bool,
@@ -36,7 +43,7 @@ class GroupedBatchSampler(BatchSampler):
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self):
+    def epoch_batches(self):
         total = len(self)
         buckets: dict[Any, list[int]] = {}
         full: list[list[int]] = []
@@ -102,16 +109,21 @@ class SceneDataModule(LightningDataModule):
         if dataset is None:
             raise ValueError(f"{type(self).__name__} has no {stage} dataset configured")
         batch_size = self.batch_size if stage == "train" else self.eval_batch_size
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        # shuffled (training): an order per epoch from (seed, epoch) and a loader whose position is checkpointed
+        seed = default_seed()
+        sampler = EpochShuffleSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
         keys = _group_keys(dataset) if batch_size > 1 else None
         if keys is not None and len(set(keys)) > 1:
             batch_sampler = GroupedBatchSampler(sampler, batch_size, drop_last=shuffle, group_keys=keys)
         else:
-            batch_sampler = BatchSampler(sampler, batch_size, drop_last=shuffle and len(dataset) >= batch_size)
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.num_workers,
-                          collate_fn=collate_checked if self.check_samples else collate_scenes,
-                          persistent_workers=self.persistent_workers and self.num_workers > 0,
-                          pin_memory=self.pin_memory)
+            batch_sampler = EpochBatchSampler(sampler, batch_size, drop_last=shuffle and len(dataset) >= batch_size)
+        kwargs = dict(batch_sampler=batch_sampler, num_workers=self.num_workers,
+                      collate_fn=collate_checked if self.check_samples else collate_scenes,
+                      persistent_workers=self.persistent_workers and self.num_workers > 0, pin_memory=self.pin_memory)
+        if shuffle:
+            return ResumableDataLoader(dataset, seed=seed, **kwargs)
+        # a generator of its own: iterating an evaluation loader never draws from the global torch RNG
+        return DataLoader(dataset, generator=torch.Generator(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

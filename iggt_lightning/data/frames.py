@@ -17,6 +17,10 @@ Conventions of a Frame:
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,28 +103,20 @@ def check_intrinsics(K: np.ndarray, where: str | os.PathLike) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """RGB uint8 [H,W,3], decoded as :func:`iggt_lightning.inference.images.load_image` does (EXIF orientation
+    applied, 16-bit / float / palette / CMYK converted, transparency on white); failures are a
+    :class:`DatasetError` naming the file."""
+    from ..imageio import read_image_rgb
 
-    if not path.is_file():
-        raise DatasetError(f"missing image {path}")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot read image {path}: {err}") from err
+    return read_image_rgb(path, DatasetError, "image")
 
 
 def read_png_array(path: Path, what: str) -> np.ndarray:
-    """A single-channel 8/16-bit PNG as an integer array."""
-    from PIL import Image, UnidentifiedImageError
+    """A single-channel 8/16-bit PNG as an integer array (no EXIF rotation: maps are stored as the sensor wrote
+    them)."""
+    from ..imageio import open_image
 
-    if not path.is_file():
-        raise DatasetError(f"missing {what} {path}")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot read {what} {path}: {err}") from err
+    arr = np.asarray(open_image(path, DatasetError, what, orient=False))
     if arr.ndim != 2:
         raise DatasetError(f"{what} {path} has shape {arr.shape}; expected a single-channel image")
     return arr
@@ -161,14 +157,73 @@ def read_depth_png(path: Path, scale: float) -> np.ndarray:
     return check_depth(depth_from_millimetres(read_png_array(path, "depth"), scale, path), path)
 
 
+class DepthWarning(UserWarning):
+    """A depth file has NaN/inf or negative pixels (read as invalid, 0); names the file and the fractions."""
+
+
+@dataclass
+class DepthStats:
+    """What :func:`check_depth` found in one depth map: fractions of its pixels."""
+
+    path: str
+    pixels: int
+    nonfinite: float        # NaN or +-inf
+    negative: float         # finite and < 0
+    valid: float            # finite and > 0 (zero is the usual "no measurement" code and is not counted as bad)
+
+    @property
+    def bad(self) -> float:
+        return self.nonfinite + self.negative
+
+    def describe(self) -> str:
+        return (f"{pct(self.nonfinite)} NaN/inf and {pct(self.negative)} negative pixels, {pct(self.valid)} valid "
+                f"(of {self.pixels:,})")
+
+
+def pct(fraction: float) -> str:
+    """0.00012 -> '0.012 %', 0.4567 -> '45.7 %', 1 -> '100 %'."""
+    value = 100 * fraction
+    return "0 %" if value == 0 else f"{value:.3g} %" if value >= 0.001 else "<0.001 %"
+
+
+_depth_log: ContextVar[list | None] = ContextVar("iggt_depth_log", default=None)
+_depth_warned: set[str] = set()
+
+
+@contextmanager
+def collect_depth_stats() -> Iterator[list[DepthStats]]:
+    """Inside the block, :func:`check_depth` appends its :class:`DepthStats` to the yielded list instead of
+    warning (``iggt data check`` reports them itself)."""
+    log: list[DepthStats] = []
+    token = _depth_log.set(log)
+    try:
+        yield log
+    finally:
+        _depth_log.reset(token)
+
+
 def check_depth(depth: np.ndarray, where: Path, max_metres: float = 1000.0) -> np.ndarray:
-    """Float depth in metres: NaN/inf/negative become 0 (invalid); implausible units are an error."""
+    """Float depth in metres: NaN/inf/negative become 0 (invalid) with a :class:`DepthWarning` naming the file
+    and the fractions (once per file and process); implausible units are an error."""
     depth = np.asarray(depth, dtype=np.float32)
     if depth.ndim == 3 and depth.shape[-1] == 1:
         depth = depth[..., 0]
     if depth.ndim != 2:
         raise DatasetError(f"depth {where} has shape {depth.shape}; expected [H,W]")
-    depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32)
+    finite = np.isfinite(depth)
+    negative = finite & (depth < 0)
+    good = finite & (depth > 0)
+    n = max(depth.size, 1)
+    stats = DepthStats(str(where), depth.size, float(depth.size - np.count_nonzero(finite)) / n,
+                       float(np.count_nonzero(negative)) / n, float(np.count_nonzero(good)) / n)
+    log = _depth_log.get()
+    if log is not None:
+        log.append(stats)
+    elif stats.bad > 0 and str(where) not in _depth_warned:
+        _depth_warned.add(str(where))
+        warnings.warn(f"depth {where}: {stats.describe()}; the NaN/inf and negative pixels are read as invalid "
+                      "(0). `iggt data check` lists every such file", DepthWarning, stacklevel=2)
+    depth = np.where(good, depth, 0).astype(np.float32)       # always a copy: callers may cache the input
     valid = depth[depth > 0]
     if valid.size and float(np.median(valid)) > max_metres:
         raise DatasetError(f"depth {where}: median {float(np.median(valid)):.4g} is implausible for metres "

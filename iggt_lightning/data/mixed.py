@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from .resumable import with_epoch
+
 
 class MixedScenes(Dataset):
     """Weighted mixture of scene datasets.
@@ -65,7 +67,12 @@ class MixedScenes(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         k, i = self.locate(index)
-        return self.datasets[k][i]
+        return self.datasets[k][with_epoch(i, index)]      # the member draws its views for the index's epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.datasets:
+            if callable(getattr(d, "set_epoch", None)):
+                d.set_epoch(epoch)
 
     def sample_shape(self, index: int):
         """(dataset number, then the member's sample shape): a batch never mixes datasets, whose samples may

@@ -12,9 +12,10 @@ assembly of the sample (world points unprojected from depth with the loaded came
 ids renumbered 1..K per sample with 0 kept as "none").
 
 Randomness: evaluation splits are a pure function of (seed, index); the training split draws fresh views and
-augmentations every epoch from torch's generator (so ``seed_everything`` makes a run reproducible and
-DataLoader workers differ). The number of views of a sample only depends on (seed, index), so batches can
-group samples by shape (``sample_shape``).
+augmentations every epoch as a pure function of (seed, epoch, index). The epoch comes with the index (the
+training loader's indices are :class:`~.resumable.SampleIndex` tagged with their epoch, in whichever DataLoader
+worker reads them), else from ``set_epoch`` (default 0); so workers, reruns and resumed runs agree. The number
+of views of a sample only depends on (seed, index), so batches can group samples by shape (``sample_shape``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .frames import DatasetError, Frame, resize_nearest
+from .resumable import epoch_of
 from .transforms import ColorJitter, Compose, CropResize
 
 VIEW_SAMPLING = ("random", "overlap", "sequential")
@@ -90,7 +92,8 @@ class MultiViewScenes(Dataset):
         pixel_center: where the dataset's intrinsics put pixel j's centre: 0.5 for OpenCV/COLMAP-style
             calibrations (the default), 0 for VGGT-style; converted to ours (0) on reading. A scene may
             state its own (``SceneRecord.info["pixel_center"]``, e.g. from a scene folder's cameras.json).
-        deterministic: fixed views and augmentation per index (default: every split but 'train').
+        deterministic: fixed views and augmentation per index (default: every split but 'train'); otherwise
+            they are drawn from (seed, epoch, index).
         seed: base seed of the sampling.
     """
 
@@ -144,6 +147,7 @@ class MultiViewScenes(Dataset):
             else:
                 self.scenes.append(r)
         self._pose_cache: dict[str, np.ndarray] = {}
+        self.epoch = 0
 
     # -- to implement -------------------------------------------------------------------------------------
     def scan(self) -> list[SceneRecord]:
@@ -181,10 +185,14 @@ class MultiViewScenes(Dataset):
     def sample_shape(self, index: int) -> tuple[int, int, int]:
         return (self._views_of(index), *self.image_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of indices that do not carry their own (plain ints): training draws differ per epoch."""
+        self.epoch = int(epoch)
+
     def _rng(self, index: int) -> np.random.Generator:
         if self.deterministic:
-            return np.random.default_rng([self.seed, index])
-        return np.random.default_rng([self.seed, index, int(torch.randint(0, 2 ** 62, ()).item())])
+            return np.random.default_rng([self.seed, int(index)])
+        return np.random.default_rng([self.seed, int(index), 0x7EA1, epoch_of(index, self.epoch)])
 
     def poses_of(self, record: SceneRecord) -> np.ndarray:
         if record.poses is not None:

@@ -172,7 +172,11 @@ class SceneFolderScenes(MultiViewScenes):
         E, K = self._camera(record, key)
         size = record.info["views"].get(key, {}).get("size", (None, None))
         if size[0] is not None and tuple(size) != image.shape[:2]:
+            swapped = tuple(size) == image.shape[:2][::-1]
             raise DatasetError(f"{record.info['dir'] / 'cameras.json'}: view {key} says {size[1]}x{size[0]} but the "
-                               f"image is {image.shape[1]}x{image.shape[0]}")
+                               f"image is {image.shape[1]}x{image.shape[0]}" + (
+                                   " (width and height swapped: images are read with their EXIF orientation applied, "
+                                   "as viewers show them; the camera must describe the upright image)" if swapped
+                                   else ""))
         return Frame(image=image, intrinsics=K, extrinsics=E, depth=self._depth(record, key),
                      instance_ids=self._ids(record, key), name=key)

@@ -85,6 +85,8 @@ def write_glb(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, extrins
         depth = max(float(np.linalg.norm(extent)) * 0.05, 1e-3)
         palette = instance_colours(len(extrinsics))[1:]
         for i, (E, K, size) in enumerate(zip(extrinsics, intrinsics, sizes)):
+            if not camera_is_valid(E, K):   # a degenerate camera has no frustum (it would be inf/nan vertices)
+                continue
             v, f = camera_frustum(E, K, size, depth)
             mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
             mesh.visual.face_colors = np.concatenate([palette[i], [200]]).astype(np.uint8)
@@ -191,18 +193,56 @@ def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
     return q if q[0] >= 0 else -q
 
 
+def camera_is_valid(extrinsic: np.ndarray, intrinsic: np.ndarray) -> bool:
+    """Finite world-to-camera ``[R|t]`` and finite pinhole intrinsics with positive focal lengths."""
+    E, K = np.asarray(extrinsic, dtype=np.float64), np.asarray(intrinsic, dtype=np.float64)
+    return bool(np.isfinite(E).all() and np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0)
+
+
+def colmap_names(names: list[str]) -> list[str]:
+    """Image names COLMAP's text format holds: ``images.txt`` ends a line with the name and its reader splits
+    on spaces, so whitespace, control / non-printable characters and path separators become ``_``; names
+    made equal by that get ``_1``, ``_2``, ... before the suffix. The result is unique and in input order."""
+    out: list[str] = []
+    taken: set[str] = set()
+    for name in names:
+        safe = "".join(c if c.isprintable() and not c.isspace() and c not in "/\\" else "_" for c in name) or "_"
+        stem, suffix = os.path.splitext(safe)
+        k, cand = 0, safe
+        while cand in taken:
+            k += 1
+            cand = f"{stem}_{k}{suffix}"
+        taken.add(cand)
+        out.append(cand)
+    return out
+
+
 def write_colmap_text(folder: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,
-                      sizes: list[tuple[int, int]], names: list[str], xyz: np.ndarray, rgb: np.ndarray) -> None:
+                      sizes: list[tuple[int, int]], names: list[str], xyz: np.ndarray, rgb: np.ndarray,
+                      ids: list[int] | None = None) -> None:
     """COLMAP text model: ``cameras.txt`` (one PINHOLE camera per view), ``images.txt`` (world-to-camera
-    quaternion + translation, as COLMAP stores them; no 2D points), ``points3D.txt`` (no tracks)."""
+    quaternion + translation, as COLMAP stores them; no 2D points), ``points3D.txt`` (no tracks).
+
+    ``ids``: the IMAGE_ID / CAMERA_ID of each view (default 1..n; views left out keep the others' ids).
+    Names must already be COLMAP-safe (:func:`colmap_names`); a non-finite or non-positive camera, a
+    non-finite point or an unsafe name is refused (``ValueError``) rather than written."""
     folder = Path(folder)
+    ids = list(range(1, len(names) + 1)) if ids is None else [int(i) for i in ids]
+    for E, K, name in zip(extrinsics, intrinsics, names):
+        if not camera_is_valid(E, K):
+            raise ValueError(f"COLMAP model: view {name!r} has a non-finite or non-positive camera")
+        if colmap_names([name])[0] != name:
+            raise ValueError(f"COLMAP model: image name {name!r} cannot be stored in images.txt (spaces or "
+                             "non-printable characters)")
+    if len(xyz) and not np.isfinite(xyz).all():
+        raise ValueError("COLMAP model: non-finite 3D points")
     folder.mkdir(parents=True, exist_ok=True)
     cams = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
             f"# Number of cameras: {len(names)}"]
     imgs = ["# Image list with two lines of data per image:",
             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)",
             f"# Number of images: {len(names)}, mean observations per image: 0"]
-    for i, (E, K, (W, H), name) in enumerate(zip(extrinsics, intrinsics, sizes, names), start=1):
+    for i, E, K, (W, H), name in zip(ids, extrinsics, intrinsics, sizes, names):
         cams.append(f"{i} PINHOLE {W} {H} {K[0, 0]:.10g} {K[1, 1]:.10g} {K[0, 2]:.10g} {K[1, 2]:.10g}")
         q = rotation_to_quaternion(E[:3, :3])
         t = E[:3, 3]
@@ -222,7 +262,11 @@ def write_colmap_text(folder: str | os.PathLike, extrinsics: np.ndarray, intrins
 def write_cameras_json(path: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,
                        sizes: list[tuple[int, int]], names: list[str], image_paths: list[str] | None = None) -> None:
     """cameras.json, readable back by ``iggt_lightning.data.SceneFolderScenes`` (``image_path``: where each
-    view's image was saved, relative to the folder)."""
+    view's image was saved, relative to the folder). Strict JSON: a non-finite or non-positive camera is
+    refused (``ValueError``); leave such views out."""
+    for E, K, n in zip(extrinsics, intrinsics, names):
+        if not camera_is_valid(E, K):
+            raise ValueError(f"cameras.json: view {n!r} has a non-finite or non-positive camera")
     views = [{"file_name": n, "width": int(W), "height": int(H), "extrinsic": np.asarray(E)[:3].tolist(),
               "intrinsic": np.asarray(K).tolist()} for E, K, (W, H), n in zip(extrinsics, intrinsics, sizes, names)]
     for v, p in zip(views, image_paths or []):
@@ -233,4 +277,4 @@ def write_cameras_json(path: str | os.PathLike, extrinsics: np.ndarray, intrinsi
                       "centre at i + 0.5",
         "pixel_center": 0.5,
         "views": views}
-    write_text(path, json.dumps(payload, indent=1) + "\n")
+    write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")

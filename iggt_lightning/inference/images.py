@@ -80,19 +80,13 @@ def load_video_frames(path: Path, frames: int = 8) -> tuple[list[np.ndarray], li
 
 
 def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 [H,W,3]; transparency is composited on white (as the official demo)."""
-    from PIL import Image, UnidentifiedImageError
+    """RGB uint8 [H,W,3] as a viewer shows the photo: EXIF orientation applied, 16-bit / float / palette / CMYK
+    / bilevel pixels converted properly, transparency composited on white (as the official demo). Unreadable,
+    empty, truncated and oversized (decompression-bomb) files raise :class:`InputError` naming the file
+    (:mod:`iggt_lightning.imageio`, shared with the dataset readers)."""
+    from iggt_lightning.imageio import read_image_rgb
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(white, im)
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"cannot read image {path}: {err}") from err
+    return read_image_rgb(path, InputError, "image")
 
 
 @dataclass

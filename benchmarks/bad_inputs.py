@@ -1,0 +1,803 @@
+"""Survey of bad inputs and faults, tried against the `iggt` command line as a hostile or careless user would.
+
+    python benchmarks/bad_inputs.py [--json benchmarks/bad_inputs.json] [--only NAME ...] [--code-root DIR]
+
+Each case builds its inputs in a fresh temporary folder, runs one `iggt ...` command in a subprocess and is
+classified from what a user sees:
+
+* exec: a command named by a file ran (the marker file it creates appeared);
+* data loss: a file that existed before the command (an input) vanished or changed, or a half-written
+  output (``.partial``/``.old`` folder, temporary file) stayed behind;
+* clear: refused with a non-zero exit, one message naming the file or field (the expected words), no traceback;
+* handled: the command succeeded and the result is right (a case-specific check);
+* vague: refused, but with a traceback or without naming the file / field;
+* silent: succeeded although it should have refused or warned, or its result is wrong.
+
+``--code-root`` runs the cases against another checkout (e.g. an older commit in a git worktree), to compare.
+Prints a table and writes JSON (counts per class and per-case details).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = "PWNED"
+CONFIG = str(ROOT / "configs" / "synthetic_tiny.yaml")
+
+
+@dataclass
+class Case:
+    name: str
+    group: str
+    setup: Callable[[Path], list[str]]         # builds the inputs in the folder, returns the iggt arguments
+    refuse: tuple[str, ...] = ()                 # a refusal is expected; these words must be in the message
+    check: Callable[[Path, str], str | None] | None = None   # success expected: returns a problem or None
+    outputs: tuple[str, ...] = ("out", "out.safetensors", "out.pt", "run", "report.json")  # may appear
+
+
+CASES: list[Case] = []
+
+
+def case(name: str, group: str, refuse: tuple[str, ...] = (), check=None, outputs=None):
+    def add(fn):
+        CASES.append(Case(name, group, fn, refuse, check, outputs or Case.outputs))
+        return fn
+    return add
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _torch():
+    import torch
+
+    return torch
+
+
+def nano(drop_track: bool = True):
+    torch = _torch()
+    from iggt_lightning import IGGTModel
+
+    torch.manual_seed(0)
+    m = IGGTModel.from_preset("nano", drop_heads=["track"] if drop_track else [])
+    # random weights predict a random (often zero) field of view, which predict rightly refuses; pin the
+    # camera head to identity poses with a 1 rad field of view so the photo cases reach the export
+    cam = m.heads["camera"]
+    with torch.no_grad():
+        cam.pose_branch.fc2.weight.zero_()
+        cam.pose_branch.fc2.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1.0]) / cam.num_iterations)
+    return m
+
+
+def save_ours(d: Path, name: str = "model.safetensors", config_edit=None, raw_config: str | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    from iggt_lightning.checkpoints import FORMAT
+
+    m = nano()
+    cfg = json.loads(json.dumps(m.config))
+    if config_edit:
+        config_edit(cfg)
+    sd = {k: v.contiguous() for k, v in m.state_dict().items()}
+    path = d / name
+    if path.suffix == ".safetensors":
+        save_file(sd, str(path), metadata={"format": FORMAT, "config": raw_config or json.dumps(cfg)})
+    else:
+        _torch().save({"format": FORMAT, "config": cfg, "state_dict": sd}, path)
+    return path
+
+
+def evil(d: Path):
+    def edit(cfg):
+        cfg["heads"]["evil"] = {"class_path": "subprocess.Popen",
+                                "init_args": {"args": f"touch {d / MARKER}", "shell": True}}
+    return edit
+
+
+def save_ckpt(d: Path, name: str, hparams: dict, model_config: dict | None = None) -> Path:
+    m = nano()
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in m.state_dict().items()}, "epoch": 0, "global_step": 0,
+            "pytorch-lightning_version": "2.6.6", "hyper_parameters": hparams}
+    if model_config is not None:
+        ckpt["iggt_model_config"] = model_config
+    _torch().save(ckpt, d / name)
+    return d / name
+
+
+class Payload:
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def photos(d: Path, n: int = 3, size=(56, 42), name="photos") -> Path:
+    from PIL import Image
+
+    folder = d / name
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        im = Image.new("RGB", size, (30 + 60 * i, 120, 200 - 50 * i))
+        im.paste((250, 250, 20), (4, 4, size[0] // 2, size[1] // 2))
+        im.save(folder / f"view{i}.png")
+    return folder
+
+
+def predict(d: Path, inputs: list[str], *extra: str, out: str | None = None) -> list[str]:
+    ckpt = save_ours(d)
+    return ["predict", *inputs, "-c", str(ckpt), "-o", out or str(d / "out"), "--quiet", *extra]
+
+
+def fit_args(d: Path, steps: int = 1, every: int | None = None) -> list[str]:
+    args = ["--config", CONFIG, "--trainer.default_root_dir", str(d / "run"), "--trainer.max_steps", str(steps),
+            "--trainer.val_check_interval", str(steps), "--trainer.logger", "false",
+            "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--model.preset", "nano", "--model.drop_heads", "[track]",
+            "--model.log_images_every_n_steps", "0", "--model.warmup_steps", "1",
+            "--data.init_args.num_train", "8", "--data.init_args.num_val", "2", "--data.init_args.num_test", "2",
+            "--data.init_args.image_size", "[56, 56]", "--data.init_args.num_views", "2",
+            "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]
+    return args
+
+
+def out_image(d: Path, stem: str):
+    from PIL import Image
+
+    return Image.open(d / "out" / "images" / f"{stem}.png")
+
+
+# ------------------------------------------------------------------------------------------------ 1. exec
+@case("safetensors config names Popen (predict)", "exec", refuse=("subprocess.Popen", "--trust-checkpoint-code"))
+def _(d):
+    photos(d)
+    return ["predict", str(d / "photos"), "-c", str(save_ours(d, config_edit=evil(d))), "-o", str(d / "out"), "--quiet"]
+
+
+@case("safetensors config names Popen (convert)", "exec", refuse=("subprocess.Popen",))
+def _(d):
+    return ["convert", str(save_ours(d, config_edit=evil(d))), str(d / "out.safetensors")]
+
+
+@case(".pt config names Popen (predict)", "exec", refuse=("subprocess.Popen",))
+def _(d):
+    photos(d)
+    return ["predict", str(d / "photos"), "-c", str(save_ours(d, "model.pt", config_edit=evil(d))), "-o",
+            str(d / "out"), "--quiet"]
+
+
+@case(".ckpt iggt_model_config names Popen (predict)", "exec", refuse=("subprocess.Popen",))
+def _(d):
+    photos(d)
+    cfg = json.loads(json.dumps(nano().config))
+    evil(d)(cfg)
+    return ["predict", str(d / "photos"), "-c", str(save_ckpt(d, "m.ckpt", {"preset": "nano"}, cfg)), "-o",
+            str(d / "out"), "--quiet"]
+
+
+for _cmd in ("test", "fit", "validate"):
+    def _make(cmd):
+        @case(f".ckpt hyper_parameters.heads names Popen ({cmd} --ckpt_path)", "exec",
+              refuse=("subprocess.Popen", "heads.evil"))
+        def _(d):
+            heads = {"evil": {"class_path": "subprocess.Popen", "init_args": {"args": f"touch {d / MARKER}",
+                                                                               "shell": True}}}
+            return [cmd, *fit_args(d), "--ckpt_path", str(save_ckpt(d, "evil.ckpt", {"preset": "nano",
+                                                                                      "heads": heads}))]
+    _make(_cmd)
+
+
+@case(".ckpt hyper_parameters _class_path is foreign", "exec", refuse=("subprocess.Popen",))
+def _(d):
+    return ["test", *fit_args(d), "--ckpt_path",
+            str(save_ckpt(d, "evil.ckpt", {"_class_path": "subprocess.Popen", "args": f"touch {d / MARKER}"}))]
+
+
+@case("pickle payload in .pt (predict)", "exec", refuse=("refused",))
+def _(d):
+    photos(d)
+    _torch().save({"state_dict": {"x": Payload(f"touch {d / MARKER}")}}, d / "p.pt")
+    return ["predict", str(d / "photos"), "-c", str(d / "p.pt"), "-o", str(d / "out"), "--quiet"]
+
+
+@case("pickle payload in .ckpt (test --ckpt_path)", "exec", refuse=("refused",))
+def _(d):
+    _torch().save({"state_dict": {}, "hyper_parameters": {"x": Payload(f"touch {d / MARKER}")}}, d / "p.ckpt")
+    return ["test", *fit_args(d), "--ckpt_path", str(d / "p.ckpt")]
+
+
+@case("pickle payload in .pt (convert)", "exec", refuse=("refused",))
+def _(d):
+    _torch().save(Payload(f"touch {d / MARKER}"), d / "p.pt")
+    return ["convert", str(d / "p.pt"), str(d / "out.safetensors")]
+
+
+@case("init_checkpoint whose config names Popen (fit: weights only)", "exec",
+      check=lambda d, err: None if (d / "run" / "checkpoints" / "last.ckpt").is_file() else "no checkpoint")
+def _(d):
+    return ["fit", *fit_args(d), "--model.init_checkpoint", str(save_ours(d, config_edit=evil(d)))]
+
+
+@case("--trust-checkpoint-code with Popen: still only Head subclasses", "exec", refuse=("not a subclass",))
+def _(d):
+    photos(d)
+    return ["predict", str(d / "photos"), "-c", str(save_ours(d, config_edit=evil(d))), "-o", str(d / "out"),
+            "--quiet", "--trust-checkpoint-code"]
+
+
+# ------------------------------------------------------------------------------------------------ 2. checkpoint files
+for _suffix in (".safetensors", ".pt", ".ckpt"):
+    for _damage in ("empty", "truncated", "garbage"):
+        def _make(suffix, damage):
+            @case(f"{damage} {suffix} checkpoint (predict)", "checkpoint file", refuse=(f"model{suffix}",))
+            def _(d):
+                photos(d)
+                if suffix == ".ckpt":
+                    path = save_ckpt(d, "model.ckpt", {"preset": "nano"}, nano().config)
+                else:
+                    path = save_ours(d, f"model{suffix}")
+                data = path.read_bytes()
+                path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2],
+                                  "garbage": os.urandom(5000)}[damage])
+                return ["predict", str(d / "photos"), "-c", str(path), "-o", str(d / "out"), "--quiet"]
+        _make(_suffix, _damage)
+
+
+@case("truncated .ckpt (test --ckpt_path FILE)", "checkpoint file", refuse=("bad.ckpt", "truncated"))
+def _(d):
+    path = save_ckpt(d, "bad.ckpt", {"preset": "nano"}, nano().config)
+    path.write_bytes(path.read_bytes()[:3000])
+    return ["test", *fit_args(d), "--ckpt_path", str(path)]
+
+
+@case("missing checkpoint (predict)", "checkpoint file", refuse=("nope.safetensors",))
+def _(d):
+    photos(d)
+    return ["predict", str(d / "photos"), "-c", str(d / "nope.safetensors"), "-o", str(d / "out"), "--quiet"]
+
+
+@case("a folder as checkpoint (convert)", "checkpoint file", refuse=("folder",))
+def _(d):
+    (d / "folder").mkdir()
+    return ["convert", str(d / "folder"), str(d / "out.safetensors")]
+
+
+@case("unknown backbone argument in stored config", "checkpoint file", refuse=("widht", "model.safetensors"))
+def _(d):
+    photos(d)
+    return ["predict", str(d / "photos"), "-c",
+            str(save_ours(d, config_edit=lambda c: c["backbone"].update(widht=3))), "-o", str(d / "out"), "--quiet"]
+
+
+@case("stored config heads is a list", "checkpoint file", refuse=("config.heads",))
+def _(d):
+    return ["convert", str(save_ours(d, config_edit=lambda c: c.update(heads=["depth"]))), str(d / "out.pt")]
+
+
+@case("malformed config JSON (convert)", "checkpoint file", refuse=("not valid JSON", "model.safetensors"))
+def _(d):
+    return ["convert", str(save_ours(d, raw_config="{oops")), str(d / "out.pt")]
+
+
+@case("convert output = its input", "checkpoint file", refuse=("input checkpoint itself",))
+def _(d):
+    p = save_ours(d)
+    return ["convert", str(p), str(p)]
+
+
+@case("convert output with an unknown suffix", "checkpoint file", refuse=("out.bin",))
+def _(d):
+    return ["convert", str(save_ours(d)), str(d / "out.bin")]
+
+
+@case("official-looking dict with wrong shapes (convert, checked on meta)", "checkpoint file",
+      refuse=("shape mismatch", "official.pt"))
+def _(d):
+    torch = _torch()
+    torch.save({"aggregator.camera_token": torch.zeros(3), "camera_head.x": torch.zeros(1),
+                "aggregator.patch_embed.cls_token": torch.zeros(2)}, d / "official.pt")
+    return ["convert", str(d / "official.pt"), str(d / "out.safetensors")]
+
+
+@case("an unrelated state dict (convert)", "checkpoint file", refuse=("not an official", "other.pt"))
+def _(d):
+    torch = _torch()
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, d / "other.pt")
+    return ["convert", str(d / "other.pt"), str(d / "out.safetensors")]
+
+
+# ------------------------------------------------------------------------------------------------ 3. predict outputs
+@case("-o = the input folder with --overwrite", "outputs", refuse=("photos",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--overwrite", out=str(d / "photos"))
+
+
+@case("-o inside the input folder", "outputs", refuse=("photos",), outputs=("photos/out",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], out=str(d / "photos" / "out"))
+
+
+@case("-o = a folder containing the inputs, --overwrite", "outputs", refuse=("data",))
+def _(d):
+    (d / "data").mkdir()
+    photos(d / "data")
+    return predict(d, [str(d / "data" / "photos")], "--overwrite", out=str(d / "data"))
+
+
+@case("-o .", "outputs", refuse=("'.'",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], out=".")
+
+
+@case("-o an unrelated existing folder with --overwrite", "outputs", refuse=("mine",))
+def _(d):
+    photos(d)
+    (d / "mine").mkdir()
+    (d / "mine" / "thesis.tex").write_text("precious")
+    return predict(d, [str(d / "photos")], "--overwrite", out=str(d / "mine"))
+
+
+@case("-o an existing folder without --overwrite", "outputs", refuse=("--overwrite",))
+def _(d):
+    photos(d)
+    (d / "out").mkdir()
+    (d / "out" / "keep.txt").write_text("x")
+    return predict(d, [str(d / "photos")])
+
+
+@case("-o an existing file", "outputs", refuse=("notes.txt",))
+def _(d):
+    photos(d)
+    (d / "notes.txt").write_text("x")
+    return predict(d, [str(d / "photos")], "--overwrite", out=str(d / "notes.txt"))
+
+
+@case("-o = the checkpoint file", "outputs", refuse=("model.safetensors",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--overwrite", out=str(d / "model.safetensors"))
+
+
+def _no_partial(d: Path, err: str) -> str | None:
+    left = [p.name for p in d.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    return f"left behind: {left}" if left else None
+
+
+@case("leftover .partial folder of a dead run is cleaned", "outputs", check=_no_partial)
+def _(d):
+    photos(d)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = d / f".out.partial-{dead}-abc123"
+    stale.mkdir()
+    (stale / "points.ply").write_bytes(b"x" * 1000)
+    return predict(d, [str(d / "photos")])
+
+
+@case("--size 0 0 --dry-run", "options", refuse=("size",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--size", "0", "0", "--dry-run")
+
+
+@case("--size 0 0", "options", refuse=("size",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--size", "0", "0")
+
+
+@case("--size 10 10 (below the patch size)", "options", refuse=("size",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--size", "10", "10")
+
+
+@case("--conf-threshold 150 (percentile)", "options", refuse=("150",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--conf-threshold", "150")
+
+
+@case("--precision 8", "options", refuse=("--precision",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--precision", "8")
+
+
+@case("--device cuda without CUDA", "options", refuse=("CUDA",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--device", "cuda")
+
+
+@case("--conf-threshold 150 --dry-run", "options", refuse=("150",))
+def _(d):
+    photos(d)
+    return predict(d, [str(d / "photos")], "--conf-threshold", "150", "--dry-run")
+
+
+# ------------------------------------------------------------------------------------------------ 4. photos
+@case("empty input folder", "photos", refuse=("empty",))
+def _(d):
+    (d / "empty").mkdir()
+    return predict(d, [str(d / "empty")])
+
+
+@case("missing input path", "photos", refuse=("nothere.jpg",))
+def _(d):
+    return predict(d, [str(d / "nothere.jpg")])
+
+
+@case("garbage bytes named .jpg", "photos", refuse=("bad.jpg",))
+def _(d):
+    photos(d)
+    (d / "photos" / "bad.jpg").write_bytes(os.urandom(3000))
+    return predict(d, [str(d / "photos")])
+
+
+@case("zero-byte .png", "photos", refuse=("zero.png",))
+def _(d):
+    photos(d)
+    (d / "photos" / "zero.png").write_bytes(b"")
+    return predict(d, [str(d / "photos")])
+
+
+@case("truncated JPEG", "photos", refuse=("cut.jpg",))
+def _(d):
+    from PIL import Image
+    import numpy as np
+
+    photos(d)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(d / "full.jpg", quality=95)
+    (d / "photos" / "cut.jpg").write_bytes((d / "full.jpg").read_bytes()[:2000])
+    (d / "full.jpg").unlink()
+    return predict(d, [str(d / "photos")])
+
+
+def _not_white(stem):
+    def check(d, err):
+        import numpy as np
+
+        a = np.asarray(out_image(d, stem))
+        return None if 50 < a.mean() < 200 else f"saved view mean {a.mean():.0f} (saturated?)"
+    return check
+
+
+@case("16-bit grayscale PNG", "photos", check=_not_white("deep"))
+def _(d):
+    import numpy as np
+    from PIL import Image
+
+    photos(d)
+    ramp = (np.linspace(0, 65535, 56)[None].repeat(42, 0)).astype(np.uint16)
+    Image.fromarray(ramp).save(d / "photos" / "deep.png")
+    return predict(d, [str(d / "photos")])
+
+
+def _rotated(d, err):
+    im = out_image(d, "phone")
+    return None if im.size == (42, 56) else f"saved view is {im.size}, a viewer shows (42, 56)"
+
+
+@case("JPEG with EXIF orientation 6 (phone held upright)", "photos", check=_rotated)
+def _(d):
+    from PIL import Image
+
+    photos(d)
+    im = Image.new("RGB", (56, 42), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(d / "photos" / "phone.jpg", exif=exif)
+    return predict(d, [str(d / "photos")])
+
+
+@case("CMYK JPEG", "photos", check=_not_white("print"))
+def _(d):
+    from PIL import Image
+
+    photos(d)
+    Image.new("CMYK", (56, 42), (0, 120, 200, 40)).save(d / "photos" / "print.jpg")
+    return predict(d, [str(d / "photos")])
+
+
+@case("palette PNG with transparency", "photos", check=_not_white("pal"))
+def _(d):
+    from PIL import Image
+
+    photos(d)
+    im = Image.new("P", (56, 42), 1)
+    im.putpalette([255, 255, 255, 60, 90, 160] + [0] * 762)
+    im.paste(0, (0, 0, 10, 10))
+    im.save(d / "photos" / "pal.png", transparency=0)
+    return predict(d, [str(d / "photos")])
+
+
+@case("grayscale + alpha PNG", "photos", check=_not_white("la"))
+def _(d):
+    from PIL import Image
+
+    photos(d)
+    Image.new("LA", (56, 42), (100, 255)).save(d / "photos" / "la.png")
+    return predict(d, [str(d / "photos")])
+
+
+@case("200-megapixel image (decompression bomb)", "photos", refuse=("huge.png",))
+def _(d):
+    # a valid PNG header claiming 20000 x 10000 pixels and almost no data: Pillow reads the size first
+    photos(d)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    (d / "photos" / "huge.png").write_bytes(png)
+    return predict(d, [str(d / "photos")])
+
+
+@case("photos of different sizes", "photos",
+      check=lambda d, err: None if (d / "out" / "manifest.json").is_file() else "no manifest")
+def _(d):
+    photos(d, 2, (56, 42))
+    photos(d, 2, (40, 64), name="other")
+    for p in (d / "other").iterdir():
+        p.rename(d / "photos" / f"o_{p.name}")
+    return predict(d, [str(d / "photos")])
+
+
+@case("a single photo", "photos", check=lambda d, err: None if (d / "out" / "points.ply").is_file() else "no ply")
+def _(d):
+    photos(d, 1)
+    return predict(d, [str(d / "photos")])
+
+
+def _colmap_names(d, err):
+    text = (d / "out" / "colmap" / "images.txt").read_text()
+    rows = [ln for ln in text.splitlines() if ln and not ln.startswith("#")][::2]
+    names = [r.split()[-1] for r in rows]
+    bad = [n for n in names if not (d / "out" / "images" / n).is_file()]
+    return f"COLMAP names without a file under images/: {bad}" if bad else None
+
+
+@case("photo names with spaces (COLMAP)", "photos", check=_colmap_names)
+def _(d):
+    photos(d)
+    for p in sorted((d / "photos").iterdir()):
+        p.rename(p.with_name(f"my {p.name}"))
+    return predict(d, [str(d / "photos")])
+
+
+@case("the same file name in two folders", "photos",
+      check=lambda d, err: None if len(list((d / "out" / "masks").glob("*.png"))) == 4 else "masks overwritten")
+def _(d):
+    photos(d, 2, name="a")
+    photos(d, 2, name="b")
+    return predict(d, [str(d / "a"), str(d / "b")])
+
+
+# ------------------------------------------------------------------------------------------------ 5. training
+def _nan_weights(d: Path) -> Path:
+    from iggt_lightning.checkpoints import save_model
+
+    m = nano()
+    torch = _torch()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(float("nan"))
+    save_model(m, d / "nan.safetensors")
+    return d / "nan.safetensors"
+
+
+@case("training from NaN weights", "training", refuse=("step", "nan"))
+def _(d):
+    return ["fit", *fit_args(d, steps=3), "--model.init_checkpoint", str(_nan_weights(d))]
+
+
+def _last_is_final(d, err):
+    torch = _torch()
+    step = torch.load(d / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    return None if step == 7 else f"last.ckpt holds step {step}, the run ended at step 7"
+
+
+@case("last.ckpt after max_steps not a multiple of the interval", "training", check=_last_is_final)
+def _(d):
+    # the shipped config checkpoints every 50 steps: 7 steps end between two saves
+    return ["fit", *fit_args(d, steps=7)]
+
+
+for _args, _words in (
+        (["--model.lr_typo", "1"], ("lr_typo",)),
+        (["--model.heads", '{"normalz": {}}'], ("normalz",)),
+        (["--model.heads", '{"instance": {"fusoin": false}}'], ("fusoin",)),
+        (["--model.loss_weights", '{"contrastve": 0}'], ("contrastve",)),
+        (["--model.freeze", '["^nothing\\\\."]'], ("freeze",)),
+        (["--model.init_checkpoint", "/nonexistent/init.safetensors"], ("init.safetensors",)),
+        (["--model.heads", '{"evil": {"class_path": "subprocess.Popen"}}'], ("not a subclass",)),
+        (["--data.init_args.image_size", "[50, 50]"], ("50",))):
+    def _make(args, words):
+        @case(f"fit {' '.join(args)[:60]}", "training", refuse=words)
+        def _(d):
+            return ["fit", *fit_args(d), *args]
+    _make(_args, _words)
+
+
+for _fault, _words in (("nan_depth", ("depth",)), ("negative_depth", ("depth",)), ("ids_shape", ("instance",)),
+                       ("view_sizes", ("view",))):
+    def _make(fault, words):
+        @case(f"training data with {fault}", "training", refuse=words)
+        def _(d):
+            return ["fit", *fit_args(d), "--data", "tests.cli_helpers.CorruptDataModule",
+                    "--data.fault", fault]
+    _make(_fault, _words)
+
+
+@case("init_checkpoint that does not fit the model", "training", refuse=("init_checkpoint",))
+def _(d):
+    from iggt_lightning import IGGTModel
+    from iggt_lightning.checkpoints import save_model
+
+    save_model(IGGTModel.from_preset("nano", backbone={"embed_dim": 48}), d / "other.safetensors")
+    return ["fit", *fit_args(d), "--model.init_checkpoint", str(d / "other.safetensors")]
+
+
+# ------------------------------------------------------------------------------------------------ 6. datasets
+def _scene_folder(d: Path) -> Path:
+    from iggt_lightning.data.fixtures import write_fixture
+
+    write_fixture("scene_folder", d / "data")
+    return d / "data"
+
+
+def _first(root: Path, pattern: str) -> Path:
+    return sorted(root.rglob(pattern))[0]
+
+
+@case("dataset depth with NaN and negative values", "datasets", refuse=("depth",))
+def _(d):
+    import numpy as np
+
+    root = _scene_folder(d)
+    files = sorted(root.rglob("depth/*.npy")) or sorted(root.rglob("depth/*.png"))
+    f = files[0]
+    if f.suffix == ".npy":
+        a = np.load(f)
+        a[: a.shape[0] // 2] = np.nan
+        a[a.shape[0] // 2:, :5] = -1
+        np.save(f, a)
+    else:
+        a = np.zeros((8, 8), np.float32)
+        a[:4] = np.nan
+        f.unlink()
+        np.save(f.with_suffix(".npy"), a)
+    return ["data", "check", str(root)]
+
+
+@case("dataset frame with no valid depth", "datasets", refuse=("depth",))
+def _(d):
+    import numpy as np
+    from PIL import Image
+
+    root = _scene_folder(d)
+    f = _first(root, "depth/*.png")
+    Image.fromarray(np.zeros(np.asarray(Image.open(f)).shape, np.uint16)).save(f)
+    return ["data", "check", str(root)]
+
+
+@case("dataset image truncated", "datasets", refuse=("images",))
+def _(d):
+    root = _scene_folder(d)
+    f = _first(root, "images/*")
+    f.write_bytes(f.read_bytes()[:200])
+    return ["data", "check", str(root)]
+
+
+@case("dataset root missing", "datasets", refuse=("nowhere",))
+def _(d):
+    return ["data", "check", str(d / "nowhere")]
+
+
+@case("parity on a file that is not a fixture", "checkpoint file", refuse=("fixture.pt",))
+def _(d):
+    _torch().save({"a": 1}, d / "fixture.pt")
+    return ["parity", str(d / "fixture.pt")]
+
+
+# ------------------------------------------------------------------------------------------------ runner
+def snapshot(d: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(d)): (p.stat().st_size, int(p.stat().st_mtime_ns)) for p in d.rglob("*") if p.is_file()}
+
+
+def classify(c: Case, d: Path, before: dict, rc: int, err: str) -> tuple[str, str]:
+    if (d / MARKER).exists():
+        return "exec", "the command named by the file ran"
+    after = snapshot(d)
+    gone = [k for k in before if k not in after or after[k] != before[k]]
+    gone = [k for k in gone if not any(k == o or k.startswith(o + "/") for o in c.outputs)]
+    junk = [k for k in after if (".partial-" in k or ".old-" in k or k.endswith(".tmp"))]
+    if gone:
+        return "data loss", f"input(s) changed or removed: {gone[:5]}"
+    if junk:
+        return "data loss", f"half-written output left: {junk[:3]}"
+    words_ok = all(w.lower() in err.lower() for w in c.refuse)
+    if c.refuse:
+        if rc == 0:
+            return "silent", "succeeded; a refusal naming " + ", ".join(c.refuse) + " was expected"
+        if "Traceback" in err or not words_ok:
+            return "vague", (err.strip().splitlines() or [""])[-1][:200]
+        return "clear", [ln for ln in err.strip().splitlines() if ln.strip()][-1][:200]
+    if rc != 0:
+        return "vague" if "Traceback" in err else "clear", (err.strip().splitlines() or [""])[-1][:200]
+    problem = c.check(d, err) if c.check else None
+    return ("silent", problem) if problem else ("handled", "ok")
+
+
+def run_case(c: Case, code_root: Path, timeout: int) -> dict:
+    d = Path(tempfile.mkdtemp(prefix="iggt-bad-"))
+    try:
+        sys.path.insert(0, str(code_root))
+        cwd = os.getcwd()
+        os.chdir(d)
+        try:
+            args = c.setup(d)
+        finally:
+            os.chdir(cwd)
+            sys.path.remove(str(code_root))
+        before = snapshot(d)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+        env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+                   PYTHONPATH=f"{code_root}{os.pathsep}{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, "-m", "iggt_lightning", *args], cwd=d, env=env, capture_output=True,
+                               text=True, timeout=timeout)
+            rc, err = p.returncode, p.stderr + p.stdout[-2000:]
+        except subprocess.TimeoutExpired:
+            rc, err = -9, "timeout"
+        time.sleep(0.3)  # a shell payload runs asynchronously
+        verdict, detail = classify(c, d, before, rc, err)
+        return {"name": c.name, "group": c.group, "verdict": verdict, "rc": rc, "detail": detail,
+                "seconds": round(time.perf_counter() - t0, 1)}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "bad_inputs.json"))
+    ap.add_argument("--only", nargs="*", default=None, help="substrings of case names to run")
+    ap.add_argument("--code-root", default=str(ROOT), help="checkout whose iggt_lightning is tried")
+    ap.add_argument("--timeout", type=int, default=240)
+    a = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    cases = [c for c in CASES if not a.only or any(s in c.name for s in a.only)]
+    rows = []
+    for i, c in enumerate(cases, 1):
+        r = run_case(c, Path(a.code_root).resolve(), a.timeout)
+        rows.append(r)
+        print(f"[{i:2d}/{len(cases)}] {r['verdict']:9s} {r['seconds']:5.1f}s  {c.name}  -- {r['detail']}", flush=True)
+    counts = {k: sum(r["verdict"] == k for r in rows) for k in ("clear", "handled", "vague", "silent", "data loss",
+                                                                 "exec")}
+    print("\n| tried | " + " | ".join(counts) + " |\n|---|" + "---|" * len(counts))
+    print(f"| {len(rows)} | " + " | ".join(str(v) for v in counts.values()) + " |")
+    if a.json:
+        payload = {"code_root": str(a.code_root), "tried": len(rows), "counts": counts, "cases": rows,
+                   "load_average": os.getloadavg()}
+        Path(a.json).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
