@@ -10,6 +10,7 @@ classified from what a user sees:
   output (``.partial``/``.old`` folder, temporary file) stayed behind;
 * clear: refused with a non-zero exit, one message naming the file or field (the expected words), no traceback;
 * handled: the command succeeded and the result is right (a case-specific check);
+* refused: refused an input it should have handled (the case expects success);
 * vague: refused, but with a traceback or without naming the file / field;
 * silent: succeeded although it should have refused or warned, or its result is wrong.
 
@@ -376,7 +377,8 @@ def _no_partial(d: Path, err: str) -> str | None:
     return f"left behind: {left}" if left else None
 
 
-@case("leftover .partial folder of a dead run is cleaned", "outputs", check=_no_partial)
+@case("leftover .partial folder of a dead run is cleaned", "outputs", check=_no_partial,
+      outputs=("out", ".out.partial-"))
 def _(d):
     photos(d)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -615,8 +617,11 @@ def _last_is_final(d, err):
 
 @case("last.ckpt after max_steps not a multiple of the interval", "training", check=_last_is_final)
 def _(d):
-    # the shipped config checkpoints every 50 steps: 7 steps end between two saves
-    return ["fit", *fit_args(d, steps=7)]
+    # checkpoints every 5 steps, 7 steps, no validation and no epoch end before the last step (as a long epoch)
+    (d / "ckpt.yaml").write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                                 "      init_args: {save_last: true, save_top_k: 0, every_n_train_steps: 5}\n")
+    return ["fit", *fit_args(d, steps=7), "--config", str(d / "ckpt.yaml"), "--data.init_args.num_train", "100",
+            "--trainer.val_check_interval", "50", "--trainer.check_val_every_n_epoch", "null"]
 
 
 for _args, _words in (
@@ -666,24 +671,20 @@ def _first(root: Path, pattern: str) -> Path:
     return sorted(root.rglob(pattern))[0]
 
 
-@case("dataset depth with NaN and negative values", "datasets", refuse=("depth",))
+@case("dataset depth with NaN and negative values", "datasets", refuse=("depth", "NaN"))
 def _(d):
     import numpy as np
 
-    root = _scene_folder(d)
-    files = sorted(root.rglob("depth/*.npy")) or sorted(root.rglob("depth/*.png"))
-    f = files[0]
-    if f.suffix == ".npy":
-        a = np.load(f)
-        a[: a.shape[0] // 2] = np.nan
-        a[a.shape[0] // 2:, :5] = -1
-        np.save(f, a)
-    else:
-        a = np.zeros((8, 8), np.float32)
-        a[:4] = np.nan
-        f.unlink()
-        np.save(f.with_suffix(".npy"), a)
-    return ["data", "check", str(root)]
+    from iggt_lightning.data.fixtures import write_fixture
+
+    write_fixture("infinigen", d / "data")       # float depth (.npy), as Infinigen stores it
+    f = sorted((d / "data").rglob("*.npy"))
+    f = [x for x in f if "depth" in x.name.lower() or "depth" in str(x.parent).lower()][0]
+    a = np.load(f)
+    a[: a.shape[0] // 3] = np.nan
+    a[-2:] = -1.0
+    np.save(f, a)
+    return ["data", "check", str(d / "data")]
 
 
 @case("dataset frame with no valid depth", "datasets", refuse=("depth",))
@@ -721,12 +722,21 @@ def snapshot(d: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(d)): (p.stat().st_size, int(p.stat().st_mtime_ns)) for p in d.rglob("*") if p.is_file()}
 
 
+def _message(err: str) -> str:
+    """The line a user reads: the one with ``error``, else the last non-empty one."""
+    lines = [ln.strip() for ln in err.strip().splitlines() if ln.strip()]
+    hits = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("(set IGGT_DEBUG")]
+    return (hits[-1] if hits else lines[-1] if lines else "")[:200]
+
+
 def classify(c: Case, d: Path, before: dict, rc: int, err: str) -> tuple[str, str]:
     if (d / MARKER).exists():
         return "exec", "the command named by the file ran"
     after = snapshot(d)
     gone = [k for k in before if k not in after or after[k] != before[k]]
-    gone = [k for k in gone if not any(k == o or k.startswith(o + "/") for o in c.outputs)]
+    # what a case expects to change: its outputs (a name, or a prefix ending in "-")
+    gone = [k for k in gone if not any(k == o or k.startswith(o + "/") or (o.endswith("-") and k.startswith(o))
+                                       for o in c.outputs)]
     junk = [k for k in after if (".partial-" in k or ".old-" in k or k.endswith(".tmp"))]
     if gone:
         return "data loss", f"input(s) changed or removed: {gone[:5]}"
@@ -737,10 +747,11 @@ def classify(c: Case, d: Path, before: dict, rc: int, err: str) -> tuple[str, st
         if rc == 0:
             return "silent", "succeeded; a refusal naming " + ", ".join(c.refuse) + " was expected"
         if "Traceback" in err or not words_ok:
-            return "vague", (err.strip().splitlines() or [""])[-1][:200]
-        return "clear", [ln for ln in err.strip().splitlines() if ln.strip()][-1][:200]
+            return "vague", _message(err)
+        return "clear", _message(err)
     if rc != 0:
-        return "vague" if "Traceback" in err else "clear", (err.strip().splitlines() or [""])[-1][:200]
+        # success was expected: a refusal is a failure to handle the input (vague when a traceback shows)
+        return ("vague" if "Traceback" in err else "refused"), _message(err)
     problem = c.check(d, err) if c.check else None
     return ("silent", problem) if problem else ("handled", "ok")
 
@@ -789,8 +800,8 @@ def main() -> None:
         r = run_case(c, Path(a.code_root).resolve(), a.timeout)
         rows.append(r)
         print(f"[{i:2d}/{len(cases)}] {r['verdict']:9s} {r['seconds']:5.1f}s  {c.name}  -- {r['detail']}", flush=True)
-    counts = {k: sum(r["verdict"] == k for r in rows) for k in ("clear", "handled", "vague", "silent", "data loss",
-                                                                 "exec")}
+    counts = {k: sum(r["verdict"] == k for r in rows) for k in ("clear", "handled", "refused", "vague", "silent",
+                                                                 "data loss", "exec")}
     print("\n| tried | " + " | ".join(counts) + " |\n|---|" + "---|" * len(counts))
     print(f"| {len(rows)} | " + " | ".join(str(v) for v in counts.values()) + " |")
     if a.json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,32 +82,147 @@ def official_kind(keys) -> str:
     return "iggt-large" if any(k.startswith("part_head.") for k in keys) else "vggt-large"
 
 
-def convert_official_state_dict(official: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Map an official state dict onto ``model``'s keys; raises :class:`CheckpointError` on any mismatch."""
-    ours = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    unexpected, mismatched = [], []
+def rename_official_state_dict(official: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (the state dict under our key names, our key -> its official name); keys a drop rule removes are left
+    out, a key no rule covers is an error."""
+    renamed, names = {}, {}
     for key, value in official.items():
         new = rename_official_key(key)
-        if new is None:
+        if new is not None:
+            renamed[new], names[new] = value, key
+    return renamed, names
+
+
+def _head_of(key: str) -> str | None:
+    """``heads.<name>.…`` -> ``<name>``; None for the backbone and anything else."""
+    parts = key.split(".", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "heads" else None
+
+
+def match_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], *, new_heads_ok: bool = False,
+                     drop_heads=(), file_names: dict[str, str] | None = None, what: str = "checkpoint",
+                     against: str = "the model"
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], dict[str, list[str]]]:
+    """Match a state dict (our key names) to ``model``'s keys and shapes, without loading anything.
+
+    -> (the tensors to load, new head -> its keys left to their fresh initialisation, dropped head -> the file's
+    keys of it that are not loaded). Strict by default: every model key must be in the file with its shape and
+    every file key must have a place in the model. ``new_heads_ok``: a head of the model that the file has no
+    key of at all is new and keeps its initialisation (a head only partly in the file is still an error).
+    ``drop_heads``: heads the configuration leaves out on purpose; their file keys are skipped. A head the file
+    has but the model does not is otherwise an error that says to list it there. ``file_names`` gives the
+    file's own key names (official checkpoints) for the messages; ``what`` names the file in them and
+    ``against`` the model."""
+    ours = model.state_dict()
+    model_heads = set(getattr(model, "heads", {}))
+    named = (lambda k: f"{file_names[k]} (-> {k})") if file_names else (lambda k: k)
+    file_heads = {h for h in map(_head_of, sd) if h is not None}
+    ignored = {h: sorted(k for k in sd if _head_of(k) == h) for h in sorted(file_heads & set(drop_heads) - model_heads)}
+    out: dict[str, torch.Tensor] = {}
+    unexpected, mismatched, unconfigured = [], [], {}
+    for key, value in sd.items():
+        head = _head_of(key)
+        if head in ignored:
             continue
-        if new not in ours:
-            unexpected.append(f"{key} (-> {new})")
-        elif tuple(ours[new].shape) != tuple(value.shape):
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(ours[new].shape)}")
+        if key not in ours:
+            if new_heads_ok and head is not None and head not in model_heads:
+                unconfigured.setdefault(head, []).append(key)
+            else:
+                unexpected.append(named(key))
+        elif tuple(ours[key].shape) != tuple(value.shape):
+            mismatched.append(f"{file_names[key] if file_names else key}: checkpoint {tuple(value.shape)} vs model "
+                              f"{tuple(ours[key].shape)}")
         else:
-            out[new] = value
-    missing = [k for k in ours if k not in out]
+            out[key] = value
+    fresh = {}
+    if new_heads_ok:
+        for head in model_heads - file_heads:
+            keys = [k for k in ours if _head_of(k) == head]
+            if keys:
+                fresh[head] = keys
+    missing = [k for k in ours if k not in out and _head_of(k) not in fresh]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} model key(s) missing from the checkpoint: {_listing(missing)}")
+        partial = sorted({h for h in map(_head_of, missing) if h in file_heads}) if new_heads_ok else []
+        problems.append(f"{len(missing)} model key(s) missing from the checkpoint: {_listing(missing)}"
+                        + (f" (head(s) {partial} are only partly in the file)" if partial else ""))
+    if unconfigured:
+        problems.append(f"the checkpoint has head(s) {sorted(unconfigured)} "
+                        f"({sum(map(len, unconfigured.values()))} tensors) that the configuration does not build; "
+                        "to leave them out, list them in model.drop_heads")
     if unexpected:
         problems.append(f"{len(unexpected)} checkpoint key(s) the model does not have: {_listing(unexpected)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
     if problems:
-        raise CheckpointError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
-    return out
+        raise CheckpointError(f"{what} does not match {against}:\n  " + "\n  ".join(problems))
+    return out, fresh, ignored
+
+
+def convert_official_state_dict(official: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Map an official state dict onto ``model``'s keys; raises :class:`CheckpointError` on any mismatch."""
+    renamed, names = rename_official_state_dict(official)
+    return match_state_dict(model, renamed, file_names=names)[0]
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_state` did: tensors loaded, heads left freshly initialised, dropped heads skipped."""
+
+    what: str
+    kind: str                                   # "ours" or "official"
+    loaded: int
+    fresh: dict[str, list[str]] = field(default_factory=dict)
+    ignored: dict[str, list[str]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        text = f"{self.what}: loaded {self.loaded} tensors ({'official' if self.kind == 'official' else 'our'} format)"
+        if self.fresh:
+            text += (f"; {sum(map(len, self.fresh.values()))} tensors of new head(s) {sorted(self.fresh)} "
+                     "freshly initialised")
+        if self.ignored:
+            text += (f"; {sum(map(len, self.ignored.values()))} tensors of dropped head(s) {sorted(self.ignored)} "
+                     "not loaded")
+        return text
+
+
+def load_state(model: torch.nn.Module, sd: dict[str, torch.Tensor], *, official: bool = False,
+               new_heads_ok: bool = False, drop_heads=(), what: str = "checkpoint", against: str = "the model"
+               ) -> LoadReport:
+    """The weight loader (``load_model``, ``load_weights`` and so ``model.init_checkpoint``): rename an official
+    state dict, match it (:func:`match_state_dict`) and load exactly the matched tensors."""
+    names = None
+    if official:
+        try:
+            sd, names = rename_official_state_dict(sd)
+        except CheckpointError as err:
+            raise CheckpointError(f"{what}: {err}") from err
+    out, fresh, ignored = match_state_dict(model, sd, new_heads_ok=new_heads_ok, drop_heads=drop_heads,
+                                           file_names=names, what=what, against=against)
+    missing, unexpected = model.load_state_dict(out, strict=False)
+    left = {k for keys in fresh.values() for k in keys}
+    # match_state_dict accounted for every key (BatchNorm does not report its num_batches_tracked as missing)
+    if set(missing) - left or unexpected:
+        raise RuntimeError(f"{what}: load_state_dict disagrees with the key matching: missing "
+                           f"{_listing(set(missing) - left)}, unexpected {_listing(unexpected)}")
+    return LoadReport(what, "official" if official else "ours", len(out), fresh, ignored)
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, new_heads_ok: bool = False, drop_heads=(),
+                 what: str | None = None, against: str = "the model") -> LoadReport:
+    """Load a file's weights into an already built ``model`` (``model.init_checkpoint``): our format, a
+    Lightning ``.ckpt`` or an official IGGT/VGGT file. The file's stored config is never built (it is only
+    data), so it cannot name code to run. See :func:`match_state_dict` for ``new_heads_ok`` / ``drop_heads``."""
+    what = what or str(path)
+    sd, meta = read_file(path, check_config=False)
+    ours = meta.get("format") == FORMAT or (bool(sd) and all(k.startswith(("backbone.", "heads.")) for k in sd))
+    if not ours:
+        try:
+            official_kind(sd)
+        except CheckpointError as err:
+            raise CheckpointError(f"{what}: neither {FORMAT} weights nor an official checkpoint: {err}") from err
+    return load_state(model, sd, official=not ours, new_heads_ok=new_heads_ok, drop_heads=drop_heads, what=what,
+                      against=against)
 
 
 # ---------------------------------------------------------------------------- files
@@ -145,9 +261,7 @@ def _one_line(err: BaseException) -> str:
 def load_tensor_file(path: str | os.PathLike, mmap: bool = False) -> Any:
     """``torch.load`` of a .pt/.pth/.ckpt without unpickling code (``weights_only=True``), every failure one
     :class:`CheckpointError` naming the file. Also used for Lightning's ``--ckpt_path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    path = _existing_file(path)
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path}: the file is empty (0 bytes); expected a PyTorch checkpoint")
@@ -160,7 +274,9 @@ def load_tensor_file(path: str | os.PathLike, mmap: bool = False) -> Any:
             return torch.load(str(path), map_location="cpu", weights_only=True)  # a legacy (non-zip) file
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... depending on the damage
         text = _one_line(err)
-        if "weights_only" in text or "Unsupported global" in text or "Unpickl" in type(err).__name__:
+        if not _looks_like_torch_file(path):
+            why = f"it is not a PyTorch checkpoint (neither a zip archive nor a pickle; {size:,} bytes)"
+        elif "weights_only" in text or "Unsupported global" in text or "Unpickl" in type(err).__name__:
             why = ("it contains Python objects other than tensors and plain containers; loading those could run "
                    "code, so it is refused")
         elif "zip" in text.lower() or isinstance(err, EOFError) or "central directory" in text:
@@ -168,6 +284,24 @@ def load_tensor_file(path: str | os.PathLike, mmap: bool = False) -> Any:
         else:
             why = "it cannot be read as a tensor-only checkpoint"
         raise CheckpointError(f"{path}: {why} [{type(err).__name__}: {text}]") from err
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; expected a checkpoint file (.safetensors, .pt, .pth or .ckpt)")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save's format) or a pickle stream (the legacy format)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or head == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def read_file(path: str | os.PathLike, trust_code: bool = False, check_config: bool = True, mmap: bool = False
@@ -180,9 +314,7 @@ def read_file(path: str | os.PathLike, trust_code: bool = False, check_config: b
     def checked(config: Any) -> Any:
         return check_stored_config(config, path, trust_code) if check_config else config
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    path = _existing_file(path)
     if path.suffix == ".safetensors":
         sd, meta = _read_safetensors(path)
         if meta.get("format") == FORMAT:
@@ -314,15 +446,7 @@ def load_model(path: str | os.PathLike, preset: str | None = None, map_location:
     sd, meta = read_file(path, trust_code=trust_code)
     if meta.get("format") == FORMAT:
         model = build_from_config(meta["config"], path, trust_code)
-        own = model.state_dict()
-        mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
-                      if k in own and tuple(v.shape) != tuple(own[k].shape)]
-        if mismatched:
-            raise CheckpointError(f"{path}: shape mismatch(es) against its own config: {_listing(mismatched)}")
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: does not match its own config: missing {_listing(missing)}; "
-                                  f"unexpected {_listing(unexpected)}")
+        load_state(model, sd, what=str(path), against="the model its own stored config builds")
         return model.to(map_location)
     try:
         kind = preset or official_kind(sd)
@@ -330,7 +454,7 @@ def load_model(path: str | os.PathLike, preset: str | None = None, map_location:
         raise CheckpointError(f"{path}: {err}") from err
     check_official_shapes(sd, kind, path)
     model = IGGTModel.from_preset(kind)
-    model.load_state_dict(convert_official_state_dict(sd, model), strict=True)
+    load_state(model, sd, official=True, what=str(path))
     return model.to(map_location)
 
 

@@ -4,6 +4,9 @@ Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--
 ``iggt heads list``, ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files) and
 ``iggt data check PATH`` (validate a dataset folder). Training
 subcommands (fit/validate/test) are LightningCLI's, served by ``iggt_lightning.lightning_cli``.
+
+Checkpoints are data: a config stored in one may name only registered heads; ``--trust-checkpoint-code``
+(predict, convert, fit, validate, test) lets it import other head classes (docs/checkpoints-are-data.md).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ def _convert(argv: list[str]) -> int:
 
 def _parity(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="iggt parity", description="Compare this framework's forward with a "
-                                "fixture made from the official IGGT forward (see shared/reference/PARITY.md).")
+                                "fixture made from the official IGGT forward (see docs/parity.md).")
     p.add_argument("fixture")
     p.add_argument("--fp64", action="store_true", help="run in float64 and compare track/vis/conf/pose_enc "
                    "with the fixture's float64 reference")
@@ -49,7 +52,11 @@ def _parity(argv: list[str]) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    fx = parity.load_fixture(a.fixture)
+    try:
+        fx = parity.load_fixture(a.fixture)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+        print(f"iggt parity: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     print(fx.get("description", a.fixture))
     rows = parity.run_parity(fx, fp64=a.fp64, strict=a.strict)
     print(parity.format_rows(rows))

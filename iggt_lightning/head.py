@@ -49,6 +49,8 @@ class Head(nn.Module):
     A head evaluates itself through :meth:`build_metrics` / :meth:`update_metrics`; ``iggt test`` prints
     every configured head's metrics in one table.
     Instances set ``token_layers`` (which backbone layers they read) so the backbone keeps only those.
+    The model checks the configured heads' declarations together when it is built
+    (:func:`~iggt_lightning.model.check_head_contract`): one head per output key, loss term and metric name.
     """
 
     name: ClassVar[str] = ""

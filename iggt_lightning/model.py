@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vggt-large": dict(
         backbone=dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg"),
         heads=dict(camera=dict(num_heads=16), depth={}, point={}, track={})),
-    # The parity-fixture configurations (see shared/reference/PARITY.md).
+    # The parity-fixture configurations (docs/parity.md).
     "tiny": dict(
         backbone=dict(embed_dim=64, depth=24, num_heads=4, patch_embed="conv"),
         heads=dict(camera=dict(num_heads=8), depth={}, point={}, track={}, instance={}, tracking={})),
@@ -106,7 +106,8 @@ class IGGTModel(nn.Module):
             if unknown and not _has_var_kw(cls):
                 raise ValueError(f"head {name!r} ({cls.__name__}) got unknown argument(s) {sorted(unknown)}; "
                                  f"it accepts {sorted(_init_params(cls))}")
-        self.head_order = dependency_order({n: tuple(getattr(h, "requires", ())) for n, h in built.items()})
+        check_head_contract(built, source)
+        self.head_order = dependency_order({n: tuple(h.requires) for n, h in built.items()})
         self.heads = nn.ModuleDict({n: built[n] for n in self.head_order})
         depth = self.backbone.depth
         for n, h in self.heads.items():
@@ -119,29 +120,11 @@ class IGGTModel(nn.Module):
     def from_preset(cls, name: str, *, trust_code: bool = True, source: str = "the model configuration",
                     **overrides: Any) -> "IGGTModel":
         """Build a named configuration (``iggt-large``, ``vggt-large``, ``tiny``, ``small-dino``, ``nano``,
-        ``mini``);
-        ``overrides`` are merged into it (e.g. ``heads={"track": None}`` is not a removal: use ``drop_heads``;
-        dropping a head also drops the preset's non-trainable heads that need it)."""
-        if name not in PRESETS:
+        ``mini``); ``overrides`` (``backbone``, ``heads``, ``drop_heads``, ``frames_chunk_size``) are merged into
+        it as :func:`build_model` does (``heads={"track": None}`` is not a removal: use ``drop_heads``)."""
+        if name is None or name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
-        drop = set(overrides.pop("drop_heads", ()))
-        unknown = sorted(drop - set(PRESETS[name]["heads"]))
-        if unknown:
-            raise ValueError(f"drop_heads: preset {name!r} has no head(s) {unknown}; its heads: "
-                             f"{list(PRESETS[name]['heads'])}")
-        if overrides.get("heads"):  # `name: null` for a preset head keeps its preset arguments
-            overrides["heads"] = {k: ({} if v is None else v) for k, v in overrides["heads"].items()}
-        cfg = _merge(PRESETS[name], overrides)
-        # dropping a head also drops the preset's non-trainable heads that need it (instance -> tracking); a
-        # trainable head left without its input is a configuration error, reported below
-        while True:
-            dependents = {k for k in PRESETS[name]["heads"] if k not in drop and k not in (overrides.get("heads") or {})
-                          and not get_head(k).trainable and set(get_head(k).requires) & drop}
-            if not dependents:
-                break
-            drop |= dependents
-        cfg["heads"] = {k: v for k, v in cfg["heads"].items() if k not in drop}
-        return cls(**cfg, trust_code=trust_code, source=source)
+        return build_model(name, trust_code=trust_code, source=source, **overrides)
 
     # ------------------------------------------------------------------ input checks
     def _check_inputs(self, images: torch.Tensor, query_points: torch.Tensor | None):
@@ -218,4 +201,98 @@ def _init_params(cls: type) -> set[str]:
 def _has_var_kw(cls: type) -> bool:
     import inspect
 
+    if cls.__init__ is nn.Module.__init__:  # a head without __init__: Module's **kwargs only raises on any argument
+        return False
     return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+
+
+def build_model(preset: str | None = None, backbone: dict | None = None, heads: dict[str, dict | None] | None = None,
+                drop_heads: list[str] | tuple[str, ...] = (), frames_chunk_size: int | None = 8, *,
+                trust_code: bool = True, source: str = "the model configuration") -> IGGTModel:
+    """The one way a model configuration becomes an :class:`IGGTModel` (``IGGTModel.from_preset`` and
+    ``IGGTLitModule`` both come here).
+
+    ``preset``: a :data:`PRESETS` name whose backbone and heads ``backbone`` / ``heads`` are merged over (a new
+    head name adds a head, ``name: null`` keeps the preset's arguments), or None to build ``backbone`` and
+    ``heads`` alone. ``drop_heads``: configured heads to leave out. A non-trainable head that needs a dropped
+    one goes too (instance -> tracking), unless ``heads`` names it over a preset (then it was asked for, and
+    the missing requirement is an error); a trainable head left without its input is an error naming both."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if isinstance(drop_heads, str):
+        raise ValueError(f"drop_heads must be a list of head names; got the string {drop_heads!r}")
+    drop = set(drop_heads or ())
+    given = dict(heads or {})
+    if preset is None:
+        if not given:
+            raise ValueError("without a preset, give the heads (and backbone) to build")
+        arch, asked_for = {"backbone": dict(backbone or {}), "heads": given}, set()
+    else:
+        overrides = {"backbone": dict(backbone or {}), "heads": {k: {} if v is None else v for k, v in given.items()}}
+        arch, asked_for = _merge(PRESETS[preset], overrides), set(given)
+    configured = arch["heads"]
+    unknown = sorted(drop - set(configured))
+    if unknown:
+        where = f"preset {preset!r}" if preset is not None else "the configuration"
+        raise ValueError(f"drop_heads: {where} has no head(s) {unknown}; configured heads: {list(configured)}")
+
+    def head_class(name: str) -> type:
+        spec = configured[name]
+        target = spec.get("class_path", name) if isinstance(spec, dict) else name
+        return get_head(target, trust_code=trust_code, source=f"{source} (heads.{name})")
+
+    while True:
+        dependents = {k for k in configured if k not in drop and k not in asked_for and not head_class(k).trainable
+                      and set(head_class(k).requires) & drop}
+        if not dependents:
+            break
+        drop |= dependents
+    return IGGTModel(backbone=arch["backbone"], heads={k: v for k, v in configured.items() if k not in drop},
+                     frames_chunk_size=frames_chunk_size, trust_code=trust_code, source=source)
+
+
+# keys the model itself puts in its output dict; a head declaring one would be overwritten
+RESERVED_OUTPUTS = ("images", "backbone")
+
+
+def check_head_contract(heads: dict[str, nn.Module], source: str = "the model configuration") -> None:
+    """What the configured heads declare must fit together: one head per output key, per loss-term name and
+    per metric name; declarations are tuples of names; metrics are torchmetrics ``Metric``s. Errors name both
+    heads. (Requirements are checked by :func:`~iggt_lightning.registry.dependency_order`.)"""
+    from torchmetrics import Metric
+
+    owners: dict[str, dict[str, str]] = {}
+
+    def claim(kind: str, key: Any, name: str) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{source}: head {name!r} declares {kind} {key!r}; names must be non-empty strings")
+        other = owners.setdefault(kind, {}).get(key)
+        if other == name:
+            raise ValueError(f"{source}: head {name!r} declares {kind} {key!r} twice")
+        if other is not None:
+            raise ValueError(f"{source}: heads {other!r} and {name!r} both declare {kind} {key!r}; each must come "
+                             f"from one head (rename it in one of them, or drop one head)")
+        owners[kind][key] = name
+
+    for name, head in heads.items():
+        for attr, kind in (("outputs", "output key"), ("loss_terms", "loss term"), ("requires", "requirement")):
+            declared = getattr(head, attr, ())
+            if isinstance(declared, str) or not isinstance(declared, (tuple, list)):
+                raise ValueError(f"{source}: head {name!r} ({type(head).__name__}) declares {attr} = {declared!r}; "
+                                 f"expected a tuple of names, e.g. {attr} = ({declared!r},)")
+            if attr != "requires":
+                for key in declared:
+                    claim(kind, key, name)
+        reserved = sorted(set(head.outputs) & set(RESERVED_OUTPUTS))
+        if reserved:
+            raise ValueError(f"{source}: head {name!r} declares output key(s) {reserved}, which the model itself "
+                             "sets; choose other names")
+        metrics = head.build_metrics()
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{source}: head {name!r}'s build_metrics() returned {type(metrics).__name__}; "
+                             "expected a dict of name -> torchmetrics Metric")
+        for metric_name, metric in metrics.items():
+            if not isinstance(metric, Metric):
+                raise ValueError(f"{source}: head {name!r}'s build_metrics() gives {metric_name!r} = "
+                                 f"{type(metric).__name__}, not a torchmetrics Metric")
+            claim("metric", metric_name, name)

@@ -12,18 +12,20 @@ from typing import Any
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 
-from .model import IGGTModel
+from .model import PRESETS, build_model
 
 
 class IGGTLitModule(LightningModule):
     """Args:
         preset: an IGGTModel preset name (``nano``, ``tiny``, ``iggt-large``, ...); None = build from
-            ``backbone`` and ``heads`` alone.
+            ``backbone`` and ``heads`` alone. Both go through :func:`~iggt_lightning.model.build_model`.
         backbone: Aggregator arguments merged over the preset's (e.g. ``{gradient_checkpointing: true}``).
         heads: head name -> arguments, merged over the preset's heads; a new name adds a head (a registered
             name, or ``{class_path: pkg.module.MyHead, init_args: {...}}``).
-        drop_heads: heads of the preset to leave out (e.g. ``[track]``).
+        drop_heads: configured heads to leave out (e.g. ``[track]``; a non-trainable head needing one goes too), or
+            heads of ``init_checkpoint`` that the configuration does not build (their tensors are skipped).
         frames_chunk_size: frames a dense head decodes at once (memory bound only).
         loss_weights: term -> weight, for the terms the configured heads declare (built-ins: ``camera``,
             ``depth``, ``point``, ``contrastive``); a term not listed has weight 1, weight 0 skips it.
@@ -31,8 +33,13 @@ class IGGTLitModule(LightningModule):
             2048}``, ``camera: {loss_type: huber}``, ``depth: {gradient_weight: 0}``).
         lr / backbone_lr: learning rates of the heads and the backbone (backbone_lr defaults to lr).
         weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay to 0 at the last step.
-        freeze: regular expressions on parameter names to freeze (e.g. ``["^backbone\\."]``).
-        init_checkpoint: weights to start from (our format or an official IGGT/VGGT checkpoint).
+        freeze: what not to train: module names (``backbone``, ``heads.depth``: the module and everything under
+            it) or regular expressions on parameter names (``^backbone\\.``); one matching nothing is an error.
+        init_checkpoint: weights to start from (our format, a Lightning ``.ckpt`` or an official IGGT/VGGT
+            checkpoint; its stored config is never built). Every tensor the file has for the configured model is
+            loaded, strictly; a head the file has no tensor of (a head you add) keeps its fresh initialisation
+            and is named in the log; a head the file has and the configuration leaves out must be in
+            ``drop_heads``. See :func:`~iggt_lightning.checkpoints.load_weights`.
         log_images_every_n_steps: TensorBoard images (input, depth, PCA of instance features); 0 = off.
     """
 
@@ -44,17 +51,16 @@ class IGGTLitModule(LightningModule):
                  log_images_every_n_steps: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        arch = {"backbone": dict(backbone or {}), "heads": dict(heads or {}), "frames_chunk_size": frames_chunk_size}
-        if preset is not None:
-            self.model = IGGTModel.from_preset(preset, drop_heads=list(drop_heads or ()), **arch)
-        else:
-            if not heads:
-                raise ValueError("without a preset, give the heads (and backbone) to build")
-            drop = set(drop_heads or ())
-            if drop - set(arch["heads"]):
-                raise ValueError(f"drop_heads names head(s) {sorted(drop - set(arch['heads']))} that are not configured")
-            arch["heads"] = {k: v for k, v in arch["heads"].items() if k not in drop}
-            self.model = IGGTModel(**arch)
+        # drop_heads may also name a head the configuration does not build but the init_checkpoint file has (it
+        # then says "leave that head of the file out"); such a name must be a head of the file or a registered
+        # head (a resumed run no longer reads the file), so a misspelt name is still an error
+        configured = set(PRESETS[preset]["heads"] if preset in PRESETS else ()) | set(heads or ())
+        drop = list(drop_heads or ())
+        unbuilt = [h for h in drop if h not in configured]
+        if not init_checkpoint:
+            self._check_unbuilt_drops(unbuilt, preset, configured, None)
+        self.model = build_model(preset, backbone=backbone, heads=heads,
+                                 drop_heads=[h for h in drop if h not in unbuilt], frames_chunk_size=frames_chunk_size)
         self.loss_weights, self.loss_options = self._check_loss_config(loss_weights or {}, loss_options or {})
         # A head no active loss term trains (track, a zero-weighted ablation) would get no gradient: freeze
         # it, which changes nothing for the optimiser and keeps DDP from failing on unused parameters.
@@ -64,28 +70,82 @@ class IGGTLitModule(LightningModule):
         self.frozen_heads = [n for n in self.model.heads if not self.active_losses.get(n)]
         for name in self.frozen_heads:
             self.model.heads[name].requires_grad_(False)
+        self.init_report = None
         if init_checkpoint:
-            from .checkpoints import CheckpointError, convert_official_state_dict, read_file
+            from .checkpoints import load_weights
 
-            # the weights only: the file's stored config is never built, so it cannot name code to run
-            sd, meta = read_file(init_checkpoint, check_config=False)
-            if not meta:
-                sd = convert_official_state_dict(sd, self.model)
-            missing, unexpected = self.model.load_state_dict(sd, strict=False)
-            if missing or unexpected:
-                raise CheckpointError(f"init_checkpoint {init_checkpoint} does not fit the model: missing "
-                                      f"{sorted(missing)[:10]}, unexpected {sorted(unexpected)[:10]}")
-        for pattern in freeze or ():
-            hits = [n for n, p in self.model.named_parameters() if re.search(pattern, n)]
-            if not hits:
-                raise ValueError(f"freeze pattern {pattern!r} matches no parameter")
-            for n, p in self.model.named_parameters():
-                if re.search(pattern, n):
-                    p.requires_grad_(False)
+            # the file's tensors of every head the model leaves out on purpose (drop_heads, their dependants) are
+            # skipped; a head it has that the configuration does not name is an error
+            left_out = (configured - set(self.model.heads)) | set(unbuilt)
+            self.init_report = load_weights(self.model, init_checkpoint, new_heads_ok=True, drop_heads=sorted(left_out),
+                                            what=f"init_checkpoint {init_checkpoint}", against="the configured model")
+            self._check_unbuilt_drops(unbuilt, preset, configured, set(self.init_report.ignored))
+            rank_zero_info(self.init_report.summary())
+        self.frozen_by_pattern = self._freeze(list(freeze or ()))
+        rank_zero_info(self._trainable_summary())
         # each head brings its metrics (Head.build_metrics); one set per stage so validation inside fit
         # never mixes with a test run
         self.val_metrics = self._build_metrics()
         self.test_metrics = self._build_metrics()
+
+    @staticmethod
+    def _check_unbuilt_drops(names: list[str], preset: str | None, configured: set[str],
+                             in_file: set[str] | None) -> None:
+        """drop_heads names the configuration does not build: each must be a registered head or (``in_file``:
+        the heads init_checkpoint has, None without one) a head of the file."""
+        from .registry import registered_head
+
+        unknown = [h for h in names if h not in (in_file or ()) and registered_head(h) is None]
+        if unknown:
+            where = f"preset {preset!r}" if preset is not None else "the configuration"
+            raise ValueError(f"drop_heads: {where} has no head(s) {unknown}"
+                             + (", nor has init_checkpoint" if in_file is not None else "")
+                             + f"; configured heads: {sorted(configured)}")
+
+    def _freeze(self, patterns: list[str]) -> list[str]:
+        """``freeze``: a module name (``backbone``, ``heads.depth``) freezes the module and everything under it;
+        anything else is a regular expression searched in parameter names. -> the parameters it froze."""
+        params = dict(self.model.named_parameters())
+        modules = {n for n, _ in self.model.named_modules() if n}
+        frozen: dict[str, None] = {}          # ordered, each name once
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(f"freeze: expected module names or regular expressions; got {pattern!r}")
+            if pattern in modules:  # a module name first, so heads.depth does not also freeze heads.depth_x
+                hits = [n for n in params if n.startswith(pattern + ".")]
+            else:
+                try:
+                    rx = re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"freeze pattern {pattern!r} is neither a module name nor a valid regular "
+                                     f"expression ({err})") from err
+                hits = [n for n in params if rx.search(n)]
+            if not hits:
+                top = ["backbone", *(f"heads.{h}" for h in self.model.heads)]
+                raise ValueError(f"freeze pattern {pattern!r} matches no parameter; give a module name (it freezes "
+                                 f"everything under it) or a regular expression on parameter names; the model's "
+                                 f"modules: {', '.join(top)}")
+            for n in hits:
+                params[n].requires_grad_(False)
+            frozen.update(dict.fromkeys(hits))
+        return list(frozen)
+
+    def _trainable_summary(self) -> str:
+        counts = {n: p.numel() for n, p in self.model.named_parameters()}
+        total, train = sum(counts.values()), sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        by_loss = {n for n in counts if n.split(".")[0] == "heads" and n.split(".")[1] in self.frozen_heads}
+        why = []
+        if self.frozen_by_pattern:
+            why.append(f"{sum(counts[n] for n in self.frozen_by_pattern):,} by freeze {self.hparams.freeze}")
+        rest = by_loss - set(self.frozen_by_pattern)
+        if rest:
+            heads = sorted({n.split(".")[1] for n in rest})
+            why.append(f"{sum(counts[n] for n in rest):,} in head(s) {heads} without an active loss term")
+        explained = sum(counts[n] for n in set(self.frozen_by_pattern) | by_loss)
+        if total - train > explained:  # parameters a head keeps frozen itself (the instance head's unused cross_attention_1)
+            why.append(f"{total - train - explained:,} frozen by their own head")
+        return (f"trainable: {train:,} of {total:,} parameters; frozen: {total - train:,}"
+                + (f" ({'; '.join(why)})" if why else ""))
 
     def _build_metrics(self) -> torch.nn.ModuleDict:
         return torch.nn.ModuleDict({n: torch.nn.ModuleDict(h.build_metrics()) for n, h in self.model.heads.items()

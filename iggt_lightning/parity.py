@@ -1,4 +1,4 @@
-"""Numerical parity against fixtures made from the official IGGT forward (shared/reference/PARITY.md).
+"""Numerical parity against fixtures made from the official IGGT forward (docs/parity.md).
 
 Everything is read from the fixture: the official module configuration, the weight recipe (official
 key, shape, seed), integer buffers, inputs, strides and token indices. The weights are generated under
@@ -42,7 +42,9 @@ _RECIPE_MARKERS = ("zlib.crc32(name.encode()) + seed", "running_var", "1.0 + 0.1
 
 
 def load_fixture(path: str) -> dict:
-    fx = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoints import load_tensor_file
+
+    fx = load_tensor_file(path)   # weights_only; a damaged file is one line naming it
     if not isinstance(fx, dict) or fx.get("format") != FIXTURE_FORMAT:
         raise ValueError(f"{path}: not a parity fixture (expected format {FIXTURE_FORMAT!r})")
     recipe = fx.get("recipe", "")

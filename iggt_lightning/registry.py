@@ -117,8 +117,8 @@ def dependency_order(requires: dict[str, tuple[str, ...]]) -> list[str]:
     for name, deps in requires.items():
         missing = [d for d in deps if d not in requires]
         if missing:
-            raise ValueError(f"head {name!r} needs head(s) {missing}, which the configuration does not include; "
-                             f"configured heads: {list(requires)}")
+            raise ValueError(f"head {name!r} needs head(s) {missing} (its requires), which the configuration does not "
+                             f"include; configured heads: {list(requires)}")
     order: list[str] = []
     state: dict[str, int] = {}
 

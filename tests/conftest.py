@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REFERENCE_DIR = Path(os.environ.get("IGGT_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+REFERENCE_DIR = Path(os.environ.get("IGGT_REFERENCE_DIR", Path(__file__).resolve().parent / "data" / "reference"))
 
 warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -139,10 +139,15 @@ def test_trusted_file_may_import_a_real_head(tmp_path, nano):
     assert "probe" in load_model(path, trust_code=True).heads
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".ckpt"])
 @pytest.mark.parametrize("entry", ["predict", "convert"])
-def test_cli_refuses_a_checkpoint_naming_a_command(tmp_path, nano, capsys, entry):
+def test_cli_refuses_a_checkpoint_naming_a_command(tmp_path, nano, capsys, entry, suffix):
     marker = tmp_path / "PWNED"
-    path = write_ours(tmp_path / "evil.safetensors", nano, evil_config(nano, marker))
+    path = tmp_path / f"evil{suffix}"
+    if suffix == ".ckpt":
+        write_lightning(path, nano, model_config=evil_config(nano, marker))
+    else:
+        write_ours(path, nano, evil_config(nano, marker))
     from PIL import Image
 
     photos = tmp_path / "photos"
@@ -173,6 +178,19 @@ def test_ckpt_hyper_parameters_naming_a_command_are_refused(tmp_path, nano, caps
     assert "heads.evil" in err and "subprocess.Popen" in err and str(ckpt) in err
     assert not marker.exists()
     assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("run")} == before
+
+
+def test_ckpt_hyper_parameters_with_an_unregistered_head_need_the_opt_in(tmp_path, nano, capsys):
+    """A real head that is not registered: refused from the file alone, accepted with --trust-checkpoint-code or
+    when the user's own config names the same class."""
+    probe = {"probe": {"class_path": "tests.test_bad_inputs.ProbeHead"}}
+    ckpt = write_lightning(tmp_path / "probe.ckpt", nano,
+                           hparams={"preset": "nano", "drop_heads": ["track"], "heads": probe})
+    args = ["test", *tiny_fit_args(tmp_path / "run"), "--model.drop_heads", "[track]", "--ckpt_path", str(ckpt)]
+    assert main(args) == 2
+    assert "tests.test_bad_inputs.ProbeHead" in capsys.readouterr().err
+    assert main([*args, "--trust-checkpoint-code"]) == 0, capsys.readouterr().err
+    assert main([*args, "--model.heads", json.dumps(probe)]) == 0, capsys.readouterr().err
 
 
 def test_ckpt_foreign_model_class_is_refused(tmp_path, nano, capsys):
@@ -223,6 +241,14 @@ def test_damaged_checkpoint_files_name_the_file(tmp_path, nano, suffix, damage):
         load_model(path)
     message = str(err.value)
     assert str(path) in message and "\n" not in message.strip()
+    if suffix != ".safetensors":   # random bytes are not a pickle payload: say what the file is not
+        assert {"empty": "empty (0 bytes)", "truncated": "truncated",
+                "garbage": "not a PyTorch checkpoint"}[damage] in message, message
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder; expected a checkpoint file"):
+        load_model(tmp_path)
 
 
 def test_damaged_ckpt_path_names_the_file_in_lightning(tmp_path, nano, capsys):

@@ -477,7 +477,7 @@ def test_missing_path(tmp_path):
             load_model(tmp_path / name)
         with pytest.raises(FileNotFoundError):
             convert(tmp_path / name, tmp_path / "out.safetensors", preset="nano")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="is a folder; expected a checkpoint file"):
         load_model(tmp_path)  # a folder is not a checkpoint file
     assert sorted(os.listdir(tmp_path)) == []
 

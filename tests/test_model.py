@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from iggt_lightning import IGGTModel
+from iggt_lightning.head import Head
 from iggt_lightning.layers import attention
 from iggt_lightning.registry import dependency_order
 
@@ -144,6 +145,89 @@ def test_config_errors():
         IGGTModel.from_preset("huge")
     with pytest.raises(ValueError, match="cycle"):
         dependency_order({"a": ("b",), "b": ("a",)})
+
+
+class _Probe(Head):
+    """A head that declares what a test sets on its subclasses and computes nothing."""
+
+    def forward(self, inp):
+        return {}
+
+
+class SecondDepth(_Probe):
+    outputs = ("depth_edges", "depth")          # "depth" is the depth head's
+
+
+class SecondDepthLoss(_Probe):
+    outputs = ("refined",)
+    loss_terms = ("depth",)                     # the depth head's term
+
+
+class SecondDepthMetric(_Probe):
+    outputs = ("refined",)
+
+    def build_metrics(self):
+        from iggt_lightning.metrics import DepthMetrics
+
+        return {"depth": DepthMetrics()}        # the depth head's metric name
+
+
+class NeedsNormals(_Probe):
+    requires = ("normals",)
+    outputs = ("curvature",)
+
+
+class OutputsAString(_Probe):
+    outputs = "normals"                         # not a tuple: ("normals",)
+
+
+class OutputsImages(_Probe):
+    outputs = ("images",)
+
+
+class MetricNotAMetric(_Probe):
+    def build_metrics(self):
+        return {"count": 3}
+
+
+@pytest.mark.parametrize("head, message", [
+    ("collections.OrderedDict", r"\(heads.extra\): 'collections.OrderedDict' is <class 'collections.OrderedDict'>, "
+                                r"not a subclass of iggt_lightning.head.Head"),
+    ("SecondDepth", r"heads 'depth' and 'extra' both declare output key 'depth'"),
+    ("SecondDepthLoss", r"heads 'depth' and 'extra' both declare loss term 'depth'"),
+    ("SecondDepthMetric", r"heads 'depth' and 'extra' both declare metric 'depth'"),
+    ("NeedsNormals", r"head 'extra' needs head\(s\) \['normals'\] \(its requires\)"),
+    ("OutputsAString", r"head 'extra' \(OutputsAString\) declares outputs = 'normals'; expected a tuple of names"),
+    ("OutputsImages", r"head 'extra' declares output key\(s\) \['images'\], which the model itself sets"),
+    ("MetricNotAMetric", r"head 'extra'.s build_metrics\(\) gives 'count' = int, not a torchmetrics Metric"),
+])
+def test_head_contract_is_checked_when_the_model_is_built(head, message):
+    path = head if "." in head else f"tests.test_model.{head}"
+    with pytest.raises(ValueError, match=message):
+        IGGTModel.from_preset("nano", drop_heads=["track"], heads={"extra": {"class_path": path}})
+
+
+def test_builtin_heads_fit_the_contract_together():
+    from iggt_lightning.model import check_head_contract
+
+    m = IGGTModel.from_preset("nano", heads={"open_vocab": {"class_names": ["chair"]}})
+    check_head_contract(dict(m.heads))
+    outputs = [k for h in m.heads.values() for k in h.outputs]
+    assert len(outputs) == len(set(outputs)) and "open_vocab" in m.heads
+
+
+def test_build_model_drops_non_trainable_dependants_with_or_without_a_preset():
+    from iggt_lightning.model import PRESETS, build_model
+
+    assert list(build_model("nano", drop_heads=["instance"]).heads) == ["camera", "depth", "point", "track"]
+    heads = {n: PRESETS["nano"]["heads"][n] for n in ("camera", "depth", "point", "instance", "tracking")}
+    model = build_model(None, backbone=PRESETS["nano"]["backbone"], heads=heads, drop_heads=["instance"])
+    assert list(model.heads) == ["camera", "depth", "point"]
+    # a head asked for over a preset is not dropped silently: its missing requirement is the error
+    with pytest.raises(ValueError, match=r"head 'tracking' needs head\(s\) \['instance'\]"):
+        build_model("nano", drop_heads=["instance"], heads={"tracking": {"stages": ["test"]}})
+    with pytest.raises(ValueError, match="drop_heads must be a list of head names; got the string 'track'"):
+        build_model("nano", drop_heads="track")
 
 
 def test_instance_head_without_fusion_needs_no_point_head():

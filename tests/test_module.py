@@ -1,4 +1,6 @@
 """IGGTLitModule on the embedded synthetic scenes: a real optimisation step on the nano model."""
+import re
+
 import pytest
 import torch
 
@@ -71,12 +73,139 @@ def test_init_checkpoint_loads_every_weight(tmp_path, fmt):
         assert torch.equal(a, b), name
 
 
-def test_init_checkpoint_of_another_architecture_is_refused(tmp_path):
-    from iggt_lightning.checkpoints import CheckpointError, save_model
+def _nano(*names):
+    """preset=None arguments: nano's backbone and the named heads of nano."""
+    from iggt_lightning.model import PRESETS
 
-    save_model(IGGTLitModule(preset="nano", drop_heads=["track", "instance"]).model, tmp_path / "m.safetensors")
-    with pytest.raises(CheckpointError, match="missing"):
-        IGGTLitModule(preset="nano", drop_heads=["track"], init_checkpoint=str(tmp_path / "m.safetensors"))
+    return {"preset": None, "backbone": dict(PRESETS["nano"]["backbone"]),
+            "heads": {n: dict(PRESETS["nano"]["heads"][n]) for n in names}}
+
+
+def _rank_zero_log():
+    """Records what the module logs through Lightning's rank_zero_info."""
+    import logging
+
+    class Records(logging.Handler):
+        lines: list = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    handler = Records(logging.INFO)
+    handler.lines = []
+    return logging.getLogger("lightning.pytorch.utilities.rank_zero"), handler
+
+
+@pytest.mark.parametrize("fmt", ["ours", "official"])
+def test_init_checkpoint_leaves_a_new_head_fresh_and_names_it(tmp_path, fmt):
+    from iggt_lightning.checkpoints import save_model
+
+    torch.manual_seed(1)
+    source = IGGTLitModule(preset="nano", drop_heads=["track", "instance"]).model   # a VGGT-like file: no instance
+    path = tmp_path / ("m.safetensors" if fmt == "ours" else "official.pt")
+    if fmt == "ours":
+        save_model(source, path)
+    else:
+        torch.save({"model": _official_names(source)}, path)
+    torch.manual_seed(2)
+    fresh = IGGTLitModule(preset="nano", drop_heads=["track"]).model.heads["instance"].state_dict()
+    logger, records = _rank_zero_log()
+    logger.addHandler(records)
+    try:
+        torch.manual_seed(2)
+        module = IGGTLitModule(preset="nano", drop_heads=["track"], init_checkpoint=str(path))
+    finally:
+        logger.removeHandler(records)
+    state = module.model.state_dict()
+    for name, value in source.state_dict().items():
+        assert torch.equal(state[name], value), name
+    for name, value in fresh.items():            # the new head: as initialised, not touched by the file
+        assert torch.equal(state[f"heads.instance.{name}"], value), name
+    report = module.init_report
+    assert list(report.fresh) == ["instance"] and len(report.fresh["instance"]) == len(fresh)
+    assert report.loaded == len(source.state_dict()) and report.kind == fmt
+    line = next(m for m in records.lines if m.startswith(f"init_checkpoint {path}"))
+    assert f"{len(fresh)} tensors of new head(s) ['instance'] freshly initialised" in line, line
+    assert any(m.startswith("trainable: ") for m in records.lines), records.lines
+
+
+def test_init_checkpoint_whose_backbone_differs_from_the_config_names_the_key(tmp_path):
+    from iggt_lightning.checkpoints import CheckpointError, save_model
+    from iggt_lightning.model import IGGTModel
+
+    path = tmp_path / "wide.safetensors"
+    save_model(IGGTModel.from_preset("nano", drop_heads=["track"], backbone={"embed_dim": 48}), path)
+    with pytest.raises(CheckpointError) as err:
+        IGGTLitModule(preset="nano", drop_heads=["track"], init_checkpoint=str(path))
+    msg = str(err.value)
+    assert f"init_checkpoint {path} does not match the configured model" in msg
+    assert "backbone.camera_token: checkpoint (1, 2, 1, 48) vs model (1, 2, 1, 32)" in msg, msg
+
+
+def test_init_checkpoint_head_the_config_leaves_out_must_be_in_drop_heads(tmp_path):
+    from iggt_lightning.checkpoints import CheckpointError, save_model
+    from iggt_lightning.model import IGGTModel
+
+    path = tmp_path / "m.safetensors"
+    save_model(IGGTModel.from_preset("nano", drop_heads=["track"]), path)        # has an instance head
+    args = _nano("camera", "depth", "point")
+    with pytest.raises(CheckpointError, match=r"head\(s\) \['instance'\] \(\d+ tensors\) that the configuration "
+                       r"does not build; to leave them out, list them in model.drop_heads"):
+        IGGTLitModule(**args, init_checkpoint=str(path))
+    module = IGGTLitModule(**args, drop_heads=["instance"], init_checkpoint=str(path))
+    assert list(module.init_report.ignored) == ["instance"] and not module.init_report.fresh
+    with pytest.raises(ValueError, match=r"has no head\(s\) \['instanse'\], nor has init_checkpoint"):
+        IGGTLitModule(**args, drop_heads=["instance", "instanse"], init_checkpoint=str(path))
+    with pytest.raises(ValueError, match=r"has no head\(s\) \['instanse'\]; configured"):
+        IGGTLitModule(**args, drop_heads=["instanse"])
+
+
+def test_init_checkpoint_with_a_head_partly_present_or_an_extra_key_is_refused(tmp_path):
+    from iggt_lightning.checkpoints import FORMAT, CheckpointError
+    from iggt_lightning.model import IGGTModel
+
+    model = IGGTModel.from_preset("nano", drop_heads=["track"])
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    gone = "heads.depth.dpt.scratch.output_conv2.0.bias"
+    del sd[gone]
+    sd["heads.camera.bogus"] = torch.zeros(2)
+    path = tmp_path / "partial.pt"
+    torch.save({"format": FORMAT, "config": model.config, "state_dict": sd}, path)
+    with pytest.raises(CheckpointError) as err:
+        IGGTLitModule(preset="nano", drop_heads=["track"], init_checkpoint=str(path))
+    msg = str(err.value)
+    assert f"1 model key(s) missing from the checkpoint: {gone} (head(s) ['depth'] are only partly in the file)" in msg
+    assert "1 checkpoint key(s) the model does not have: heads.camera.bogus" in msg, msg
+
+
+def test_freeze_takes_module_names_and_regexes():
+    module = IGGTLitModule(preset="nano", drop_heads=["track"],
+                           freeze=["backbone", "heads.depth", r"\.norm\d?\.weight$"])
+    for name, p in module.model.named_parameters():
+        expected = not (name.startswith(("backbone.", "heads.depth.")) or re.search(r"\.norm\d?\.weight$", name)
+                        or name.startswith("heads.instance.decoder.cross_attention_1"))
+        assert p.requires_grad == expected, name
+    assert any(n.startswith("heads.point.") and p.requires_grad for n, p in module.model.named_parameters())
+    summary = module._trainable_summary()
+    train = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+    assert summary.startswith(f"trainable: {train:,} of ") and "by freeze ['backbone', 'heads.depth'" in summary
+    # a module name is a prefix of whole names: heads.dep is no module, and as a regex it matches heads.depth
+    assert IGGTLitModule(preset="nano", drop_heads=["track"], freeze=["heads.dep"]).frozen_by_pattern
+    with pytest.raises(ValueError) as err:
+        IGGTLitModule(preset="nano", drop_heads=["track"], freeze=["heads.track"])
+    assert "freeze pattern 'heads.track' matches no parameter" in str(err.value)
+    assert "backbone, heads.camera, heads.depth, heads.point, heads.instance, heads.tracking" in str(err.value)
+    with pytest.raises(ValueError, match=r"freeze pattern '\(' is neither a module name nor a valid regular"):
+        IGGTLitModule(preset="nano", drop_heads=["track"], freeze=["("])
+
+
+def test_preset_none_drops_dependants_like_a_preset():
+    module = IGGTLitModule(**_nano("camera", "depth", "point", "instance", "tracking"), drop_heads=["instance"])
+    assert list(module.model.heads) == ["camera", "depth", "point"]          # tracking needs instance: gone too
+    with pytest.raises(ValueError, match=r"head 'instance' needs head\(s\) \['point'\]"):
+        IGGTLitModule(**_nano("camera", "depth", "point", "instance"), drop_heads=["point"])
+    with pytest.raises(ValueError, match="without a preset, give the heads"):
+        IGGTLitModule(preset=None)
 
 
 def test_heads_without_an_active_loss_are_frozen_and_lr_groups_split_backbone_from_heads():

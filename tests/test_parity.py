@@ -1,4 +1,4 @@
-"""Numerical parity with the official IGGT forward on the shared fixtures (fp32 strict and fp64)."""
+"""Numerical parity with the official IGGT forward on the fixtures in tests/data/reference (fp32 strict and fp64)."""
 import copy
 
 import pytest

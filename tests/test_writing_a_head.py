@@ -83,3 +83,33 @@ def test_third_party_head_by_entry_point_from_yaml(plugin_site, tmp_path):
     test = run_iggt(["test", *args, "--ckpt_path", "last"], tmp_path, plugin_site)
     assert test.returncode == 0, test.stderr[-3000:]
     assert "test/normal_angle" in test.stdout and "test/loss_normals" in test.stdout
+
+
+def test_the_guides_fine_tuning_section_is_the_shipped_snippet_and_runs(plugin_site, tmp_path, monkeypatch):
+    """The guide's YAML is configs/finetune_new_head.yaml's model section; its command, on nano and an
+    official-format file, fine-tunes the guide's head with the backbone untouched."""
+    import yaml
+
+    from iggt_lightning.cli import main
+    from tests.test_checkpoints import _official_from_model, _perturbed_nano
+    from tests.test_cli_training import tiny_args
+
+    section = GUIDE.read_text().split("## Fine-tuning a pretrained model with your head", 1)[1]
+    guide_yaml = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    shipped = ROOT / "configs" / "finetune_new_head.yaml"
+    assert yaml.safe_load(guide_yaml) == yaml.safe_load(shipped.read_text())
+    command = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    assert "--config configs/finetune_new_head.yaml" in command and "--model.init_checkpoint" in command
+
+    monkeypatch.syspath_prepend(str(plugin_site))
+    source = _perturbed_nano(seed=3)
+    official = tmp_path / "iggt_official.pt"
+    torch.save({"model": _official_from_model(source)}, official)
+    snippet = tmp_path / "finetune.yaml"
+    snippet.write_text(guide_yaml)
+    assert main(["fit", *tiny_args(tmp_path / "run", steps=2), "--model.preset", "nano", "--config", str(snippet),
+                 "--model.init_checkpoint", str(official)]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    trained = {k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    assert any(k.startswith("heads.normals.refine") for k in trained)
+    assert all(torch.equal(trained[k], v) for k, v in source.state_dict().items() if k.startswith("backbone."))

@@ -2,7 +2,7 @@
 
 Readers turn their layout into :class:`Frame` s in *our* conventions (below); co-transforms
 (:mod:`.transforms`) then crop and resize every field together, and :class:`.multiview.MultiViewScenes`
-stacks the views into the batch contract of ../DESIGN.md.
+stacks the views into the batch contract of docs/batch-contract.md.
 
 Conventions of a Frame:
 - ``image`` uint8 RGB [H,W,3];

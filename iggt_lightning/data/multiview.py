@@ -1,4 +1,4 @@
-"""The base of every real-dataset reader: scenes on disk -> samples of the batch contract (../DESIGN.md).
+"""The base of every real-dataset reader: scenes on disk -> samples of the batch contract (docs/batch-contract.md).
 
 A reader subclasses :class:`MultiViewScenes` and implements two methods:
 

@@ -1,4 +1,4 @@
-"""Checks that a sample honours the batch contract (../DESIGN.md), with errors that name the field.
+"""Checks that a sample honours the batch contract (docs/batch-contract.md), with errors that name the field.
 
 A reader bug (a view of another size, NaN or negative depth, an id map of the wrong shape) otherwise
 surfaces as a shape error deep in a head or as a NaN loss hours into training.
