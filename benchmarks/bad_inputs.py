@@ -389,46 +389,20 @@ def _(d):
     return predict(d, [str(d / "photos")])
 
 
-@case("--size 0 0 --dry-run", "options", refuse=("size",))
-def _(d):
-    photos(d)
-    return predict(d, [str(d / "photos")], "--size", "0", "0", "--dry-run")
-
-
-@case("--size 0 0", "options", refuse=("size",))
-def _(d):
-    photos(d)
-    return predict(d, [str(d / "photos")], "--size", "0", "0")
-
-
-@case("--size 10 10 (below the patch size)", "options", refuse=("size",))
-def _(d):
-    photos(d)
-    return predict(d, [str(d / "photos")], "--size", "10", "10")
-
-
-@case("--conf-threshold 150 (percentile)", "options", refuse=("150",))
-def _(d):
-    photos(d)
-    return predict(d, [str(d / "photos")], "--conf-threshold", "150")
-
-
-@case("--precision 8", "options", refuse=("--precision",))
-def _(d):
-    photos(d)
-    return predict(d, [str(d / "photos")], "--precision", "8")
-
-
-@case("--device cuda without CUDA", "options", refuse=("CUDA",))
-def _(d):
-    photos(d)
-    return predict(d, [str(d / "photos")], "--device", "cuda")
-
-
-@case("--conf-threshold 150 --dry-run", "options", refuse=("150",))
-def _(d):
-    photos(d)
-    return predict(d, [str(d / "photos")], "--conf-threshold", "150", "--dry-run")
+for _name, _args, _words in (
+        ("--size 0 0 --dry-run", ["--size", "0", "0", "--dry-run"], ("size",)),
+        ("--size 0 0", ["--size", "0", "0"], ("size",)),
+        ("--size 10 10 (below the patch size)", ["--size", "10", "10"], ("size",)),
+        ("--conf-threshold 150 (percentile)", ["--conf-threshold", "150"], ("150",)),
+        ("--precision 8", ["--precision", "8"], ("--precision",)),
+        ("--device cuda without CUDA", ["--device", "cuda"], ("CUDA",)),
+        ("--conf-threshold 150 --dry-run", ["--conf-threshold", "150", "--dry-run"], ("150",))):
+    def _make(name, args, words):
+        @case(name, "options", refuse=words)
+        def _(d):
+            photos(d)
+            return predict(d, [str(d / "photos")], *args)
+    _make(_name, _args, _words)
 
 
 # ------------------------------------------------------------------------------------------------ 4. photos

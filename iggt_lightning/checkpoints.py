@@ -240,17 +240,33 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor | None], dict[str, str]]:
+    """(state dict, metadata); ``tensors=False`` reads the header only (values None)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+            sd = {k: f.get_tensor(k) if tensors else None for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({_one_line(err)}); it may be truncated "
                               "or not a checkpoint at all") from err
     return sd, meta
+
+
+def _metadata_config(meta: dict[str, str], path: Path) -> Any:
+    """The model config our .safetensors files keep as JSON in their metadata."""
+    try:
+        return json.loads(meta.get("config", ""))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: its metadata 'config' is not valid JSON ({err})") from err
+
+
+def _official_kind_of(keys, path: str | os.PathLike) -> str:
+    try:
+        return official_kind(keys)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
 
 
 def _one_line(err: BaseException) -> str:
@@ -318,11 +334,7 @@ def read_file(path: str | os.PathLike, trust_code: bool = False, check_config: b
     if path.suffix == ".safetensors":
         sd, meta = _read_safetensors(path)
         if meta.get("format") == FORMAT:
-            try:
-                config = json.loads(meta.get("config", ""))
-            except json.JSONDecodeError as err:
-                raise CheckpointError(f"{path}: its metadata 'config' is not valid JSON ({err})") from err
-            return sd, {"format": FORMAT, "config": checked(config)}
+            return sd, {"format": FORMAT, "config": checked(_metadata_config(meta, path))}
         return _unwrap(sd, path), {}
     obj = load_tensor_file(path, mmap=mmap)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -399,19 +411,10 @@ def inspect_checkpoint(path: str | os.PathLike, preset: str | None = None, trust
     if preset is not None and preset not in PRESETS:
         raise CheckpointError(f"preset {preset!r} is not a preset; expected one of {sorted(PRESETS)}")
     if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta, keys = dict(f.metadata() or {}), list(f.keys())
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: not a readable .safetensors file ({_one_line(err)}); it may be "
-                                  "truncated or not a checkpoint at all") from err
+        header, meta = _read_safetensors(path, tensors=False)
         if meta.get("format") == FORMAT:
-            try:
-                return check_stored_config(json.loads(meta.get("config", "")), path, trust_code)
-            except json.JSONDecodeError as err:
-                raise CheckpointError(f"{path}: its metadata 'config' is not valid JSON ({err})") from err
+            return check_stored_config(_metadata_config(meta, path), path, trust_code)
+        keys = list(header)
     else:
         sd, meta = read_file(path, trust_code=trust_code, mmap=True)
         if meta.get("format") == FORMAT:
@@ -419,10 +422,7 @@ def inspect_checkpoint(path: str | os.PathLike, preset: str | None = None, trust
         keys = list(sd)
     if keys and all(k.startswith("module.") for k in keys):
         keys = [k[len("module."):] for k in keys]
-    try:
-        kind = preset or official_kind(keys)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from err
+    kind = preset or _official_kind_of(keys, path)
     return {"backbone": dict(PRESETS[kind]["backbone"]), "heads": dict(PRESETS[kind]["heads"])}
 
 
@@ -448,10 +448,7 @@ def load_model(path: str | os.PathLike, preset: str | None = None, map_location:
         model = build_from_config(meta["config"], path, trust_code)
         load_state(model, sd, what=str(path), against="the model its own stored config builds")
         return model.to(map_location)
-    try:
-        kind = preset or official_kind(sd)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from err
+    kind = preset or _official_kind_of(sd, path)
     check_official_shapes(sd, kind, path)
     model = IGGTModel.from_preset(kind)
     load_state(model, sd, official=True, what=str(path))

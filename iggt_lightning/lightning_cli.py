@@ -28,7 +28,7 @@ from .checkpoints import CheckpointError, load_tensor_file
 
 from .data.datamodule import SceneDataModule, SyntheticDataModule
 from .module import IGGTLitModule
-from .registry import TRUST_OPT_IN, UntrustedCodeError, load_plugins, qualified_name, registered_head
+from .registry import UntrustedCodeError, get_head, load_plugins, qualified_name
 from .training_callbacks import add_resume_state, reuse_logger_versions
 
 
@@ -100,15 +100,11 @@ class IGGTCLI(LightningCLI):
                 raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter heads.{name} must be a mapping "
                                       f"or null; got {spec!r}")
             target = (spec or {}).get("class_path", name)
-            if registered_head(target) is not None or target in trusted or self.trust_checkpoint_code:
-                continue
-            if isinstance(target, str) and "." in target:
-                raise UntrustedCodeError(
-                    f"--ckpt_path {ckpt_path}: hyper-parameter heads.{name} names class {target!r}, which is not a "
-                    f"registered head; importing it would run code from that file. If you trust the file, pass "
-                    f"{TRUST_OPT_IN}, or name the same class in your own config")
-            raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter heads.{name} names unknown head "
-                                  f"{target!r}")
+            try:
+                get_head(target, trust_code=self.trust_checkpoint_code or target in trusted,
+                         source=f"--ckpt_path {ckpt_path} (hyper-parameter heads.{name})")
+            except UntrustedCodeError as err:
+                raise UntrustedCodeError(f"{err}; or name the same class in your own config") from None
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

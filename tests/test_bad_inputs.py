@@ -86,6 +86,13 @@ def write_lightning(path: Path, nano, model_config: dict | None = None, hparams:
     return path
 
 
+def write_any(path: Path, nano, config: dict) -> Path:
+    """``config`` stored the way the file's suffix says: a Lightning .ckpt, else our .safetensors / .pt."""
+    if path.suffix == ".ckpt":
+        return write_lightning(path, nano, model_config=config)
+    return write_ours(path, nano, config)
+
+
 def tiny_fit_args(root: Path) -> list[str]:
     return ["--config", CONFIG, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "1",
             "--trainer.val_check_interval", "1", "--trainer.logger", "false", "--trainer.limit_val_batches", "0",
@@ -101,10 +108,7 @@ def tiny_fit_args(root: Path) -> list[str]:
 def test_stored_config_naming_a_command_is_refused_by_load_model(tmp_path, nano, suffix):
     marker = tmp_path / "PWNED"
     path = tmp_path / f"evil{suffix}"
-    if suffix == ".ckpt":
-        write_lightning(path, nano, model_config=evil_config(nano, marker))
-    else:
-        write_ours(path, nano, evil_config(nano, marker))
+    write_any(path, nano, evil_config(nano, marker))
     with pytest.raises(UntrustedCodeError, match=r"subprocess\.Popen") as err:
         load_model(path)
     assert str(path) in str(err.value) and "--trust-checkpoint-code" in str(err.value)
@@ -144,10 +148,7 @@ def test_trusted_file_may_import_a_real_head(tmp_path, nano):
 def test_cli_refuses_a_checkpoint_naming_a_command(tmp_path, nano, capsys, entry, suffix):
     marker = tmp_path / "PWNED"
     path = tmp_path / f"evil{suffix}"
-    if suffix == ".ckpt":
-        write_lightning(path, nano, model_config=evil_config(nano, marker))
-    else:
-        write_ours(path, nano, evil_config(nano, marker))
+    write_any(path, nano, evil_config(nano, marker))
     from PIL import Image
 
     photos = tmp_path / "photos"

@@ -56,17 +56,23 @@ def _official_names(model):
     return out
 
 
-@pytest.mark.parametrize("fmt", ["ours", "official"])
-def test_init_checkpoint_loads_every_weight(tmp_path, fmt):
+def _save_as(source, tmp_path, fmt: str):
+    """``source``'s weights in our format or under the official key names; returns the path."""
     from iggt_lightning.checkpoints import save_model
 
-    torch.manual_seed(1)
-    source = IGGTLitModule(preset="nano", drop_heads=["track"]).model
     path = tmp_path / ("m.safetensors" if fmt == "ours" else "official.pt")
     if fmt == "ours":
         save_model(source, path)
     else:
         torch.save({"model": _official_names(source)}, path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["ours", "official"])
+def test_init_checkpoint_loads_every_weight(tmp_path, fmt):
+    torch.manual_seed(1)
+    source = IGGTLitModule(preset="nano", drop_heads=["track"]).model
+    path = _save_as(source, tmp_path, fmt)
     torch.manual_seed(2)
     module = IGGTLitModule(preset="nano", drop_heads=["track"], init_checkpoint=str(path))
     for (name, a), b in zip(source.state_dict().items(), module.model.state_dict().values()):
@@ -98,15 +104,9 @@ def _rank_zero_log():
 
 @pytest.mark.parametrize("fmt", ["ours", "official"])
 def test_init_checkpoint_leaves_a_new_head_fresh_and_names_it(tmp_path, fmt):
-    from iggt_lightning.checkpoints import save_model
-
     torch.manual_seed(1)
     source = IGGTLitModule(preset="nano", drop_heads=["track", "instance"]).model   # a VGGT-like file: no instance
-    path = tmp_path / ("m.safetensors" if fmt == "ours" else "official.pt")
-    if fmt == "ours":
-        save_model(source, path)
-    else:
-        torch.save({"model": _official_names(source)}, path)
+    path = _save_as(source, tmp_path, fmt)
     torch.manual_seed(2)
     fresh = IGGTLitModule(preset="nano", drop_heads=["track"]).model.heads["instance"].state_dict()
     logger, records = _rank_zero_log()
