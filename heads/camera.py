@@ -78,6 +78,32 @@ class CameraHead(Head):
     def build_metrics(self) -> dict:
         return {"camera": CameraMetrics()}
 
+    def describe(self, outputs: dict, scene) -> None:
+        """The scene's cameras: the last refinement's pose encoding as OpenCV extrinsics and photo intrinsics."""
+        if "pose_enc" not in outputs:
+            return
+        import numpy as np
+
+        from iggt_lightning.inference.scene import SceneCameras
+
+        W, H = scene.model_size
+        extr, intr = pose_encoding_to_extri_intri(outputs["pose_enc"][-1][scene.index].detach().float().cpu(), (H, W))
+        extr, intr = extr.double(), intr.double()
+        centred = intr.clone()
+        centred[:, :2, 2] += 0.5  # the model puts pixel centres at integer coordinates (VGGT), exports at i + 0.5
+        K = np.stack([v.transform.intrinsics_to_photo(k).numpy() for v, k in zip(scene.views, centred)])
+        E = extr.numpy()
+        valid = []
+        for v in range(len(E)):
+            intr_ok = bool(np.isfinite(K[v]).all() and K[v][0, 0] > 0 and K[v][1, 1] > 0)
+            extr_ok = bool(np.isfinite(E[v]).all())
+            if not intr_ok:
+                scene.report_invalid(v, "intrinsics")
+            if not extr_ok:
+                scene.report_invalid(v, "extrinsics")
+            valid.append(intr_ok and extr_ok)
+        scene.cameras = SceneCameras(E, K, intr.numpy(), valid)
+
     def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
         if "pose_enc" in outputs:
             H, W = batch["images"].shape[-2:]

@@ -1,6 +1,8 @@
 """Depth head: DPT decoder, exp-activated depth and 1+exp confidence per pixel."""
 from __future__ import annotations
 
+import torch
+
 from iggt_lightning.head import HeadInput
 from iggt_lightning.losses import depth_loss
 from iggt_lightning.metrics import DepthMetrics
@@ -30,6 +32,68 @@ class DepthHead(DenseHead):
             return {}
         return depth_loss(outputs["depth"], outputs["depth_conf"], batch["depth"], batch["valid_mask"],
                           **active["depth"])
+
+    def log_images(self, outputs: dict, batch: dict) -> dict:
+        from iggt_lightning.visualize import normalised
+
+        return {"depth": normalised(outputs["depth"][0, 0, ..., 0])} if "depth" in outputs else {}
+
+    def describe(self, outputs: dict, scene) -> None:
+        """A point source ``depth``: the depth maps unprojected with the scene's cameras."""
+        if "depth" not in outputs:
+            return
+        depth = outputs["depth"][scene.index, ..., 0].detach().float().cpu()
+        conf = outputs["depth_conf"][scene.index].detach().float().cpu()
+        scene.report_non_finite(depth, "depth")
+        scene.report_non_finite(conf, "confidence")
+
+        def unprojected():
+            if scene.cameras is None:
+                return None
+            from iggt_lightning.geometry import unproject_depth
+
+            E, K = torch.from_numpy(scene.cameras.extrinsics), torch.from_numpy(scene.cameras.model_intrinsics)
+            return unproject_depth(depth.double(), E, K).float()
+
+        scene.add_points("depth", unprojected, conf, priority=1, from_cameras=True)
+
+    def export(self, outputs: dict, scene) -> None:
+        """``depth/<view>.png`` (16-bit, value = depth x ``depth_png_scale``, 0 = invalid) at photo resolution and
+        ``depth/depth.npz`` (float depth, confidence, valid: one stack when the views share a size and all have a
+        camera, else ``depth_<view>`` ... arrays)."""
+        if "depth" not in outputs:
+            return
+        import numpy as np
+
+        from iggt_lightning.inference import export
+
+        scale = float(scene.option("depth_png_scale", 1000.0))
+        depth = outputs["depth"][scene.index, ..., 0].detach().float().cpu()
+        conf = outputs["depth_conf"][scene.index].detach().float().cpu()
+        maps, clipped = {"depth": [], "confidence": [], "valid": []}, 0
+        for v, view in enumerate(scene.views):
+            d, inside = scene.to_photo(v, depth[v])
+            c, _ = scene.to_photo(v, conf[v])
+            good = np.isfinite(d)
+            d = np.where(good, d, 0.0).astype(np.float32)
+            maps["depth"].append(d)
+            maps["confidence"].append(np.where(np.isfinite(c), c, 0.0).astype(np.float32))
+            maps["valid"].append(inside & good)
+            png = np.round(d * scale)
+            clipped += int((png > 65535).sum())
+            export.write_png16(scene.path(f"depth/{view.stem}.png"), np.clip(png, 0, 65535))
+        all_cameras = scene.cameras is None or all(scene.cameras.valid)
+        if len({view.photo_size for view in scene.views}) == 1 and all_cameras:
+            arrays = {k: np.stack(a) for k, a in maps.items()}   # indexed in the order of cameras.json
+        else:
+            arrays = {f"{k}_{view.stem}": a[v] for k, a in maps.items() for v, view in enumerate(scene.views)}
+        export.write_npz(scene.path("depth/depth.npz"), **arrays)
+        scene.manifest["depth_png"] = {"scale": scale, "unit": "predicted (normalised) scene units x scale; "
+                                       "0 = invalid/outside the model input or non-finite", "clipped_pixels": clipped}
+
+    @classmethod
+    def planned_files(cls, stems: list[str]) -> list[str]:
+        return [f"depth/{s}.png" for s in stems] + ["depth/depth.npz"]
 
     def build_metrics(self) -> dict:
         return {"depth": DepthMetrics()}

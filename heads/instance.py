@@ -130,6 +130,26 @@ class InstanceHead(Head):
         out = torch.cat(out)
         return {"part_feat": out.reshape(B, S, *out.shape[1:])}
 
+    def log_images(self, outputs: dict, batch: dict) -> dict:
+        from iggt_lightning.visualize import pca_colours
+
+        return {"pca": pca_colours(outputs["part_feat"][0, 0].detach())} if "part_feat" in outputs else {}
+
+    def describe(self, outputs: dict, scene) -> None:
+        """A colour layer ``features.glb``: one PCA of the instance features over all views of the scene."""
+        if "part_feat" not in outputs:
+            return
+        from iggt_lightning.visualize import pca_colours
+
+        f = outputs["part_feat"][scene.index].detach().float().cpu()          # [S,D,h,w]
+        S, D, h, w = f.shape
+        pca = pca_colours(f.permute(1, 0, 2, 3).reshape(D, S * h, w)).reshape(3, S, h, w).permute(1, 2, 3, 0)
+        scene.add_colour_layer("features.glb", pca)
+
+    @classmethod
+    def planned_files(cls, stems: list[str]) -> list[str]:
+        return ["features.glb"]
+
     def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict:
         """``contrastive``: the 3D-consistent pixel-pair loss (paper Eq. 4), or with ``variant: mean`` the
         community's per-instance-mean loss; other options go to the chosen function."""

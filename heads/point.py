@@ -16,6 +16,7 @@ from .dense import DenseHead
 @register_head("point")
 class PointHead(DenseHead):
     outputs = ("world_points", "world_points_conf", "point_feat")
+    intermediates = ("point_feat",)
     loss_terms = ("point",)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, activation: str = "inv_log",
@@ -27,6 +28,11 @@ class PointHead(DenseHead):
     def forward(self, inp: HeadInput) -> dict:
         points, conf, fused = self.run(inp)
         return {"world_points": points, "world_points_conf": conf, "point_feat": fused}
+
+    def describe(self, outputs: dict, scene) -> None:
+        """A point source ``point``: the predicted point map itself (the official GLBs' points)."""
+        if "world_points" in outputs:
+            scene.add_points("point", outputs["world_points"][scene.index], outputs["world_points_conf"][scene.index])
 
     def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict:
         """``point``: confidence-weighted regression + gradient term (:func:`~iggt_lightning.losses.point_loss`)."""

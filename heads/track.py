@@ -17,6 +17,7 @@ from iggt_lightning.registry import register_head
 @register_head("track")
 class TrackHead(Head):
     outputs = ("track", "vis", "conf", "track_iters")
+    intermediates = ("track_iters",)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, features: int = 128, iters: int = 4,
                  predict_conf: bool = True, stride: int = 2, corr_levels: int = 7, corr_radius: int = 4,
@@ -34,6 +35,12 @@ class TrackHead(Head):
     def min_image_side(self) -> int:
         """Smallest image side for which every correlation-pyramid level keeps at least one cell."""
         return 2 * 2 ** (self.corr_levels - 1)  # feature maps are at half resolution
+
+    def check_inputs(self, images: torch.Tensor, query_points: torch.Tensor | None) -> None:
+        H, W = images.shape[-2:]
+        if query_points is not None and min(H, W) < self.min_image_side():
+            raise ValueError(f"point tracking needs images of at least {self.min_image_side()} px per side (its "
+                             f"correlation pyramid halves the map {self.corr_levels - 1} times); got {H}x{W}")
 
     def feature_maps(self, inp: HeadInput) -> torch.Tensor:
         B, S, H, W = inp.shape

@@ -226,7 +226,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, new_heads_o
 
 
 # ---------------------------------------------------------------------------- files
-CONFIG_KEYS = ("backbone", "heads", "frames_chunk_size")
+CONFIG_KEYS = ("backbone", "heads", "frames_chunk_size", "postprocess")
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -376,6 +376,26 @@ def check_stored_config(config: Any, path: str | os.PathLike, trust_code: bool =
     heads = config.get("heads") or {}
     if not isinstance(heads, dict):
         raise CheckpointError(f"{path}: config.heads must be a mapping of head name -> arguments; got {heads!r}")
+    from .postprocessor import move_postprocessors_out_of_heads
+    from .registry import get_postprocessor
+
+    heads, moved = move_postprocessors_out_of_heads(heads, f"checkpoint {path} (written by an older version)")
+    if moved:
+        config = {**config, "heads": heads, "postprocess": {**moved, **(config.get("postprocess") or {})}}
+    post = config.get("postprocess")
+    if post is not None and not isinstance(post, dict):
+        raise CheckpointError(f"{path}: config.postprocess must be a mapping of name -> arguments; got {post!r}")
+    for name, spec in (post or {}).items():
+        if spec is not None and not isinstance(spec, dict):
+            raise CheckpointError(f"{path}: config.postprocess.{name} must be a mapping of arguments or null; "
+                                  f"got {spec!r}")
+        try:
+            get_postprocessor((spec or {}).get("class_path", name), trust_code=trust_code,
+                              source=f"checkpoint {path} (config.postprocess.{name})")
+        except UntrustedCodeError:
+            raise
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
     for name, spec in heads.items():
         if spec is not None and not isinstance(spec, dict):
             raise CheckpointError(f"{path}: config.heads.{name} must be a mapping of arguments or null; got {spec!r}")
@@ -395,7 +415,8 @@ def check_stored_config(config: Any, path: str | os.PathLike, trust_code: bool =
 def build_from_config(config: dict, path: str | os.PathLike, trust_code: bool = False) -> IGGTModel:
     """IGGTModel from a stored config; construction errors name the file."""
     try:
-        return IGGTModel(**config, trust_code=trust_code, source=f"checkpoint {path}")
+        network = {k: v for k, v in config.items() if k != "postprocess"}
+        return IGGTModel(**network, trust_code=trust_code, source=f"checkpoint {path}")
     except CheckpointError:
         raise
     except (ValueError, TypeError) as err:
@@ -437,29 +458,68 @@ def check_official_shapes(sd: dict[str, torch.Tensor], kind: str, path: str | os
         raise CheckpointError(f"{path}: {err}") from err
 
 
+def _read_for_building(path: str | os.PathLike, preset: str | None, trust_code: bool):
+    """-> (state dict, our stored config or None, official kind or None); an official file's shapes are checked."""
+    sd, meta = read_file(path, trust_code=trust_code)
+    if meta.get("format") == FORMAT:
+        return sd, meta["config"], None
+    kind = preset or _official_kind_of(sd, path)
+    check_official_shapes(sd, kind, path)
+    return sd, None, kind
+
+
 def load_model(path: str | os.PathLike, preset: str | None = None, map_location: str | torch.device = "cpu",
                trust_code: bool = False) -> IGGTModel:
     """Build and load a model from our format or an official IGGT/VGGT checkpoint (strict).
 
     Nothing in the file runs: tensors are read without unpickling code and the stored config may name only
     registered heads, unless ``trust_code=True`` (the CLI's ``--trust-checkpoint-code``)."""
-    sd, meta = read_file(path, trust_code=trust_code)
-    if meta.get("format") == FORMAT:
-        model = build_from_config(meta["config"], path, trust_code)
+    sd, config, kind = _read_for_building(path, preset, trust_code)
+    if config is not None:
+        model = build_from_config(config, path, trust_code)
         load_state(model, sd, what=str(path), against="the model its own stored config builds")
         return model.to(map_location)
-    kind = preset or _official_kind_of(sd, path)
-    check_official_shapes(sd, kind, path)
     model = IGGTModel.from_preset(kind)
     load_state(model, sd, official=True, what=str(path))
     return model.to(map_location)
 
 
-def save_model(model: IGGTModel, dst: str | os.PathLike) -> None:
-    """Write ``model`` in our format (safetensors if the suffix says so, else a tensor-only .pt)."""
+def load_module(path: str | os.PathLike, preset: str | None = None, trust_code: bool = False,
+                postprocess: dict | None = None):
+    """An :class:`~iggt_lightning.module.IGGTLitModule` for prediction from a checkpoint file: its network (as
+    :func:`load_model`) and its post-processing (the stored ``postprocess``, or the defaults for its heads),
+    with ``postprocess`` merged over it (e.g. another clusterer)."""
+    from .model import _merge
+    from .module import IGGTLitModule
+    from .postprocessor import default_postprocess
+
+    sd, config, kind = _read_for_building(path, preset, trust_code)
+    stored = (config or {}).get("postprocess")
+    specs = _merge(stored if stored is not None else default_postprocess(), dict(postprocess or {}))
+    # a stored post-processing is what runs: defaults it does not list stay out
+    drop = [n for n in default_postprocess() if n not in specs] if stored is not None else []
+    try:
+        if config is not None:
+            module = IGGTLitModule(preset=None, backbone=config.get("backbone"), heads=config.get("heads"),
+                                   frames_chunk_size=config.get("frames_chunk_size", 8), postprocess=specs,
+                                   drop_postprocess=drop)
+        else:
+            module = IGGTLitModule(preset=kind, postprocess=specs)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: its model configuration cannot be built: {err}") from err
+    load_state(module.model, sd, official=config is None, what=str(path),
+               against="the model its own stored config builds" if config is not None else "the model")
+    return module
+
+
+def save_model(model: IGGTModel, dst: str | os.PathLike, postprocess: dict | None = None) -> None:
+    """Write ``model`` in our format (safetensors if the suffix says so, else a tensor-only .pt); ``postprocess``:
+    the post-processing to store with it (default: none stored, so the defaults for its heads run)."""
     dst = Path(dst)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    config = model.config
+    config = dict(model.config, **({"postprocess": postprocess} if postprocess is not None else {}))
     if dst.suffix == ".safetensors":
         from safetensors.torch import save_file
 

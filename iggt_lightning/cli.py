@@ -2,8 +2,9 @@
 
 Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]``,
 ``iggt heads list``, ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files) and
-``iggt data check PATH`` (validate a dataset folder). Training
-subcommands (fit/validate/test) are LightningCLI's, served by ``iggt_lightning.lightning_cli``.
+``iggt data check PATH`` (validate a dataset folder). Training subcommands (fit/validate/test) and
+``iggt predict --config ... --data ... --out DIR`` (a dataset, one folder per scene) are LightningCLI's, served
+by ``iggt_lightning.lightning_cli``.
 
 Checkpoints are data: a config stored in one may name only registered heads; ``--trust-checkpoint-code``
 (predict, convert, fit, validate, test) lets it import other head classes (docs/checkpoints-are-data.md).
@@ -68,16 +69,19 @@ def _parity(argv: list[str]) -> int:
 
 
 def _heads(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="iggt heads", description="List the registered plugin heads.")
+    p = argparse.ArgumentParser(prog="iggt heads", description="List the registered plugins: heads (parts of the "
+                                "network) and post-processors (run after it).")
     p.add_argument("action", choices=["list"])
     p.parse_args(argv)
-    from .registry import available_heads, head_source
+    from .registry import available_heads, available_postprocessors, head_source
 
-    rows = [("name", "source", "requires", "outputs", "loss terms", "trains")]
-    for name, cls in available_heads().items():
-        rows.append((name, head_source(name), ",".join(getattr(cls, "requires", ())) or "-",
-                     ",".join(getattr(cls, "outputs", ())), ",".join(getattr(cls, "loss_terms", ())) or "-",
-                     "yes" if getattr(cls, "trainable", True) and getattr(cls, "loss_terms", ()) else "no"))
+    rows = [("name", "kind", "source", "requires", "outputs", "loss terms", "trains")]
+    for kind, plugins in (("head", available_heads()), ("post-processor", available_postprocessors())):
+        for name, cls in plugins.items():
+            trains = kind == "head" and getattr(cls, "trainable", True) and getattr(cls, "loss_terms", ())
+            rows.append((name, kind, head_source(name), ",".join(getattr(cls, "requires", ())) or "-",
+                         ",".join(getattr(cls, "outputs", ())), ",".join(getattr(cls, "loss_terms", ())) or "-",
+                         "yes" if trains else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -105,9 +109,14 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--conf-threshold", type=float, default=5.0, help="points kept: by default the lowest 5 %% "
                    "by confidence are dropped")
     p.add_argument("--conf-mode", default="percentile", choices=["percentile", "absolute"])
-    p.add_argument("--points-from", default="depth", choices=["depth", "point"])
+    p.add_argument("--points-from", default=None, help="the point source of the point clouds: depth (depth maps "
+                   "unprojected with the cameras; the default) or point (the point head's map), or one a plugin offers")
     p.add_argument("--granularity", default=None, help="instance granularity of the default clusterer "
-                   "(small/medium/large or a feature distance); default: the model's tracking head settings")
+                   "(small/medium/large or a feature distance); default: the checkpoint's tracking settings")
+    p.add_argument("--postprocess", default=None, metavar="JSON", help="post-processing merged over the checkpoint's, "
+                   "e.g. '{\"open_vocab\": {\"class_names\": [\"chair\", \"table\"]}}'")
+    p.add_argument("--export-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the "
+                   "plugins' exports, e.g. depth_png_scale=1000 (PNG value = depth x scale); repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder, only if it is a "
                    "previous prediction (has our manifest.json)")
     p.add_argument("--dry-run", action="store_true", help="check the inputs and every option as the real run does, "
@@ -121,15 +130,33 @@ def _predict(argv: list[str]) -> int:
     from .checkpoints import CheckpointError
     from .inference.predict import PredictOptions, run_predict
 
-    clusterer = None
+    import json
+
+    try:
+        postprocess = json.loads(a.postprocess) if a.postprocess else {}
+    except json.JSONDecodeError as err:
+        p.error(f"--postprocess: not JSON ({err})")
+    if not isinstance(postprocess, dict):
+        p.error("--postprocess: expected a JSON object of name -> arguments")
     if a.granularity is not None:
         g = a.granularity
         clusterer = {"name": "torch", "granularity": float(g) if g.replace(".", "", 1).isdigit() else g}
+        postprocess = {**postprocess, "tracking": {**(postprocess.get("tracking") or {}), "clusterer": clusterer}}
+    export_options = {}
+    for item in a.export_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--export-option {item!r}: expected KEY=VALUE")
+        try:
+            export_options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            export_options[key] = value
     opts = PredictOptions(inputs=a.inputs, checkpoint=a.checkpoint, out=a.out, preset=a.preset, mode=a.mode,
                           size=tuple(a.size) if a.size else None, device=a.device, precision=a.precision,
                           conf_threshold=a.conf_threshold, conf_mode=a.conf_mode, points_from=a.points_from,
-                          clusterer=clusterer, video_frames=a.video_frames, overwrite=a.overwrite, save_images=not a.no_images,
-                          dry_run=a.dry_run, progress=not a.quiet, trust_code=a.trust_checkpoint_code)
+                          postprocess=postprocess or None, export_options=export_options, video_frames=a.video_frames,
+                          overwrite=a.overwrite, save_images=not a.no_images, dry_run=a.dry_run,
+                          progress=not a.quiet, trust_code=a.trust_checkpoint_code)
     try:
         summary = run_predict(opts)
     except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:  # every message names the path/option
@@ -152,7 +179,7 @@ def _predict(argv: list[str]) -> int:
         if summary["restore"]:
             print(f"would put {summary['out']} back from {summary['restore']} (left by a run that died replacing it)")
         return 0
-    print(f"{summary['views']} views, {summary['instances']} instances, {summary['points']:,} points -> {a.out}")
+    print(f"{summary['views']} views, {summary.get('instances', 0)} instances, {summary['points']:,} points -> {a.out}")
     if summary.get("invalid_views"):
         print(f"  {len(summary['invalid_views'])} view(s) with non-finite predictions: see invalid_views in "
               f"{os.path.join(a.out, 'manifest.json')}")
@@ -202,18 +229,27 @@ def _data(argv: list[str]) -> int:
     return 0 if report.ok else 1
 
 
+LIGHTNING_PREDICT_FLAGS = ("--config", "--data", "--model", "--trainer", "--ckpt_path", "--seed_everything")
+
+
+def _lightning_predict(argv: list[str]) -> bool:
+    """``iggt predict --config ... --data ...``: a dataset through LightningCLI (vs. photos through the helper)."""
+    return bool(argv) and argv[0] == "predict" and any(a.split("=")[0].split(".")[0] in LIGHTNING_PREDICT_FLAGS
+                                                         for a in argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in HELPERS:
+    if argv and argv[0] in HELPERS and not _lightning_predict(argv):
         return {"convert": _convert, "parity": _parity, "heads": _heads, "predict": _predict,
                 "data": _data}[argv[0]](argv[1:])
     import importlib.util
 
     has_training = importlib.util.find_spec("iggt_lightning.lightning_cli") is not None
-    training = ("fit", "validate", "test") if has_training else ()
+    training = ("fit", "validate", "test", "predict") if has_training else ()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        print("\nsubcommands: " + ", ".join(HELPERS + training))
+        print("\nsubcommands: " + ", ".join(dict.fromkeys(HELPERS + training)))
         return 0
     if argv[0] not in training:
         print(f"iggt: unknown subcommand {argv[0]!r}; expected one of {', '.join(HELPERS + training)}",

@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .plugin import Plugin
+
 
 @dataclass
 class HeadInput:
@@ -18,7 +20,6 @@ class HeadInput:
     query_points: torch.Tensor | None = None   # [B, N, 2] pixels (x, y)
     outputs: dict = field(default_factory=dict)
     frames_chunk_size: int | None = 8
-    stage: str | None = None          # "fit", "validate", "test", "predict" when run by the LightningModule
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -40,22 +41,19 @@ class HeadInput:
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-class Head(nn.Module):
-    """Base class of plugin heads.
+class Head(nn.Module, Plugin):
+    """Base class of plugin heads: part of the network (pure tensors in, tensors out), trained by its loss terms.
 
-    Class attributes a head declares: ``requires`` (names of heads whose outputs it reads),
-    ``outputs`` (keys it adds to the prediction dict), ``trainable`` and ``loss_terms`` (names of the
-    loss terms its :meth:`loss` returns; each gets a weight in the config, ``loss_weights.<term>``).
-    A head evaluates itself through :meth:`build_metrics` / :meth:`update_metrics`; ``iggt test`` prints
-    every configured head's metrics in one table.
-    Instances set ``token_layers`` (which backbone layers they read) so the backbone keeps only those.
-    The model checks the configured heads' declarations together when it is built
-    (:func:`~iggt_lightning.model.check_head_contract`): one head per output key, loss term and metric name.
+    Class attributes a head declares, besides :class:`~iggt_lightning.plugin.Plugin`'s ``requires`` / ``outputs``:
+    ``intermediates`` (output keys returned only with ``return_intermediates=True``, e.g. features another
+    head reads), ``trainable`` and ``loss_terms`` (names of the loss terms its :meth:`loss` returns; each gets
+    a weight in the config, ``loss_weights.<term>``). Instances set ``token_layers`` (which backbone layers they
+    read) so the backbone keeps only those. The hooks (input checks, metrics, image logging, export) are
+    :class:`~iggt_lightning.plugin.Plugin`'s. The model checks the configured heads' declarations together when
+    it is built (:func:`~iggt_lightning.plugin.check_contract`).
     """
 
-    name: ClassVar[str] = ""
-    requires: ClassVar[tuple[str, ...]] = ()
-    outputs: ClassVar[tuple[str, ...]] = ()
+    intermediates: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
     loss_terms: ClassVar[tuple[str, ...]] = ()
     token_layers: tuple[int, ...] = ()
@@ -71,10 +69,3 @@ class Head(nn.Module):
         the weight) for every active term, plus any sub-terms worth logging (``loss_<term>_<part>``).
         """
         return {}
-
-    def build_metrics(self) -> dict:
-        """name -> torchmetrics Metric evaluating this head (built once per validate/test stage)."""
-        return {}
-
-    def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
-        """Update this head's metrics (as built by :meth:`build_metrics`) on a normalised batch."""

@@ -1,5 +1,8 @@
 """``iggt fit|validate|test|predict``: Lightning's CLI over :class:`IGGTLitModule` and the scene datamodules.
 
+``iggt predict --config ... --data ... --out DIR`` runs ``trainer.predict`` over the datamodule's predict split
+(any strategy) and writes one folder per scene under ``DIR`` (:class:`~.inference.writer.PredictionWriter`).
+
 Configs are YAML (``--config configs/synthetic_tiny.yaml``, several may be stacked, dotted overrides on
 the command line). The model section takes IGGTLitModule's arguments; heads are named by their registered
 names or by ``class_path``; third-party heads advertised in the ``iggt_lightning.heads`` entry-point
@@ -55,6 +58,26 @@ class IGGTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data": {"class_path": f"{SyntheticDataModule.__module__}.SyntheticDataModule"}})
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # where the PredictionWriter puts one folder per scene, and what it passes to the plugins' exports
+            parser.add_argument("--out", type=str, required=True, help="folder of the per-scene output folders")
+            parser.add_argument("--overwrite", type=bool, default=False, help="replace scene folders of a previous "
+                                "prediction")
+            parser.add_argument("--export_options", type=dict, default={}, help="options of the plugins' exports "
+                                "(conf_threshold, conf_mode, points_from, save_images, depth_png_scale, ...)")
+            parser.set_defaults({"return_predictions": False})
+        return parser
+
+    def before_predict(self) -> None:
+        from .inference.writer import PredictionWriter
+
+        cfg = self.config["predict"]
+        if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter(cfg["out"], overwrite=bool(cfg["overwrite"]),
+                                                           options=dict(cfg["export_options"] or {})))
+
     def _parse_ckpt_path(self) -> None:
         """LightningCLI merges a ``--ckpt_path`` file's hyper-parameters into the model config; check them as
         data first (registered heads only, no foreign class) and read the file safely."""
@@ -107,7 +130,13 @@ class IGGTCLI(LightningCLI):
                 raise UntrustedCodeError(f"{err}; or name the same class in your own config") from None
 
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        saver = self.save_config_callback
+        if self.subcommand == "predict":   # its config.yaml would land in the working directory; the folders say enough
+            self.save_config_callback = None
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        finally:
+            self.save_config_callback = saver
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SafeCheckpointIO()
         for cb in trainer.callbacks:

@@ -4,8 +4,9 @@ Output keys (the official ones): ``pose_enc`` (list over refinement iterations o
 ``depth`` [B,S,H,W,1], ``depth_conf`` [B,S,H,W], ``world_points`` [B,S,H,W,3],
 ``world_points_conf`` [B,S,H,W], ``part_feat`` [B,S,8,H,W] (raw instance features), and with query
 points ``track`` [B,S,N,2], ``vis``/``conf`` [B,S,N]; ``images`` echoes the (batched) input.
-Intermediate keys (``point_feat``, ``track_iters``, ``backbone``) are returned only with
-``return_intermediates=True``.
+The keys heads declare as ``intermediates`` and ``backbone`` (all layer tokens) are returned only with
+``return_intermediates=True``. What runs after the network (clustering into instances, labelling) is
+post-processing (:mod:`iggt_lightning.postprocessor`), not part of a preset.
 """
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from torch import nn
 
 from .backbone import Aggregator
 from .head import HeadInput
+from .plugin import RESERVED_OUTPUTS, build_plugin, check_contract, split_spec  # noqa: F401 (API)
 from .registry import dependency_order, get_head
-
-INTERMEDIATE_KEYS = ("point_feat", "track_iters")
 
 _DPT_WIDE = dict(features=256, out_channels=(256, 512, 1024, 1024))
 
@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The official IGGT (VGGT-1B + instance head), 1.30 B parameters.
     "iggt-large": dict(
         backbone=dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg"),
-        heads=dict(camera=dict(num_heads=16), depth={}, point={}, track={}, instance={}, tracking={})),
+        heads=dict(camera=dict(num_heads=16), depth={}, point={}, track={}, instance={})),
     # VGGT-1B.
     "vggt-large": dict(
         backbone=dict(embed_dim=1024, depth=24, num_heads=16, patch_embed="dinov2_vitl14_reg"),
@@ -35,10 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The parity-fixture configurations (docs/parity.md).
     "tiny": dict(
         backbone=dict(embed_dim=64, depth=24, num_heads=4, patch_embed="conv"),
-        heads=dict(camera=dict(num_heads=8), depth={}, point={}, track={}, instance={}, tracking={})),
+        heads=dict(camera=dict(num_heads=8), depth={}, point={}, track={}, instance={})),
     "small-dino": dict(
         backbone=dict(embed_dim=384, depth=24, num_heads=6, patch_embed="dinov2_vits14_reg"),
-        heads=dict(camera=dict(num_heads=12), depth={}, point={}, track={}, instance={}, tracking={})),
+        heads=dict(camera=dict(num_heads=12), depth={}, point={}, track={}, instance={})),
     # A few-MB model for tests and CPU experiments: every head, narrow and shallow.
     "nano": dict(
         backbone=dict(embed_dim=32, depth=4, num_heads=2, patch_embed="conv"),
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             point=dict(features=32, out_channels=(16, 32, 64, 64), layers=(0, 1, 2, 3)),
             track=dict(features=16, hidden_size=32, depth=1, num_heads=2, num_virtual_tracks=8, corr_levels=3,
                        out_channels=(16, 32, 64, 64), layers=(0, 1, 2, 3)),
-            instance=dict(features=32, adaptor_channels=(16, 16, 16, 16), layers=(0, 1, 2, 3)), tracking={})),
+            instance=dict(features=32, adaptor_channels=(16, 16, 16, 16), layers=(0, 1, 2, 3)))),
 }
 # configs/synthetic_tiny.yaml's model: nano with a 3x wider backbone and a wider instance adaptor. nano's 32-wide
 # tokens cannot tell apart objects one or two patches wide (multi-view AP50 0.24 -> 0.55 on the synthetic
@@ -90,23 +90,11 @@ class IGGTModel(nn.Module):
         self.frames_chunk_size = frames_chunk_size
         built = {}
         for name, spec in (heads or {}).items():
-            if spec is not None and not isinstance(spec, dict):
-                raise ValueError(f"{source}: heads.{name} must be a mapping of arguments or null; got {spec!r}")
-            spec = dict(spec or {})
-            cls = get_head(spec.pop("class_path", name), trust_code=trust_code, source=f"{source} (heads.{name})")
-            kwargs = dict(spec.pop("init_args", {}), **spec)
-            kwargs.setdefault("dim_in", 2 * self.backbone.embed_dim)
-            if "patch_size" in _init_params(cls):
-                kwargs.setdefault("patch_size", self.backbone.patch_size)
-            try:
-                built[name] = cls(**{k: v for k, v in kwargs.items() if k in _init_params(cls) or _has_var_kw(cls)})
-            except TypeError as err:
-                raise ValueError(f"cannot build head {name!r} ({cls.__name__}): {err}") from err
-            unknown = set(kwargs) - set(_init_params(cls)) - {"dim_in", "patch_size"}
-            if unknown and not _has_var_kw(cls):
-                raise ValueError(f"head {name!r} ({cls.__name__}) got unknown argument(s) {sorted(unknown)}; "
-                                 f"it accepts {sorted(_init_params(cls))}")
-        check_head_contract(built, source)
+            target, kwargs = split_spec(name, spec, "head", source)
+            cls = get_head(target, trust_code=trust_code, source=f"{source} (heads.{name})")
+            defaults = {"dim_in": 2 * self.backbone.embed_dim, "patch_size": self.backbone.patch_size}
+            built[name] = build_plugin(cls, "head", name, kwargs, defaults)
+        check_contract(built, source)
         self.head_order = dependency_order({n: tuple(h.requires) for n, h in built.items()})
         self.heads = nn.ModuleDict({n: built[n] for n in self.head_order})
         depth = self.backbone.depth
@@ -162,19 +150,16 @@ class IGGTModel(nn.Module):
                 bad = query_points[outside][:3].tolist()
                 raise ValueError(f"{int(outside.sum())} query point(s) lie outside the {W}x{H} image "
                                  f"(x in [0,{W - 1}], y in [0,{H - 1}]), e.g. {bad}")
-            track = self.heads["track"] if "track" in self.heads else None
-            if track is not None and hasattr(track, "min_image_side") and min(H, W) < track.min_image_side():
-                raise ValueError(f"tracking needs images of at least {track.min_image_side()} px per side "
-                                 f"(its correlation pyramid halves the map {track.corr_levels - 1} times); got {H}x{W}")
+        for head in self.heads.values():
+            head.check_inputs(images, query_points)
         return images, query_points
 
     def forward(self, images: torch.Tensor, query_points: torch.Tensor | None = None,
-                return_intermediates: bool = False, stage: str | None = None) -> dict[str, Any]:
-        """images: [S,3,H,W] or [B,S,3,H,W] RGB in [0,1]; query_points: [N,2] or [B,N,2] pixels (x, y);
-        stage: the Lightning stage running the model (heads such as ``tracking`` run only in some)."""
+                return_intermediates: bool = False) -> dict[str, Any]:
+        """images: [S,3,H,W] or [B,S,3,H,W] RGB in [0,1]; query_points: [N,2] or [B,N,2] pixels (x, y)."""
         images, query_points = self._check_inputs(images, query_points)
         feats = self.backbone(images, layers=self.token_layers)
-        inp = HeadInput(feats.tokens, feats.patch_start_idx, images, query_points, {}, self.frames_chunk_size, stage)
+        inp = HeadInput(feats.tokens, feats.patch_start_idx, images, query_points, {}, self.frames_chunk_size)
         for name in self.head_order:
             head = self.heads[name]
             # Heads run in fp32 even under autocast, as the official model does; the backbone's residual
@@ -186,24 +171,10 @@ class IGGTModel(nn.Module):
         if return_intermediates:
             out["backbone"] = feats
         else:
-            for key in INTERMEDIATE_KEYS:
-                out.pop(key, None)
+            for head in self.heads.values():
+                for key in head.intermediates:
+                    out.pop(key, None)
         return out
-
-
-def _init_params(cls: type) -> set[str]:
-    import inspect
-
-    return {n for n, p in inspect.signature(cls.__init__).parameters.items()
-            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-
-
-def _has_var_kw(cls: type) -> bool:
-    import inspect
-
-    if cls.__init__ is nn.Module.__init__:  # a head without __init__: Module's **kwargs only raises on any argument
-        return False
-    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
 
 
 def build_model(preset: str | None = None, backbone: dict | None = None, heads: dict[str, dict | None] | None = None,
@@ -215,8 +186,9 @@ def build_model(preset: str | None = None, backbone: dict | None = None, heads: 
     ``preset``: a :data:`PRESETS` name whose backbone and heads ``backbone`` / ``heads`` are merged over (a new
     head name adds a head, ``name: null`` keeps the preset's arguments), or None to build ``backbone`` and
     ``heads`` alone. ``drop_heads``: configured heads to leave out. A non-trainable head that needs a dropped
-    one goes too (instance -> tracking), unless ``heads`` names it over a preset (then it was asked for, and
-    the missing requirement is an error); a trainable head left without its input is an error naming both."""
+    one goes too, unless ``heads`` names it over a preset (then it was asked for, and the missing requirement
+    is an error); a trainable head left without its input is an error naming both. Post-processing is not part
+    of the network: :func:`~iggt_lightning.postprocessor.build_postprocessing`."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     if isinstance(drop_heads, str):
@@ -251,48 +223,6 @@ def build_model(preset: str | None = None, backbone: dict | None = None, heads: 
                      frames_chunk_size=frames_chunk_size, trust_code=trust_code, source=source)
 
 
-# keys the model itself puts in its output dict; a head declaring one would be overwritten
-RESERVED_OUTPUTS = ("images", "backbone")
-
-
 def check_head_contract(heads: dict[str, nn.Module], source: str = "the model configuration") -> None:
-    """What the configured heads declare must fit together: one head per output key, per loss-term name and
-    per metric name; declarations are tuples of names; metrics are torchmetrics ``Metric``s. Errors name both
-    heads. (Requirements are checked by :func:`~iggt_lightning.registry.dependency_order`.)"""
-    from torchmetrics import Metric
-
-    owners: dict[str, dict[str, str]] = {}
-
-    def claim(kind: str, key: Any, name: str) -> None:
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"{source}: head {name!r} declares {kind} {key!r}; names must be non-empty strings")
-        other = owners.setdefault(kind, {}).get(key)
-        if other == name:
-            raise ValueError(f"{source}: head {name!r} declares {kind} {key!r} twice")
-        if other is not None:
-            raise ValueError(f"{source}: heads {other!r} and {name!r} both declare {kind} {key!r}; each must come "
-                             f"from one head (rename it in one of them, or drop one head)")
-        owners[kind][key] = name
-
-    for name, head in heads.items():
-        for attr, kind in (("outputs", "output key"), ("loss_terms", "loss term"), ("requires", "requirement")):
-            declared = getattr(head, attr, ())
-            if isinstance(declared, str) or not isinstance(declared, (tuple, list)):
-                raise ValueError(f"{source}: head {name!r} ({type(head).__name__}) declares {attr} = {declared!r}; "
-                                 f"expected a tuple of names, e.g. {attr} = ({declared!r},)")
-            if attr != "requires":
-                for key in declared:
-                    claim(kind, key, name)
-        reserved = sorted(set(head.outputs) & set(RESERVED_OUTPUTS))
-        if reserved:
-            raise ValueError(f"{source}: head {name!r} declares output key(s) {reserved}, which the model itself "
-                             "sets; choose other names")
-        metrics = head.build_metrics()
-        if not isinstance(metrics, dict):
-            raise ValueError(f"{source}: head {name!r}'s build_metrics() returned {type(metrics).__name__}; "
-                             "expected a dict of name -> torchmetrics Metric")
-        for metric_name, metric in metrics.items():
-            if not isinstance(metric, Metric):
-                raise ValueError(f"{source}: head {name!r}'s build_metrics() gives {metric_name!r} = "
-                                 f"{type(metric).__name__}, not a torchmetrics Metric")
-            claim("metric", metric_name, name)
+    """The heads' declarations fit together (see :func:`~iggt_lightning.plugin.check_contract`)."""
+    check_contract(heads, source)

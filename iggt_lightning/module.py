@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
 from .model import PRESETS, build_model
+from .postprocessor import build_postprocessing, move_postprocessors_out_of_heads
+from .visualize import pca_colours  # noqa: F401 (kept importable from here)
 
 
 class IGGTLitModule(LightningModule):
@@ -26,6 +29,9 @@ class IGGTLitModule(LightningModule):
             name, or ``{class_path: pkg.module.MyHead, init_args: {...}}``).
         drop_heads: configured heads to leave out (e.g. ``[track]``; a non-trainable head needing one goes too), or
             heads of ``init_checkpoint`` that the configuration does not build (their tensors are skipped).
+        postprocess: post-processors run after the network at test / predict time (``iggt_lightning.postprocessor``),
+            merged over the defaults (``tracking`` for a model with an instance head): e.g. ``{tracking: {clusterer:
+            {name: hdbscan}}, open_vocab: {class_names: [...]}}``; ``drop_postprocess``: defaults to leave out.
         frames_chunk_size: frames a dense head decodes at once (memory bound only).
         loss_weights: term -> weight, for the terms the configured heads declare (built-ins: ``camera``,
             ``depth``, ``point``, ``contrastive``); a term not listed has weight 1, weight 0 skips it.
@@ -40,17 +46,35 @@ class IGGTLitModule(LightningModule):
             loaded, strictly; a head the file has no tensor of (a head you add) keeps its fresh initialisation
             and is named in the log; a head the file has and the configuration leaves out must be in
             ``drop_heads``. See :func:`~iggt_lightning.checkpoints.load_weights`.
-        log_images_every_n_steps: TensorBoard images (input, depth, PCA of instance features); 0 = off.
+        log_images_every_n_steps: TensorBoard images every n training steps (the input and each head's
+            ``log_images``: depth, PCA of instance features) and of the first validation batch (post-processors'
+            too: instance ids); 0 = off.
     """
 
     def __init__(self, preset: str | None = "nano", backbone: dict | None = None, heads: dict[str, dict | None] | None = None,
-                 drop_heads: list[str] | None = None, frames_chunk_size: int | None = 8,
+                 drop_heads: list[str] | None = None, postprocess: dict[str, dict | None] | None = None,
+                 drop_postprocess: list[str] | None = None, frames_chunk_size: int | None = 8,
                  loss_weights: dict[str, float] | None = None, loss_options: dict[str, dict[str, Any]] | None = None,
                  lr: float = 1e-4, backbone_lr: float | None = None, weight_decay: float = 0.05,
                  warmup_steps: int = 100, freeze: list[str] | None = None, init_checkpoint: str | None = None,
                  log_images_every_n_steps: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # configs written before post-processing was its own component name tracking / open_vocab as heads
+        heads, moved = move_postprocessors_out_of_heads(heads, "model.heads")
+        postprocess = {**moved, **dict(postprocess or {})}
+        drop_postprocess = list(drop_postprocess or [])
+        if drop_heads:
+            from .registry import POSTPROCESSORS, registered_head
+
+            pp = [h for h in drop_heads if registered_head(h) is None and POSTPROCESSORS.registered(h) is not None]
+            if pp:
+                import warnings
+
+                warnings.warn(f"model.drop_heads: {pp} are post-processors, not heads; write drop_postprocess: {pp}",
+                              FutureWarning, stacklevel=2)
+                drop_heads = [h for h in drop_heads if h not in pp]
+                drop_postprocess += pp
         # drop_heads may also name a head the configuration does not build but the init_checkpoint file has (it
         # then says "leave that head of the file out"); such a name must be a head of the file or a registered
         # head (a resumed run no longer reads the file), so a misspelt name is still an error
@@ -61,6 +85,7 @@ class IGGTLitModule(LightningModule):
             self._check_unbuilt_drops(unbuilt, preset, configured, None)
         self.model = build_model(preset, backbone=backbone, heads=heads,
                                  drop_heads=[h for h in drop if h not in unbuilt], frames_chunk_size=frames_chunk_size)
+        self.postprocess = build_postprocessing(postprocess, self.model.heads, drop_postprocess)
         self.loss_weights, self.loss_options = self._check_loss_config(loss_weights or {}, loss_options or {})
         # A head no active loss term trains (track, a zero-weighted ablation) would get no gradient: freeze
         # it, which changes nothing for the optimiser and keeps DDP from failing on unused parameters.
@@ -147,14 +172,18 @@ class IGGTLitModule(LightningModule):
         return (f"trainable: {train:,} of {total:,} parameters; frozen: {total - train:,}"
                 + (f" ({'; '.join(why)})" if why else ""))
 
+    def plugins(self) -> list[tuple[str, Any]]:
+        """(name, plugin) of every head in running order, then every post-processor in running order."""
+        return [*self.model.heads.items(), *self.postprocess.items.items()]
+
     def _build_metrics(self) -> torch.nn.ModuleDict:
-        return torch.nn.ModuleDict({n: torch.nn.ModuleDict(h.build_metrics()) for n, h in self.model.heads.items()
-                                    if h.build_metrics()})
+        return torch.nn.ModuleDict({n: torch.nn.ModuleDict(p.build_metrics()) for n, p in self.plugins()
+                                    if p.build_metrics()})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The built architecture travels beside the hyper-parameters, not inside them: LightningCLI re-parses a
         # checkpoint's hyper-parameters as IGGTLitModule arguments (``--ckpt_path file``).
-        checkpoint["iggt_model_config"] = self.model.config
+        checkpoint["iggt_model_config"] = {**self.model.config, "postprocess": self.postprocess.config}
 
     def configure_model(self) -> None:
         """Under Lightning's ModelParallelStrategy, shard with FSDP2 over the data-parallel mesh: one unit per
@@ -180,6 +209,17 @@ class IGGTLitModule(LightningModule):
 
     def forward(self, images: torch.Tensor, **kwargs: Any) -> dict:
         return self.model(images, **kwargs)
+
+    def run(self, images: torch.Tensor, stage: str) -> dict:
+        """The network, then the post-processors of ``stage`` (validate, test, predict): the one path the test
+        loop and prediction share."""
+        self.postprocess.check_inputs(images)
+        t0 = time.perf_counter()
+        out = self.model(images)
+        t1 = time.perf_counter()
+        out = self.postprocess(out, out["images"], stage)
+        self.last_run_seconds = {"network": round(t1 - t0, 3), "postprocess": round(time.perf_counter() - t1, 3)}
+        return out
 
     # ------------------------------------------------------------------ losses
     def _check_loss_config(self, weights: dict, options: dict) -> tuple[dict[str, float], dict[str, dict]]:
@@ -245,25 +285,29 @@ class IGGTLitModule(LightningModule):
                 + (f" (scenes {list(scenes)})" if isinstance(scenes, (list, tuple)) else "")
                 + "; training stopped")
 
-    def _evaluate(self, batch: dict, stage: str) -> None:
+    def _evaluate(self, batch: dict, stage: str, batch_idx: int = 0) -> None:
         batch = self._prepare(batch)
-        out = self.model(batch["images"], stage="validate" if stage == "val" else stage)
+        out = self.run(batch["images"], "validate" if stage == "val" else stage)
+        if stage == "val" and batch_idx == 0 and self.hparams.log_images_every_n_steps:
+            self._log_images(batch, out)
         terms = self.compute_losses(out, batch)
         bs = batch["images"].shape[0]
         self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=bs, sync_dist=True)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        for name, head_metrics in metrics.items():
-            self.model.heads[name].update_metrics(dict(head_metrics), out, batch)
+        plugins = dict(self.plugins())
+        for name, plugin_metrics in metrics.items():
+            plugins[name].update_metrics(dict(plugin_metrics), out, batch)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        out = self.model(batch["images"], stage="predict")
-        return {k: v for k, v in out.items() if k != "images"}
+        """The network and the predict-stage post-processors on ``batch["images"]``; a
+        :class:`~iggt_lightning.inference.writer.PredictionWriter` callback writes the result."""
+        return self.run(batch["images"], "predict")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", batch_idx)
 
     def _log_metric_dicts(self, stage: str) -> None:
         values: dict[str, torch.Tensor] = {}
@@ -286,16 +330,14 @@ class IGGTLitModule(LightningModule):
     # ------------------------------------------------------------------ images
     @torch.no_grad()
     def _log_images(self, batch: dict, out: dict) -> None:
+        """The first view's input, and every plugin's :meth:`~iggt_lightning.plugin.Plugin.log_images`."""
         logger = getattr(self.logger, "experiment", None)
         if logger is None or not hasattr(logger, "add_image"):
             return
-        img = batch["images"][0, 0]
-        logger.add_image("input", img.clamp(0, 1), self.global_step)
-        if "depth" in out:
-            d = out["depth"][0, 0, ..., 0]
-            logger.add_image("depth", ((d - d.min()) / (d.max() - d.min() + 1e-8))[None], self.global_step)
-        if "part_feat" in out:
-            logger.add_image("instance_pca", pca_colours(out["part_feat"][0, 0]), self.global_step)
+        logger.add_image("input", batch["images"][0, 0].clamp(0, 1), self.global_step)
+        for name, plugin in self.plugins():
+            for tag, image in plugin.log_images(out, batch).items():
+                logger.add_image(f"{name}/{tag}", image.float().clamp(0, 1), self.global_step)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -321,15 +363,3 @@ class IGGTLitModule(LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-def pca_colours(features: torch.Tensor) -> torch.Tensor:
-    """[D,H,W] features -> [3,H,W] colours from the top-3 principal components (2-98 % stretched)."""
-    D, H, W = features.shape
-    x = torch.nn.functional.normalize(features.reshape(D, -1).T.float(), dim=-1)
-    x = x - x.mean(0, keepdim=True)
-    _, _, v = torch.linalg.svd(x, full_matrices=False)
-    proj = x @ v[: min(3, D)].T
-    if proj.shape[1] < 3:
-        proj = torch.cat([proj, proj.new_zeros(proj.shape[0], 3 - proj.shape[1])], 1)
-    lo, hi = torch.quantile(proj, 0.02, dim=0), torch.quantile(proj, 0.98, dim=0)
-    return ((proj - lo) / (hi - lo + 1e-8)).clamp(0, 1).T.reshape(3, H, W)

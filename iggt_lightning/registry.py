@@ -1,5 +1,6 @@
-"""The head registry: heads register by name with a decorator (built-ins in ``heads/``, third-party
-packages through the ``iggt_lightning.heads`` entry-point group) and declare which heads they need.
+"""The plugin registries: heads and post-processors register by name with a decorator (built-ins in ``heads/``,
+third-party packages through the ``iggt_lightning.heads`` / ``iggt_lightning.postprocessors`` entry-point
+groups) and declare which plugins they need.
 
 Trust: a dotted ``module.Class`` path is imported only when the caller trusts where it came from. Configs the
 user writes (Python, their own YAML) are trusted; configs read from a checkpoint are data
@@ -12,9 +13,7 @@ import importlib
 from importlib.metadata import entry_points
 
 ENTRY_POINT_GROUP = "iggt_lightning.heads"
-_HEADS: dict[str, type] = {}
-_SOURCES: dict[str, str] = {}
-_loaded = {"builtin": False, "entry_points": False}
+POSTPROCESSOR_GROUP = "iggt_lightning.postprocessors"
 
 TRUST_OPT_IN = "--trust-checkpoint-code (in Python: trust_code=True)"
 
@@ -27,50 +26,121 @@ def qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def register_head(name: str):
-    """Class decorator: ``@register_head("depth")`` makes the head buildable by that name."""
+class Registry:
+    """Named plugin classes of one kind (heads, post-processors): registered by decorator, by the built-in
+    package on first use, or through an entry-point group."""
 
-    def decorate(cls: type) -> type:
-        other = _HEADS.get(name)
-        if other is not None and other is not cls and f"{other.__module__}.{other.__qualname__}" != \
-                f"{cls.__module__}.{cls.__qualname__}":
-            raise ValueError(f"head name {name!r} is already registered by {other.__module__}.{other.__qualname__}")
-        cls.name = name
-        _HEADS[name] = cls
-        _SOURCES.setdefault(name, cls.__module__)
-        return cls
+    def __init__(self, kind: str, group: str, base: str) -> None:
+        self.kind, self.group, self.base = kind, group, base      # base: "module:Class" checked on lookup
+        self.classes: dict[str, type] = {}
+        self.sources: dict[str, str] = {}
+        self._entry_points_loaded = False
 
-    return decorate
+    def register(self, name: str):
+        def decorate(cls: type) -> type:
+            other = self.classes.get(name)
+            if other is not None and other is not cls and qualified_name(other) != qualified_name(cls):
+                raise ValueError(f"{self.kind} name {name!r} is already registered by {qualified_name(other)}")
+            clash = _other_kind(self).classes.get(name)
+            if clash is not None and qualified_name(clash) != qualified_name(cls):
+                raise ValueError(f"{self.kind} name {name!r} is already a {_other_kind(self).kind} "
+                                 f"({qualified_name(clash)}); heads and post-processors share one namespace")
+            cls.name = name
+            self.classes[name] = cls
+            self.sources.setdefault(name, cls.__module__)
+            return cls
 
+        return decorate
 
-def load_plugins(refresh: bool = False) -> None:
-    """Import the built-in heads and every head advertised through the entry-point group (once per process;
-    ``refresh=True`` looks at the installed distributions again, e.g. after installing a plugin)."""
-    if refresh:
-        _loaded["entry_points"] = False
-    if not _loaded["builtin"]:
-        _loaded["builtin"] = True
-        importlib.import_module("heads")
-    if not _loaded["entry_points"]:
-        _loaded["entry_points"] = True
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+    def load_entry_points(self, refresh: bool = False) -> None:
+        if refresh:
+            self._entry_points_loaded = False
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.group):
             try:
                 obj = ep.load()
             except Exception as err:
-                raise ImportError(f"head plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
-            if isinstance(obj, type) and ep.name not in _HEADS:
-                register_head(ep.name)(obj)
-            _SOURCES[ep.name] = f"entry point {ep.value} ({ep.dist.name if ep.dist else '?'})"
+                raise ImportError(f"{self.kind} plugin {ep.name!r} ({ep.value}) failed to import: {err}") from err
+            if isinstance(obj, type) and ep.name not in self.classes:
+                self.register(ep.name)(obj)
+            self.sources[ep.name] = f"entry point {ep.value} ({ep.dist.name if ep.dist else '?'})"
+
+    def registered(self, name: str) -> type | None:
+        """The class registered under ``name`` or whose dotted path ``name`` is (imports nothing)."""
+        load_plugins()
+        if not isinstance(name, str):
+            return None
+        if name in self.classes:
+            return self.classes[name]
+        return next((cls for cls in self.classes.values() if qualified_name(cls) == name), None)
+
+    def get(self, name: str, trust_code: bool = True, source: str = "the configuration") -> type:
+        base_module, _, base_name = self.base.partition(":")
+        base = getattr(importlib.import_module(base_module), base_name)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} must be named by a string; {source} gives {name!r}")
+        cls = self.registered(name)
+        if cls is None and "." in name:
+            if not trust_code:
+                raise UntrustedCodeError(
+                    f"{source} names {self.kind} class {name!r}, which is not a registered {self.kind}; importing it "
+                    f"would run code from that file. Registered: {sorted(self.classes)}. If you trust the file, "
+                    f"pass {TRUST_OPT_IN}; better, install the package that defines it so that it registers itself")
+            module, _, attr = name.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as err:
+                raise ValueError(f"cannot import {self.kind} class {name!r}: {err}") from err
+        if cls is None:
+            hint = ""
+            other = _other_kind(self).registered(name)
+            if other is not None:
+                hint = f"; {name!r} is a {_other_kind(self).kind}: configure it under {_other_kind(self).config_field}"
+            raise ValueError(f"unknown {self.kind} {name!r} in {source}; registered {self.kind}s: "
+                             f"{sorted(self.classes)}{hint}")
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ValueError(f"{source}: {name!r} is {cls!r}, not a subclass of {base_module}.{base_name}")
+        return cls
+
+    @property
+    def config_field(self) -> str:
+        return "heads" if self is HEADS else "postprocess"
+
+
+HEADS = Registry("head", ENTRY_POINT_GROUP, "iggt_lightning.head:Head")
+POSTPROCESSORS = Registry("post-processor", POSTPROCESSOR_GROUP, "iggt_lightning.postprocessor:PostProcessor")
+_builtin_loaded = [False]
+
+
+def _other_kind(reg: Registry) -> Registry:
+    return POSTPROCESSORS if reg is HEADS else HEADS
+
+
+def register_head(name: str):
+    """Class decorator: ``@register_head("depth")`` makes the head buildable by that name."""
+    return HEADS.register(name)
+
+
+def register_postprocessor(name: str):
+    """Class decorator: ``@register_postprocessor("tracking")`` makes the post-processor buildable by that name."""
+    return POSTPROCESSORS.register(name)
+
+
+def load_plugins(refresh: bool = False) -> None:
+    """Import the built-in plugins and every head / post-processor advertised through the entry-point groups
+    (once per process; ``refresh=True`` looks at the installed distributions again, e.g. after installing one)."""
+    if not _builtin_loaded[0]:
+        _builtin_loaded[0] = True
+        importlib.import_module("heads")
+    HEADS.load_entry_points(refresh)
+    POSTPROCESSORS.load_entry_points(refresh)
 
 
 def registered_head(name: str) -> type | None:
     """The registered head class for a registered name or a registered class's dotted path (imports nothing)."""
-    load_plugins()
-    if not isinstance(name, str):
-        return None
-    if name in _HEADS:
-        return _HEADS[name]
-    return next((cls for cls in _HEADS.values() if qualified_name(cls) == name), None)
+    return HEADS.registered(name)
 
 
 def get_head(name: str, trust_code: bool = True, source: str = "the configuration") -> type:
@@ -80,45 +150,38 @@ def get_head(name: str, trust_code: bool = True, source: str = "the configuratio
     registered class; anything else raises :class:`UntrustedCodeError` naming ``source`` and the opt-in.
     Whatever is returned is a :class:`~iggt_lightning.head.Head` subclass (checked before anything calls it).
     """
-    from .head import Head
+    return HEADS.get(name, trust_code, source)
 
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a head must be named by a string; {source} gives {name!r}")
-    cls = registered_head(name)
-    if cls is None and "." in name:
-        if not trust_code:
-            raise UntrustedCodeError(
-                f"{source} names head class {name!r}, which is not a registered head; importing it would run "
-                f"code from that file. Registered heads: {sorted(_HEADS)}. If you trust the file, pass "
-                f"{TRUST_OPT_IN}; better, install the head's package so that it registers itself")
-        module, _, attr = name.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot import head class {name!r}: {err}") from err
-    if cls is None:
-        raise ValueError(f"unknown head {name!r} in {source}; registered heads: {sorted(_HEADS)}")
-    if not (isinstance(cls, type) and issubclass(cls, Head)):
-        raise ValueError(f"{source}: {name!r} is {cls!r}, not a subclass of iggt_lightning.head.Head")
-    return cls
+
+def get_postprocessor(name: str, trust_code: bool = True, source: str = "the configuration") -> type:
+    """As :func:`get_head`, for :class:`~iggt_lightning.postprocessor.PostProcessor` classes."""
+    return POSTPROCESSORS.get(name, trust_code, source)
 
 
 def available_heads() -> dict[str, type]:
     load_plugins()
-    return dict(sorted(_HEADS.items()))
+    return dict(sorted(HEADS.classes.items()))
+
+
+def available_postprocessors() -> dict[str, type]:
+    load_plugins()
+    return dict(sorted(POSTPROCESSORS.classes.items()))
 
 
 def head_source(name: str) -> str:
-    return _SOURCES.get(name, "?")
+    return HEADS.sources.get(name) or POSTPROCESSORS.sources.get(name, "?")
 
 
-def dependency_order(requires: dict[str, tuple[str, ...]]) -> list[str]:
-    """Topological order of heads (stable w.r.t. the given order); errors on a missing head or a cycle."""
+def dependency_order(requires: dict[str, tuple[str, ...]], kind: str = "head",
+                     available: tuple[str, ...] = ()) -> list[str]:
+    """Topological order of plugins (stable w.r.t. the given order); errors on a missing one or a cycle.
+    ``available``: names that run earlier (the heads, for post-processors)."""
     for name, deps in requires.items():
-        missing = [d for d in deps if d not in requires]
+        missing = [d for d in deps if d not in requires and d not in available]
         if missing:
-            raise ValueError(f"head {name!r} needs head(s) {missing} (its requires), which the configuration does not "
-                             f"include; configured heads: {list(requires)}")
+            what = "head(s)" if kind == "head" else "head(s) or post-processor(s)"
+            raise ValueError(f"{kind} {name!r} needs {what} {missing} (its requires), which the configuration does "
+                             f"not include; configured: {list(available) + list(requires)}")
     order: list[str] = []
     state: dict[str, int] = {}
 
@@ -126,10 +189,11 @@ def dependency_order(requires: dict[str, tuple[str, ...]]) -> list[str]:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            raise ValueError(f"head dependency cycle: {' -> '.join(path + (name,))}")
+            raise ValueError(f"{kind} dependency cycle: {' -> '.join(path + (name,))}")
         state[name] = 1
         for dep in requires[name]:
-            visit(dep, path + (name,))
+            if dep in requires:
+                visit(dep, path + (name,))
         state[name] = 2
         order.append(name)
 

@@ -1015,10 +1015,11 @@ def test_dry_run_refuses_what_the_real_run_refuses(case, ckpt, tmp_path, capsys)
 def _broken_model(monkeypatch, zero_fov=(), nan_depth=()):
     from iggt_lightning import checkpoints
 
-    load = checkpoints.load_model
+    load = checkpoints.load_module
 
     def load_broken(*a, **k):
-        model = load(*a, **k)
+        module = load(*a, **k)
+        model = module.model
         forward = model.forward
 
         def broken(*fa, **fk):
@@ -1034,9 +1035,9 @@ def _broken_model(monkeypatch, zero_fov=(), nan_depth=()):
             return out
 
         model.forward = broken
-        return model
+        return module
 
-    monkeypatch.setattr(checkpoints, "load_model", load_broken)
+    monkeypatch.setattr(checkpoints, "load_module", load_broken)
 
 
 def test_non_finite_views_are_reported_and_not_written(ckpt, tmp_path, capsys, monkeypatch):

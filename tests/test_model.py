@@ -207,25 +207,39 @@ def test_head_contract_is_checked_when_the_model_is_built(head, message):
         IGGTModel.from_preset("nano", drop_heads=["track"], heads={"extra": {"class_path": path}})
 
 
-def test_builtin_heads_fit_the_contract_together():
-    from iggt_lightning.model import check_head_contract
+def test_builtin_plugins_fit_the_contract_together():
+    from iggt_lightning.module import IGGTLitModule
+    from iggt_lightning.plugin import check_contract
 
-    m = IGGTModel.from_preset("nano", heads={"open_vocab": {"class_names": ["chair"]}})
-    check_head_contract(dict(m.heads))
-    outputs = [k for h in m.heads.values() for k in h.outputs]
-    assert len(outputs) == len(set(outputs)) and "open_vocab" in m.heads
+    m = IGGTLitModule(preset="nano", postprocess={"open_vocab": {"class_names": ["chair"]}})
+    plugins = dict(m.plugins())
+    check_contract(plugins)
+    outputs = [k for p in plugins.values() for k in p.outputs]
+    assert len(outputs) == len(set(outputs)) and list(m.postprocess) == ["tracking", "open_vocab"]
+
+
+class LabelsFromInstances(Head):
+    """A non-trainable head that reads the instance head's features (for the dependants rule)."""
+
+    requires = ("instance",)
+    outputs = ("instance_norm",)
+    trainable = False
+
+    def forward(self, inp):
+        return {"instance_norm": inp.outputs["part_feat"].norm(dim=2)}
 
 
 def test_build_model_drops_non_trainable_dependants_with_or_without_a_preset():
     from iggt_lightning.model import PRESETS, build_model
 
     assert list(build_model("nano", drop_heads=["instance"]).heads) == ["camera", "depth", "point", "track"]
-    heads = {n: PRESETS["nano"]["heads"][n] for n in ("camera", "depth", "point", "instance", "tracking")}
+    heads = {n: PRESETS["nano"]["heads"][n] for n in ("camera", "depth", "point", "instance")}
+    heads["norm"] = {"class_path": "tests.test_model.LabelsFromInstances"}
     model = build_model(None, backbone=PRESETS["nano"]["backbone"], heads=heads, drop_heads=["instance"])
-    assert list(model.heads) == ["camera", "depth", "point"]
+    assert list(model.heads) == ["camera", "depth", "point"]          # the non-trainable dependant goes too
     # a head asked for over a preset is not dropped silently: its missing requirement is the error
-    with pytest.raises(ValueError, match=r"head 'tracking' needs head\(s\) \['instance'\]"):
-        build_model("nano", drop_heads=["instance"], heads={"tracking": {"stages": ["test"]}})
+    with pytest.raises(ValueError, match=r"head 'norm' needs head\(s\) \['instance'\]"):
+        build_model("nano", drop_heads=["instance"], heads={"norm": {"class_path": "tests.test_model.LabelsFromInstances"}})
     with pytest.raises(ValueError, match="drop_heads must be a list of head names; got the string 'track'"):
         build_model("nano", drop_heads="track")
 
@@ -267,7 +281,11 @@ def test_cli_heads_list_and_unknown_subcommand(capsys):
     for name in ("camera", "depth", "point", "track", "instance"):
         assert f"\n{name} " in out
     instance_row = next(line for line in out.splitlines() if line.startswith("instance "))
-    assert instance_row.split()[2:] == ["point", "part_feat", "contrastive", "yes"]  # deps, outputs, loss, trains
+    assert instance_row.split()[1] == "head"
+    assert instance_row.split()[3:] == ["point", "part_feat", "contrastive", "yes"]  # deps, outputs, loss, trains
+    tracking_row = next(line for line in out.splitlines() if line.startswith("tracking "))
+    assert tracking_row.split()[1] == "post-processor" and tracking_row.split()[3:] == [
+        "instance", "instance_masks,instance_scores", "-", "no"]
     track_row = next(line for line in out.splitlines() if line.startswith("track "))
     assert track_row.split()[-2:] == ["-", "no"]  # no loss terms, nothing to train
     assert main(["bogus"]) == 2

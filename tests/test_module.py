@@ -194,14 +194,15 @@ def test_freeze_takes_module_names_and_regexes():
     with pytest.raises(ValueError) as err:
         IGGTLitModule(preset="nano", drop_heads=["track"], freeze=["heads.track"])
     assert "freeze pattern 'heads.track' matches no parameter" in str(err.value)
-    assert "backbone, heads.camera, heads.depth, heads.point, heads.instance, heads.tracking" in str(err.value)
+    assert "backbone, heads.camera, heads.depth, heads.point, heads.instance" in str(err.value)
     with pytest.raises(ValueError, match=r"freeze pattern '\(' is neither a module name nor a valid regular"):
         IGGTLitModule(preset="nano", drop_heads=["track"], freeze=["("])
 
 
 def test_preset_none_drops_dependants_like_a_preset():
-    module = IGGTLitModule(**_nano("camera", "depth", "point", "instance", "tracking"), drop_heads=["instance"])
-    assert list(module.model.heads) == ["camera", "depth", "point"]          # tracking needs instance: gone too
+    module = IGGTLitModule(**_nano("camera", "depth", "point", "instance"), drop_heads=["instance"])
+    assert list(module.model.heads) == ["camera", "depth", "point"]
+    assert list(module.postprocess) == []                                   # tracking needs instance: gone too
     with pytest.raises(ValueError, match=r"head 'instance' needs head\(s\) \['point'\]"):
         IGGTLitModule(**_nano("camera", "depth", "point", "instance"), drop_heads=["point"])
     with pytest.raises(ValueError, match="without a preset, give the heads"):
@@ -210,7 +211,7 @@ def test_preset_none_drops_dependants_like_a_preset():
 
 def test_heads_without_an_active_loss_are_frozen_and_lr_groups_split_backbone_from_heads():
     module = IGGTLitModule(preset="nano", loss_weights={"contrastive": 0.0}, lr=1e-3, backbone_lr=1e-5)
-    assert sorted(module.frozen_heads) == ["instance", "track", "tracking"]
+    assert sorted(module.frozen_heads) == ["instance", "track"]
     assert not any(p.requires_grad for p in module.model.heads["instance"].parameters())
     assert all(p.requires_grad for p in module.model.heads["depth"].parameters())
     opt = module.configure_optimizers()["optimizer"]

@@ -1,32 +1,30 @@
-"""Open-vocabulary labelling of instance masks: encoders, the head, its metrics, and the CLI."""
+"""Open-vocabulary labelling of instance masks: encoders, the post-processor, its metrics, and the CLI."""
 import math
 
 import pytest
 import torch
 
-from heads.open_vocab import OpenVocabHead
+from heads.postprocessors.open_vocab import OpenVocabLabels
 from iggt_lightning.data import SyntheticScenes
 from iggt_lightning.data.datamodule import collate_checked
 from iggt_lightning.data.synthetic import COLOUR_NAMES
-from iggt_lightning.head import HeadInput
 from iggt_lightning.inference.encoders import ColourEncoder, OpenCLIPEncoder, build_encoder
 from iggt_lightning.metrics import OpenVocabMetrics
 
 
-def oracle_input(batch):
-    """The head's input with the ground-truth instances standing in for the tracking head's."""
+def oracle_outputs(batch):
+    """The ground-truth instances standing in for the tracking post-processor's."""
     ids = batch["instance_ids"]
-    scores = [torch.ones(int(i.max())) for i in ids]
-    return HeadInput([], 0, batch["images"], None, {"instance_masks": ids, "instance_scores": scores}, 8, "test")
+    return {"instance_masks": ids, "instance_scores": [torch.ones(int(i.max())) for i in ids]}
 
 
 def test_colour_vocabulary_on_synthetic_scenes_with_oracle_masks():
-    head = OpenVocabHead(class_names=list(COLOUR_NAMES), encoder="colour").eval()
+    head = OpenVocabLabels(class_names=list(COLOUR_NAMES), encoder="colour")
     ds = SyntheticScenes(length=6, num_views=2, image_size=(56, 56), seed=5)
     metric = head.build_metrics()
     for i in range(0, 6, 2):
         batch = collate_checked([ds[i], ds[i + 1]])
-        out = head(oracle_input(batch))
+        out = head.process(oracle_outputs(batch), batch["images"])
         assert out["semantic_maps"].shape == batch["instance_ids"].shape
         assert (out["semantic_maps"][batch["instance_ids"] == 0] == -1).all()
         head.update_metrics(metric, out, batch)
@@ -46,9 +44,9 @@ def test_crop_encoders_pool_per_view_crops():
             keep = ((crops - 0.5).abs().sum(1, keepdim=True) > 1e-6).float()
             return torch.nn.functional.normalize((emb * keep).sum((2, 3)), dim=-1)
 
-    head = OpenVocabHead(class_names=list(COLOUR_NAMES), encoder=CropColour()).eval()
+    head = OpenVocabLabels(class_names=list(COLOUR_NAMES), encoder=CropColour())
     batch = collate_checked([SyntheticScenes(length=1, num_views=2, image_size=(56, 56), seed=2)[0]])
-    out = head(oracle_input(batch))
+    out = head.process(oracle_outputs(batch), batch["images"])
     target = head.target_maps(batch)
     scored = target >= 0
     assert (out["semantic_maps"][scored] == target[scored]).float().mean() > 0.9
@@ -73,25 +71,24 @@ def test_open_vocab_metrics_hand_case():
 
 def test_bad_configuration_and_missing_weights(tmp_path):
     with pytest.raises(ValueError, match="non-empty list of class_names"):
-        OpenVocabHead(class_names=[])
+        OpenVocabLabels(class_names=[])
     with pytest.raises(ValueError, match="duplicates"):
-        OpenVocabHead(class_names=["red", "red"])
+        OpenVocabLabels(class_names=["red", "red"])
     with pytest.raises(ValueError, match="unknown vision-language encoder 'lseg'"):
         build_encoder("lseg")
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         OpenCLIPEncoder(checkpoint=str(tmp_path / "missing.bin"))
     # an instance with no pixels gets label -1 and score 0
-    head = OpenVocabHead(class_names=["red"]).eval()
+    head = OpenVocabLabels(class_names=["red"])
     ids = torch.zeros(1, 1, 8, 8, dtype=torch.long)
-    inp = HeadInput([], 0, torch.rand(1, 1, 3, 8, 8), None, {"instance_masks": ids, "instance_scores": [torch.ones(1)]},
-                    8, "test")
-    out = head(inp)
+    out = head.process({"instance_masks": ids, "instance_scores": [torch.ones(1)]}, torch.rand(1, 1, 3, 8, 8))
     assert out["instance_labels"][0].tolist() == [-1] and out["instance_label_scores"][0].tolist() == [0.0]
-    # the open-vocab head needs the tracking head
-    from iggt_lightning.model import IGGTModel
+    # open_vocab needs tracking, which needs the instance head: without it, an error naming both
+    from iggt_lightning.module import IGGTLitModule
 
-    with pytest.raises(ValueError, match=r"needs head\(s\) \['tracking'\]"):
-        IGGTModel.from_preset("nano", drop_heads=["instance"], heads={"open_vocab": {"class_names": ["red"]}})
+    with pytest.raises(ValueError, match=r"post-processor 'open_vocab' needs head\(s\) or post-processor\(s\) "
+                                         r"\['tracking'\]"):
+        IGGTLitModule(preset="nano", drop_heads=["instance"], postprocess={"open_vocab": {"class_names": ["red"]}})
 
 
 def test_open_vocab_in_iggt_test_on_synthetic_scenes(tmp_path, capsys):
@@ -100,8 +97,8 @@ def test_open_vocab_in_iggt_test_on_synthetic_scenes(tmp_path, capsys):
     from iggt_lightning.cli import main
     from tests.test_cli_training import tiny_args
 
-    heads = json.dumps({"open_vocab": {"class_names": list(COLOUR_NAMES), "encoder": "colour"}})
-    args = [*tiny_args(tmp_path), "--model.heads", heads]
+    post = json.dumps({"open_vocab": {"class_names": list(COLOUR_NAMES), "encoder": "colour"}})
+    args = [*tiny_args(tmp_path), "--model.postprocess", post]
     assert main(["fit", *args]) == 0
     capsys.readouterr()
     assert main(["test", *args, "--ckpt_path", "last"]) == 0

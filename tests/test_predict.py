@@ -190,15 +190,15 @@ def test_predict_from_a_lightning_checkpoint_and_a_wrong_checkpoint(assets, tmp_
     assert not (tmp_path / "o2").exists()
 
 
-def test_predict_names_instances_when_the_open_vocab_head_is_configured(assets, tmp_path):
+def test_predict_names_instances_when_the_open_vocab_postprocessor_is_configured(assets, tmp_path):
     from iggt_lightning.checkpoints import save_model
     from iggt_lightning.data.synthetic import COLOUR_NAMES
     from iggt_lightning.model import IGGTModel
 
     torch.manual_seed(0)
-    model = IGGTModel.from_preset("nano", drop_heads=["track"],
-                                  heads={"open_vocab": {"class_names": list(COLOUR_NAMES), "encoder": "colour"}})
-    save_model(model, tmp_path / "ov.safetensors")
+    model = IGGTModel.from_preset("nano", drop_heads=["track"])
+    save_model(model, tmp_path / "ov.safetensors", postprocess={
+        "tracking": {}, "open_vocab": {"class_names": list(COLOUR_NAMES), "encoder": "colour"}})
     assert main(["predict", str(assets / "photos"), "-c", str(tmp_path / "ov.safetensors"), "-o", str(tmp_path / "out"),
                  "--size", "112", "84", "--quiet", "--granularity", "0.05"]) == 0
     coco = json.loads((tmp_path / "out" / "masks" / "instances.json").read_text())

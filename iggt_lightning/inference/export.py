@@ -16,6 +16,10 @@ import numpy as np
 
 from iggt_lightning.fileio import atomic_write
 
+CONVENTION = "OpenCV world-to-camera; world = first camera; pixel centres at i + 0.5; id 0 = none"
+CAMERAS_OMITTED = {"from": ["cameras.json", "colmap/", "GLB camera frustums"],
+                   "why": "non-finite or non-positive predicted camera"}
+
 
 def instance_colours(n: int) -> np.ndarray:
     """uint8 [n+1, 3]: row 0 (no instance) grey, then well-spread hues (golden-ratio steps); never overflows."""
@@ -34,21 +38,24 @@ def to_uint8(colours: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(colours, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
-def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, instance: np.ndarray,
-              confidence: np.ndarray) -> None:
-    """Binary little-endian PLY: float x,y,z; uchar red,green,blue; int instance; float confidence."""
+def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, confidence: np.ndarray,
+              attributes: dict[str, np.ndarray] | None = None) -> None:
+    """Binary little-endian PLY: float x,y,z; uchar red,green,blue; one int per ``attributes`` entry (e.g.
+    ``instance``); float confidence."""
     n = len(xyz)
+    attributes = dict(attributes or {})
     vertex = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
-                                ("blue", "u1"), ("instance", "<i4"), ("confidence", "<f4")])
+                                ("blue", "u1"), *((k, "<i4") for k in attributes), ("confidence", "<f4")])
     vertex["x"], vertex["y"], vertex["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     c = to_uint8(rgb)
     vertex["red"], vertex["green"], vertex["blue"] = c[:, 0], c[:, 1], c[:, 2]
-    vertex["instance"] = instance
+    for k, v in attributes.items():
+        vertex[k] = v
     vertex["confidence"] = confidence
     header = ("ply\nformat binary_little_endian 1.0\ncomment iggt-lightning prediction (OpenCV world frame of "
               f"camera 0)\nelement vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty int instance\n"
-              "property float confidence\nend_header\n")
+              "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+              + "".join(f"property int {k}\n" for k in attributes) + "property float confidence\nend_header\n")
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -1,5 +1,5 @@
-"""Open-vocabulary labels for instances (not trainable): pool a vision-language encoder's features inside
-each multi-view instance mask from the tracking head and name it by cosine similarity to class prompts.
+"""Open-vocabulary labels for instances (a post-processor): pool a vision-language encoder's features inside
+each multi-view instance mask from ``tracking`` and name it by cosine similarity to class prompts.
 
 Args: ``class_names`` (the vocabulary), ``encoder`` (``colour`` or ``{name: open_clip, model: ViT-B-32,
 checkpoint: /path/open_clip.bin}``, see ``iggt_lightning.inference.encoders``), ``templates`` (prompt
@@ -20,29 +20,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from iggt_lightning.head import Head, HeadInput
 from iggt_lightning.inference.encoders import build_encoder
 from iggt_lightning.metrics.open_vocab import OpenVocabMetrics
-from iggt_lightning.registry import register_head
+from iggt_lightning.postprocessor import PostProcessor
+from iggt_lightning.registry import register_postprocessor
 
 
-@register_head("open_vocab")
-class OpenVocabHead(Head):
+@register_postprocessor("open_vocab")
+class OpenVocabLabels(PostProcessor):
     requires = ("tracking",)
     outputs = ("instance_labels", "instance_label_scores", "semantic_maps")
-    trainable = False
 
     def __init__(self, class_names: list[str] | None = None, encoder: str | dict = "colour",
                  templates: tuple[str, ...] = ("{}", "a photo of a {}."), stages: tuple[str, ...] = ("test", "predict"),
                  min_pixels: int = 16, voxel_size: float = 0.05) -> None:
-        super().__init__()
+        super().__init__(stages)
         if not class_names:
             raise ValueError("open_vocab needs a non-empty list of class_names (the vocabulary)")
         if len(set(class_names)) != len(class_names):
             raise ValueError(f"open_vocab class_names contain duplicates: {class_names}")
         self.class_names, self.templates = list(class_names), tuple(templates)
         self.encoder = build_encoder(encoder)
-        self.stages, self.min_pixels, self.voxel_size = tuple(stages), int(min_pixels), float(voxel_size)
+        self.min_pixels, self.voxel_size = int(min_pixels), float(voxel_size)
         self._text: torch.Tensor | None = None
 
     def text_embeddings(self) -> torch.Tensor:
@@ -79,16 +78,15 @@ class OpenVocabHead(Head):
                 out.append(torch.zeros(self.text_embeddings().shape[1]))
         return torch.stack(out) if out else torch.zeros(0, self.text_embeddings().shape[1])
 
-    def forward(self, inp: HeadInput) -> dict:
-        if self.training or "instance_masks" not in inp.outputs or \
-                (inp.stage is not None and inp.stage not in self.stages):
+    def process(self, outputs: dict, images: torch.Tensor) -> dict:
+        if "instance_masks" not in outputs:
             return {}
         text = self.text_embeddings()
         labels, scores, maps = [], [], []
-        for b, (ids, inst_scores) in enumerate(zip(inp.outputs["instance_masks"], inp.outputs["instance_scores"])):
+        for b, (ids, inst_scores) in enumerate(zip(outputs["instance_masks"], outputs["instance_scores"])):
             K = inst_scores.numel()
             masks = ids.unsqueeze(0) == torch.arange(1, K + 1, device=ids.device).view(-1, 1, 1, 1)
-            emb = self.pool(inp.images[b].detach(), masks)
+            emb = self.pool(images[b].detach(), masks)
             sim = emb @ text.T.to(emb.device)                                  # [K,C]
             score, label = sim.max(1) if K else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
             empty = emb.abs().sum(1) == 0
@@ -99,6 +97,17 @@ class OpenVocabHead(Head):
             scores.append(score)
             maps.append(lut[ids])
         return {"instance_labels": labels, "instance_label_scores": scores, "semantic_maps": torch.stack(maps)}
+
+    def describe(self, outputs: dict, scene) -> None:
+        """Labels for ``scene.shared["instances"]`` (written into masks/instances.json by ``tracking``) and the
+        manifest's ``labels`` (per instance, the class name or null)."""
+        found = scene.shared.get("instances")
+        if found is None or "instance_labels" not in outputs:
+            return
+        labels = outputs["instance_labels"][scene.index].tolist()
+        found["labels"] = {"names": self.class_names, "labels": labels,
+                           "scores": outputs["instance_label_scores"][scene.index].tolist()}
+        scene.manifest["labels"] = [self.class_names[i] if i >= 0 else None for i in labels]
 
     # ------------------------------------------------------------------ metrics
     def build_metrics(self) -> dict:

@@ -1,0 +1,110 @@
+"""Instance tracking across views (a post-processor): cluster the instance features of all views of a scene
+jointly, so one object gets one id in every view, with a confidence per instance.
+
+Outputs ``instance_masks`` int64 [B,S,H,W] (ids 1..K per scene, 0 = none) and ``instance_scores``, a list
+over the batch of float [K] (index k-1 = instance k). Runs at test and predict time by default (``stages``;
+post-processors never run in training), for every model with an instance head (``default``). The clusterer is configurable (``iggt_lightning.inference``):
+``clusterer: torch`` (default; ``{name: torch, granularity: 0.4}``) or ``{name: hdbscan, preset: large}``,
+which smooths features over 3D neighbours when the point head's ``world_points`` are available.
+Metrics: :class:`InstanceAP` (multi-view and per view) and :class:`TrackingMetrics` (T-mIoU, T-SR) against
+the batch's ``instance_ids``.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from iggt_lightning.fileio import write_json
+from iggt_lightning.inference import export
+from iggt_lightning.inference.clustering import build_clusterer
+from iggt_lightning.inference.export import instance_colours
+from iggt_lightning.metrics import InstanceAP, TrackingMetrics
+from iggt_lightning.postprocessor import PostProcessor
+from iggt_lightning.registry import register_postprocessor
+
+
+def ids_to_masks(ids: torch.Tensor) -> torch.Tensor:
+    """int [S,H,W] ids (0 = none) -> bool [G,S,H,W], one mask per non-zero id, in increasing id order."""
+    uniq = ids.unique()
+    uniq = uniq[uniq != 0]
+    return ids.unsqueeze(0) == uniq.view(-1, 1, 1, 1)
+
+
+@register_postprocessor("tracking")
+class InstanceTracking(PostProcessor):
+    requires = ("instance",)
+    outputs = ("instance_masks", "instance_scores")
+    default = True          # every model with an instance head gets multi-view instances unless it drops this
+
+    def __init__(self, clusterer: str | dict = "torch", stages: tuple[str, ...] = ("test", "predict"),
+                 use_points: bool = True, ap_protocol: str = "coco") -> None:
+        super().__init__(stages)
+        self.clusterer = build_clusterer(clusterer)
+        self.use_points, self.ap_protocol = use_points, ap_protocol
+
+    def process(self, outputs: dict, images: torch.Tensor) -> dict:
+        feats = outputs["part_feat"]
+        points = outputs.get("world_points") if self.use_points else None
+        masks, scores = [], []
+        for b in range(feats.shape[0]):
+            c = self.clusterer(feats[b].float(), None if points is None else points[b].float())
+            masks.append(c.ids)
+            scores.append(c.scores)
+        return {"instance_masks": torch.stack(masks), "instance_scores": scores}
+
+    def build_metrics(self) -> dict:
+        return {"instance_ap": InstanceAP(protocol=self.ap_protocol), "tracking": TrackingMetrics()}
+
+    def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
+        if "instance_masks" not in outputs or "instance_ids" not in batch:
+            return
+        preds, target = [], []
+        for ids, scores, gt in zip(outputs["instance_masks"], outputs["instance_scores"], batch["instance_ids"]):
+            k = torch.arange(1, scores.numel() + 1, device=ids.device).view(-1, 1, 1, 1)
+            preds.append({"masks": ids.unsqueeze(0) == k, "scores": scores})
+            target.append({"masks": ids_to_masks(gt)})
+        for m in metrics.values():
+            m.update(preds, target)
+
+    def log_images(self, outputs: dict, batch: dict) -> dict:
+        if "instance_masks" not in outputs:
+            return {}
+        ids = outputs["instance_masks"][0, 0].cpu()
+        palette = torch.from_numpy(instance_colours(int(ids.max()))).float() / 255
+        return {"ids": palette[ids].permute(2, 0, 1)}
+
+    # ------------------------------------------------------------------ export
+    def describe(self, outputs: dict, scene) -> None:
+        """``scene.shared["instances"]`` (ids [S,H,W] at the model input, scores [K], labels None; a labeller
+        fills ``labels``), the point attribute ``instance`` and the colour layer ``instances.glb``."""
+        if "instance_masks" not in outputs:
+            return
+        ids = outputs["instance_masks"][scene.index].detach().cpu()
+        scores = outputs["instance_scores"][scene.index].detach().float().cpu()
+        scene.shared["instances"] = {"ids": ids, "scores": scores, "labels": None}
+        scene.add_point_attribute("instance", ids)
+        palette = torch.from_numpy(instance_colours(int(scores.numel())))
+        scene.add_colour_layer("instances.glb", palette[ids.clamp(0, scores.numel())])
+        scene.manifest["instances"] = int(scores.numel())
+
+    def export(self, outputs: dict, scene) -> None:
+        """``masks/<view>.png`` (16-bit ids at photo resolution, 0 = none) and ``masks/instances.json`` (COCO RLE,
+        ``track_id`` shared across views; with labels, the vocabulary as categories)."""
+        found = scene.shared.get("instances")
+        if found is None:
+            return
+        photo_ids = []
+        for v, view in enumerate(scene.views):
+            ids, _ = scene.to_photo(v, found["ids"][v], nearest=True, fill=0)
+            photo_ids.append(ids)
+            export.write_png16(scene.path(f"masks/{view.stem}.png"), ids)
+        coco = export.coco_instances(photo_ids, found["scores"].numpy(), [v.name for v in scene.views],
+                                     found["labels"])
+        path = scene.path("masks/instances.json")
+        json.dumps(coco, allow_nan=False)      # strict JSON: refuse a non-finite score rather than write NaN
+        write_json(path, coco)
+
+    @classmethod
+    def planned_files(cls, stems: list[str]) -> list[str]:
+        return ["instances.glb", "masks/instances.json"] + [f"masks/{s}.png" for s in stems]

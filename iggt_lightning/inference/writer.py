@@ -1,0 +1,283 @@
+"""Writing predictions: one output folder per scene, made by the plugins' hooks plus the scene-level files.
+
+:func:`write_prediction` builds a scene's folder under a temporary sibling and renames it into place, so an
+error leaves nothing half-written. Inside, every plugin (heads in order, then post-processors) gets
+``describe`` (fill the scene's shared slots) and then ``export`` (write its own files); from the slots this
+module writes what belongs to the scene as a whole: ``points.ply`` (with one int property per vertex
+attribute), ``scene.glb`` and one GLB per colour layer (the cloud and the views' frusta), ``cameras.json``,
+``colmap/`` and the input views under ``images/``. Nothing here knows a plugin by name.
+
+:class:`PredictionWriter` is the Lightning callback that does this for every scene of every predict batch,
+so ``iggt predict`` on photos and ``trainer.predict`` over a dataset (many scenes, any strategy) share it.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from iggt_lightning.fileio import write_json
+
+from . import export
+from .output_folder import MANIFEST_FORMAT, OutputFolderError, host_tag, is_prediction_folder, replace_dir
+from .scene import SceneError, SceneExport, View, identity_transform
+
+
+
+class PredictError(OutputFolderError):
+    """A refused option, output folder or write; the message names the path or the option."""
+
+
+class ViewList:
+    """The views of one scene in a batch (a plain container, so Lightning's device transfer leaves it alone)."""
+
+    def __init__(self, views: list[View]) -> None:
+        self.views = list(views)
+
+
+# ---------------------------------------------------------------------------------------------- the cloud
+def _choose_points(scene: SceneExport) -> tuple[str, torch.Tensor, torch.Tensor, bool] | None:
+    """The source of points the scene files show: ``points_from`` if given, else the available one of highest
+    priority. -> (name, points [S,H,W,3], confidence [S,H,W], made from the cameras) or None."""
+    wanted = scene.option("points_from")
+    available = {}
+    for name, src in sorted(scene.point_sources.items(), key=lambda kv: -kv[1].priority):
+        pts = src.points() if callable(src.points) else src.points
+        if pts is not None:
+            available[name] = (name, pts.detach().float().cpu(), src.confidence, src.from_cameras)
+    if wanted is not None:
+        if wanted not in available:
+            raise SceneError(f"--points-from {wanted}: this model's heads offer the source(s) of points "
+                             f"{sorted(available)}; choose one of them")
+        return available[wanted]
+    return next(iter(available.values()), None)
+
+
+def _keep_mask(scene: SceneExport, points: torch.Tensor, conf: torch.Tensor, from_cameras: bool) -> np.ndarray:
+    S, H, W = conf.shape
+    scene.report_non_finite(points, "points")
+    flat_conf = conf.reshape(-1).numpy()
+    finite = np.isfinite(points.reshape(-1, 3).numpy()).all(1) & np.isfinite(flat_conf) & (flat_conf > 1e-5)
+    if from_cameras and scene.cameras is not None:  # unprojected with degenerate cameras: meaningless even if finite
+        finite &= np.repeat(np.asarray(scene.cameras.valid), H * W)
+    if not finite.any():
+        detail = "; ".join(f"{scene.views[v].name}: {', '.join(p)}" for v, p in list(scene.invalid.items())[:5])
+        detail += f"; and {len(scene.invalid) - 5} more view(s)" if len(scene.invalid) > 5 else ""
+        raise SceneError(f"no view has a usable prediction (non-finite {detail or 'points'})")
+    threshold = float(scene.option("conf_threshold", 5.0))
+    if scene.option("conf_mode", "percentile") == "percentile":
+        return finite & (flat_conf >= np.percentile(flat_conf[finite], threshold))
+    return finite & (flat_conf >= threshold)
+
+
+def _write_scene_files(scene: SceneExport, cloud) -> dict:
+    cams = scene.cameras
+    ok = [v for v in range(len(scene.views)) if cams is None or cams.valid[v]]
+    frusta = (cams.extrinsics[ok], cams.intrinsics[ok], [scene.views[v].photo_size for v in ok]) if cams else ()
+    info: dict[str, Any] = {"points": 0}
+    if cloud is not None:
+        name, points, conf, keep = cloud
+        xyz = points.reshape(-1, 3).numpy()[keep]
+        rgb = scene.images.permute(0, 2, 3, 1).reshape(-1, 3).numpy()[keep]
+        attributes = {k: v.reshape(-1).numpy()[keep] for k, v in scene.point_attributes.items()}
+        export.write_ply(scene.path("points.ply"), xyz, rgb, conf.reshape(-1).numpy()[keep], attributes)
+        export.write_glb(scene.path("scene.glb"), xyz, rgb, *frusta)
+        for file, colours in scene.colour_layers.items():
+            export.write_glb(scene.path(file), xyz, colours.reshape(-1, 3).numpy()[keep], *frusta)
+        info.update(points=int(len(xyz)), points_from=name)
+    else:
+        xyz = rgb = np.zeros((0, 3))
+    image_paths = None
+    if scene.option("save_images", True) and all(v.photo is not None for v in scene.views):
+        image_paths = [f"images/{v.image_name}" for v in scene.views]   # as the model read them (EXIF-rotated, RGB)
+        for rel, v in zip(image_paths, scene.views):
+            export.write_png_rgb(scene.path(rel), np.asarray(v.photo))
+    if cams is not None:
+        sizes = [scene.views[v].photo_size for v in ok]
+        export.write_cameras_json(scene.path("cameras.json"), cams.extrinsics[ok], cams.intrinsics[ok], sizes,
+                                  [scene.views[v].name for v in ok],
+                                  None if image_paths is None else [image_paths[v] for v in ok])
+        scene.current = "colmap/"
+        export.write_colmap_text(scene.folder / "colmap", cams.extrinsics[ok], cams.intrinsics[ok], sizes,
+                                 [scene.views[v].image_name for v in ok], xyz, rgb, ids=[v + 1 for v in ok])
+        scene.files += ["colmap/cameras.txt", "colmap/images.txt", "colmap/points3D.txt"]
+        omitted = [scene.views[v].name for v in range(len(scene.views)) if not cams.valid[v]]
+        info["cameras_omitted"] = dict(export.CAMERAS_OMITTED, views=omitted) if omitted else None
+    return info
+
+
+def scene_file_names(stems: list[str], image_names: list[str] | None) -> list[str]:
+    """The scene-level files a prediction may hold (for ``--dry-run``; which ones appear depends on the heads)."""
+    files = ["manifest.json", "points.ply", "scene.glb", "cameras.json", "colmap/cameras.txt", "colmap/images.txt",
+             "colmap/points3D.txt"]
+    return files + [f"images/{n}" for n in image_names or []]
+
+
+def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict, index: int, views: list[View],
+                 images: torch.Tensor, options: dict | None = None, manifest: dict | None = None,
+                 state: dict | None = None) -> dict:
+    """Write scene ``index`` of ``outputs`` into the (empty) ``folder``; returns its manifest. ``state["scene"]``
+    is set to the :class:`SceneExport` (whose ``current`` names the file being written, for errors)."""
+    plugins = list(plugins)
+    scene = SceneExport(Path(folder), index, views, images.detach().float().cpu(), dict(options or {}))
+    if state is not None:
+        state["scene"] = scene
+    for _, plugin in plugins:
+        plugin.describe(outputs, scene)
+    chosen = _choose_points(scene)
+    cloud = None if chosen is None else (*chosen[:3], _keep_mask(scene, *chosen[1:]))
+    for _, plugin in plugins:
+        plugin.export(outputs, scene)
+    scene.current = None
+    info = _write_scene_files(scene, cloud)
+    scene.current = None
+    body = {"format": MANIFEST_FORMAT, "views": len(views), "files": [*scene.files, "manifest.json"],
+            **info, "photo_sizes": [list(v.photo_size) for v in views], "model_input": list(scene.model_size),
+            "confidence_filter": {"mode": scene.option("conf_mode", "percentile"),
+                                  "threshold": scene.option("conf_threshold", 5.0)},
+            "invalid_views": {views[v].name: list(p) for v, p in sorted(scene.invalid.items())},
+            "colmap_names": {v.name: v.image_name for v in views}, "convention": export.CONVENTION,
+            **scene.manifest, **(manifest or {})}
+    scene.current = "manifest.json"
+    json.dumps(body, allow_nan=False)     # strict JSON: a NaN here is a bug, never a silent token
+    write_json(Path(folder) / "manifest.json", body)
+    return body
+
+
+def write_prediction(out_dir: Path, plugins, outputs: dict, index: int, views: list[View], images: torch.Tensor,
+                     options: dict | None = None, manifest: dict | None = None, *, overwrite: bool = False,
+                     display: str | None = None) -> dict:
+    """:func:`export_scene` into a temporary sibling ``.<out>.partial-<pid>-*`` renamed to ``out_dir`` at the end;
+    any failure removes it (and parent folders this call created) and is one line naming ``display``."""
+    out_dir = Path(out_dir)
+    display = display or str(out_dir)
+    created = []
+    p = out_dir.parent
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    tmp = None
+    folder_state = {"scene": None}
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-{host_tag()}-", dir=out_dir.parent))
+        summary = export_scene(tmp, plugins, outputs, index, views, images, options, manifest, folder_state)
+        replace_dir(tmp, out_dir, SimpleNamespace(out=display, overwrite=overwrite))
+        return summary
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:               # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        if isinstance(err, (OSError, ValueError)) and not isinstance(err, OutputFolderError):
+            scene = folder_state["scene"]
+            raise PredictError(_write_error(display, err, scene.current if scene else None, tmp)) from err
+        raise
+
+
+def _write_error(display: str, err: BaseException, rel: str | None, tmp: Path | None) -> str:
+    if tmp is None:                 # the temporary folder itself could not be made
+        why = (err.strerror or str(err)) if isinstance(err, OSError) else str(err)
+        return " ".join(f"cannot create the output folder {display} (in {Path(display).parent}): {why}; "
+                        "nothing was written".split())
+    if isinstance(err, OSError):
+        why = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        if err.filename and str(err.filename).startswith(str(tmp)):
+            rel = rel or os.path.relpath(err.filename, tmp)
+        elif err.filename and not rel:
+            why += f": {err.filename}"
+    else:
+        why = str(err)
+        rel = None if isinstance(err, SceneError) else rel
+    why = why.replace(str(tmp), display)
+    where = f" (writing {rel})" if rel else ""
+    return " ".join(f"cannot write the prediction to {display}{where}: {why}; nothing was written".split())
+
+
+# ---------------------------------------------------------------------------------------------- the callback
+def scene_folder_name(scene_id: Any, taken: set[str]) -> str:
+    """A file-system-safe, unique folder name for a scene id."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(scene_id)).strip("._") or "scene"
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def dataset_views(batch: dict, b: int) -> list[View]:
+    """Views of scene ``b`` of a dataset batch: the model input is the photo (named by ``frame_ids`` if any)."""
+    S, _, H, W = batch["images"][b].shape
+    frames = batch.get("frame_ids")
+    names = [str(f) for f in frames[b]] if frames is not None and len(frames) > b and frames[b] is not None \
+        else [f"{v:05d}" for v in range(S)]
+    if len(names) != S or len(set(names)) != S:
+        names = [f"{v:05d}" for v in range(S)]
+    stems = [Path(n).stem or f"{v:05d}" for v, n in enumerate(names)]
+    if len(set(stems)) != S:
+        stems = [f"{v:05d}_{s}" for v, s in enumerate(stems)]
+    image_names = export.colmap_names([s + ".png" for s in stems])
+    photos = (batch["images"][b].detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1) * 255).round().byte().numpy()
+    return [View(n, s, i, identity_transform(W, H), p) for n, s, i, p in zip(names, stems, image_names, photos)]
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes every scene of every predict batch into a folder of its own under ``out_dir`` (named after its
+    ``scene_id``), or with ``one_folder=True`` the single scene into ``out_dir`` itself (``iggt predict`` on
+    photos). A scene folder that exists is refused unless ``overwrite`` (and then only a previous prediction is
+    replaced). ``options``: the export options plugins read (``conf_threshold``, ``conf_mode``, ``points_from``,
+    ``save_images``, ``depth_png_scale``, ...); ``manifest``: entries added to every manifest."""
+
+    def __init__(self, out_dir: str, overwrite: bool = False, options: dict | None = None,
+                 manifest: dict | None = None, one_folder: bool = False, display: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir, self.overwrite, self.one_folder = Path(out_dir), overwrite, one_folder
+        self.options, self.manifest, self.display = dict(options or {}), dict(manifest or {}), display
+        self.written: list[dict] = []
+        self.seconds = 0.0
+        self._taken: set[str] = set()
+
+    def _folder(self, scene_id: Any) -> tuple[Path, str]:
+        if self.one_folder:
+            if self.written:
+                raise PredictError(f"{self.display or self.out_dir}: one output folder, but more than one scene")
+            return self.out_dir, self.display or str(self.out_dir)
+        folder = self.out_dir / scene_folder_name(scene_id, self._taken)
+        if os.path.lexists(folder) and not self.overwrite:
+            raise PredictError(f"output folder {folder} exists; pass --overwrite to replace it")
+        if os.path.lexists(folder) and not is_prediction_folder(folder):
+            raise PredictError(f"--overwrite: {folder} is not an iggt predict output (no manifest.json of ours), so "
+                               "it is not replaced; remove it yourself or choose another folder")
+        return folder, str(folder)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx: int = 0) -> None:
+        t0 = time.perf_counter()
+        plugins = pl_module.plugins()
+        images = batch["images"]
+        for b in range(images.shape[0]):
+            views = batch["views"][b].views if "views" in batch else dataset_views(batch, b)
+            scene_id = batch["scene_id"][b] if "scene_id" in batch else f"scene_{batch_idx:05d}_{b}"
+            folder, display = self._folder(scene_id)
+            extra = dict(self.manifest, seconds={**self.manifest.get("seconds", {}),
+                                                 **getattr(pl_module, "last_run_seconds", {})})
+            if not self.one_folder:
+                extra["scene"] = str(scene_id)
+            self.written.append(write_prediction(folder, plugins, prediction, b, views, images[b], self.options,
+                                                 extra, overwrite=self.overwrite, display=display))
+        self.seconds += time.perf_counter() - t0

@@ -1,0 +1,86 @@
+"""`iggt predict --config ... --data ...`: Lightning's predict loop over a dataset, one output folder per scene,
+written by the same PredictionWriter (and plugin hooks) as `iggt predict` on photos."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iggt_lightning.cli import main
+
+pytest.importorskip("trimesh")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from iggt_lightning.checkpoints import save_model
+    from iggt_lightning.data.fixtures import write_fixture
+    from iggt_lightning.model import IGGTModel
+
+    root = tmp_path_factory.mktemp("predict_data")
+    samples = write_fixture("scene_folder", root / "data", num_scenes=3, num_views=2, image_size=(56, 84))
+    torch.manual_seed(0)
+    model = IGGTModel.from_preset("nano", drop_heads=["track"])
+    # random weights predict a random (often degenerate) field of view: pin identity poses, a 1 rad field of view
+    cam = model.heads["camera"]
+    with torch.no_grad():
+        cam.pose_branch.fc2.weight.zero_()
+        cam.pose_branch.fc2.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1.0]) / cam.num_iterations)
+    save_model(model, root / "nano.safetensors")
+    config = root / "predict.yaml"
+    config.write_text(f"""
+trainer: {{accelerator: cpu, devices: 1, logger: false, enable_progress_bar: false, enable_model_summary: false}}
+model: {{preset: nano, drop_heads: [track], init_checkpoint: {root / 'nano.safetensors'}}}
+data:
+  class_path: iggt_lightning.data.SceneDataModule
+  init_args:
+    eval_batch_size: 2
+    predict:
+      class_path: iggt_lightning.data.SceneFolderScenes
+      init_args: {{root: {root / 'data'}, split: all, num_views: 2, image_size: [56, 84]}}
+""")
+    return root, samples
+
+
+def test_three_scenes_three_folders(dataset, tmp_path, capsys):
+    root, samples = dataset
+    out = tmp_path / "predictions"
+    assert main(["predict", "--config", str(root / "predict.yaml"), "--out", str(out),
+                 "--export_options", '{"conf_threshold": 0}']) == 0
+    folders = sorted(p.name for p in out.iterdir())
+    assert folders == ["scene0000", "scene0001", "scene0002"]      # batches of 2 and 1 scenes
+    for name in folders:
+        manifest = json.loads((out / name / "manifest.json").read_text())
+        assert manifest["scene"] == name and manifest["views"] == 2 and manifest["model_input"] == [84, 56]
+        for rel in manifest["files"]:
+            assert (out / name / rel).is_file(), rel
+        assert manifest["points"] == 2 * 56 * 84                     # conf_threshold 0 keeps every finite point
+        cameras = json.loads((out / name / "cameras.json").read_text())
+        frames = [v["file_name"] for v in cameras["views"]]
+        assert frames == list(manifest["colmap_names"]) == ["view_00.png", "view_01.png"]   # the dataset's frame ids
+        ids = np.asarray(Image.open(out / name / "masks" / "view_00.png"))
+        assert ids.shape == (56, 84) and manifest["instances"] == int(ids.max())
+        assert not list(out.glob(f".{name}.partial-*"))
+    # a second run refuses to overwrite, then replaces previous predictions when asked
+    assert main(["predict", "--config", str(root / "predict.yaml"), "--out", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["predict", "--config", str(root / "predict.yaml"), "--out", str(out), "--overwrite", "true"]) == 0
+
+
+def test_photos_and_datasets_share_the_writer(dataset, tmp_path):
+    """The same scene through both entries: photos of the fixture's views give the dataset path's files."""
+    root, _ = dataset
+    views = sorted((root / "data" / "scene0000" / "images").iterdir())
+    out_photos = tmp_path / "photos_out"
+    assert main(["predict", *map(str, views), "-c", str(root / "nano.safetensors"), "-o", str(out_photos),
+                 "--size", "84", "56", "--quiet"]) == 0
+    out_data = tmp_path / "data_out"
+    assert main(["predict", "--config", str(root / "predict.yaml"), "--out", str(out_data)]) == 0
+    a = json.loads((out_photos / "manifest.json").read_text())
+    b = json.loads((out_data / "scene0000" / "manifest.json").read_text())
+    strip = {"seconds", "scene", "mode", "colmap_names", "photo_sizes", "points"}
+    files_a = {f.rsplit("/", 1)[0] if "/" in f else f for f in a["files"]}
+    files_b = {f.rsplit("/", 1)[0] if "/" in f else f for f in b["files"]}
+    assert files_a == files_b
+    assert {k for k in a if k not in strip} == {k for k in b if k not in strip}
