@@ -4,7 +4,7 @@
 
 The vocabulary is the synthetic palette's colour names and the encoder the weight-free ``colour`` encoder
 (it can tell those classes apart). Two rows of masks are scored: the ground-truth instances (the labelling
-step alone) and, with ``--ckpt``, the instances that checkpoint's tracking head predicts (the whole chain).
+step alone) and, with ``--ckpt``, the instances that checkpoint's tracking post-processor predicts (the whole chain).
 """
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from heads.open_vocab import OpenVocabHead  # noqa: E402
+from heads.postprocessors.open_vocab import OpenVocabLabels  # noqa: E402
 from iggt_lightning.data import SyntheticDataModule  # noqa: E402
 from iggt_lightning.data.normalize import normalize_scene  # noqa: E402
 from iggt_lightning.data.synthetic import COLOUR_NAMES  # noqa: E402
 from iggt_lightning.fileio import write_json  # noqa: E402
-from iggt_lightning.head import HeadInput  # noqa: E402
 
 
 def main() -> int:
@@ -37,12 +36,12 @@ def main() -> int:
     dm = SyntheticDataModule(num_train=1, num_val=1, num_test=a.scenes, num_views=[2, 3], image_size=[112, 112],
                              background_id=100, batch_size=4, num_workers=0)
     dm.setup("test")
-    head = OpenVocabHead(class_names=list(COLOUR_NAMES), encoder="colour").eval()
+    head = OpenVocabLabels(class_names=list(COLOUR_NAMES), encoder="colour")
     model = None
     if a.ckpt:
-        from iggt_lightning.module import IGGTLitModule
+        from iggt_lightning.checkpoints import load_module
 
-        model = IGGTLitModule.load_from_checkpoint(a.ckpt, map_location="cpu").model.eval()
+        model = load_module(a.ckpt).eval()           # the network and its post-processing, read as data
     sources = {"ground-truth instances": None, **({"predicted instances": model} if model is not None else {})}
     rows = {}
     for name, net in sources.items():
@@ -55,9 +54,9 @@ def main() -> int:
                 inst = {"instance_masks": ids, "instance_scores": [torch.ones(int(i.max())) for i in ids]}
             else:
                 with torch.no_grad():
-                    out = net(batch["images"], stage="test")
+                    out = net.run(batch["images"], "test")
                 inst = {"instance_masks": out["instance_masks"], "instance_scores": out["instance_scores"]}
-            got = head(HeadInput([], 0, batch["images"], None, inst, None, "test"))
+            got = head.process(inst, batch["images"])
             head.update_metrics(metric, got, batch)
         m = metric["open_vocab"]
         rows[name] = {**{k: float(v) for k, v in m.compute().items()},

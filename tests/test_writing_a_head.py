@@ -83,6 +83,30 @@ def test_third_party_head_by_entry_point_from_yaml(plugin_site, tmp_path):
     test = run_iggt(["test", *args, "--ckpt_path", "last"], tmp_path, plugin_site)
     assert test.returncode == 0, test.stderr[-3000:]
     assert "test/normal_angle" in test.stdout and "test/loss_normals" in test.stdout
+    # iggt predict writes the guide head's export (registered through its entry point: no trust needed)
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from iggt_lightning.data import SyntheticScenes
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, im in enumerate(SyntheticScenes(length=1, num_views=2, image_size=(70, 98), seed=4)[0]["images"]):
+        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    pred = run_iggt(["predict", str(photos), "-c", str(tmp_path / "checkpoints" / "last.ckpt"), "-o",
+                     str(tmp_path / "out"), "--size", "56", "42", "--quiet",
+                     "--points-from", "point"],   # a 3-step model's cameras may be degenerate; its point map is not
+                    tmp_path, plugin_site)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {"normals/p0.png", "normals/p1.png"} <= set(manifest["files"]) and "normals" in manifest
+    rgb = np.asarray(Image.open(tmp_path / "out" / "normals" / "p0.png"))
+    assert rgb.shape == (70, 98, 3)                                     # the photo's resolution
+    n = rgb.astype(np.float64) / 255 * 2 - 1
+    # unit normals encoded (n + 1) / 2 (resampling to the photo blends them at creases: the median is 1)
+    assert abs(np.median(np.linalg.norm(n, axis=-1)) - 1) < 0.05
 
 
 def test_the_guides_fine_tuning_section_is_the_shipped_snippet_and_runs(plugin_site, tmp_path, monkeypatch):
