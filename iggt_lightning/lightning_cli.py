@@ -74,9 +74,11 @@ class IGGTCLI(LightningCLI):
         from .inference.writer import PredictionWriter
 
         cfg = self.config["predict"]
+        datasets = getattr(self.datamodule, "datasets", None) or {}
+        roots = [str(d.root) for d in datasets.values() if getattr(d, "root", None) is not None]
         if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter(cfg["out"], overwrite=bool(cfg["overwrite"]),
-                                                           options=dict(cfg["export_options"] or {})))
+                                                           options=dict(cfg["export_options"] or {}), inputs=roots))
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI merges a ``--ckpt_path`` file's hyper-parameters into the model config; check them as
@@ -104,30 +106,42 @@ class IGGTCLI(LightningCLI):
         if unknown:
             raise CheckpointError(f"--ckpt_path {ckpt_path}: unknown hyper-parameter(s) {unknown}; "
                                   f"IGGTLitModule takes {sorted(accepted)}")
-        self._check_ckpt_heads(ckpt_path, hparams.get("heads"), self.config[sub].get("model"))
+        self._check_ckpt_plugins(ckpt_path, hparams, self.config[sub].get("model"))
         if hparams:
             self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
-    def _check_ckpt_heads(self, ckpt_path: str, heads, user_model) -> None:
-        if heads is None:
-            return
-        if not isinstance(heads, dict):
-            raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter heads must be a mapping; got {heads!r}")
-        # classes the user's own config names are trusted already (the user asked for them)
-        user_heads = (getattr(user_model, "heads", None) if not isinstance(user_model, dict)
-                      else user_model.get("heads")) or {}
-        trusted = {(spec or {}).get("class_path", name) for name, spec in dict(user_heads).items()
-                   if spec is None or isinstance(spec, dict)}
-        for name, spec in heads.items():
-            if spec is not None and not isinstance(spec, dict):
-                raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter heads.{name} must be a mapping "
-                                      f"or null; got {spec!r}")
-            target = (spec or {}).get("class_path", name)
-            try:
-                get_head(target, trust_code=self.trust_checkpoint_code or target in trusted,
-                         source=f"--ckpt_path {ckpt_path} (hyper-parameter heads.{name})")
-            except UntrustedCodeError as err:
-                raise UntrustedCodeError(f"{err}; or name the same class in your own config") from None
+    def _check_ckpt_plugins(self, ckpt_path: str, hparams: dict, user_model) -> None:
+        """The heads and post-processors a ``--ckpt_path`` file's hyper-parameters name must be registered (or
+        named by the user's own config) unless ``--trust-checkpoint-code``."""
+        from .registry import POSTPROCESSORS, get_postprocessor
+
+        def user_entries(field: str) -> dict:
+            got = (getattr(user_model, field, None) if not isinstance(user_model, dict) else user_model.get(field))
+            return dict(got or {})
+
+        for field, lookup in (("heads", get_head), ("postprocess", get_postprocessor)):
+            entries = hparams.get(field)
+            if entries is None:
+                continue
+            if not isinstance(entries, dict):
+                raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter {field} must be a mapping; got "
+                                      f"{entries!r}")
+            # classes the user's own config names are trusted already (the user asked for them)
+            trusted = {(spec or {}).get("class_path", name) for name, spec in user_entries(field).items()
+                       if spec is None or isinstance(spec, dict)}
+            for name, spec in entries.items():
+                if spec is not None and not isinstance(spec, dict):
+                    raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter {field}.{name} must be a "
+                                          f"mapping or null; got {spec!r}")
+                target = (spec or {}).get("class_path", name)
+                check = lookup
+                if field == "heads" and POSTPROCESSORS.registered(target) is not None:
+                    check = get_postprocessor          # an older run's tracking / open_vocab "heads": moved on build
+                try:
+                    check(target, trust_code=self.trust_checkpoint_code or target in trusted,
+                          source=f"--ckpt_path {ckpt_path} (hyper-parameter {field}.{name})")
+                except UntrustedCodeError as err:
+                    raise UntrustedCodeError(f"{err}; or name the same class in your own config") from None
 
     def instantiate_trainer(self, **kwargs):
         saver = self.save_config_callback

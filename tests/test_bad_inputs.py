@@ -194,6 +194,23 @@ def test_ckpt_hyper_parameters_with_an_unregistered_head_need_the_opt_in(tmp_pat
     assert main([*args, "--model.heads", json.dumps(probe)]) == 0, capsys.readouterr().err
 
 
+def test_ckpt_hyper_parameters_with_an_unregistered_postprocessor_are_refused(tmp_path, nano, capsys):
+    """Post-processors in a --ckpt_path file's hyper-parameters are data too; an older run's `tracking` head
+    entry still loads (moved to postprocess)."""
+    marker = tmp_path / "PWNED"
+    evil = {"evil": {"class_path": "os.system", "init_args": {"command": f"touch {marker}"}}}
+    ckpt = write_lightning(tmp_path / "evil.ckpt", nano, hparams={"preset": "nano", "drop_heads": ["track"],
+                                                                  "postprocess": evil})
+    args = ["test", *tiny_fit_args(tmp_path / "run"), "--model.drop_heads", "[track]", "--ckpt_path", str(ckpt)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "hyper-parameter postprocess.evil" in err and "os.system" in err and not marker.exists()
+    old = write_lightning(tmp_path / "old.ckpt", nano, hparams={"preset": "nano", "drop_heads": ["track"],
+                                                                "heads": {"tracking": {}}})
+    with pytest.warns(FutureWarning, match="post-processors, not heads"):
+        assert main([*args[:-1], str(old)]) == 0, capsys.readouterr().err
+
+
 def test_ckpt_foreign_model_class_is_refused(tmp_path, nano, capsys):
     ckpt = write_lightning(tmp_path / "foreign.ckpt", nano, hparams={"_class_path": "subprocess.Popen",
                                                                    "args": "true"})

@@ -66,6 +66,11 @@ def test_three_scenes_three_folders(dataset, tmp_path, capsys):
     assert main(["predict", "--config", str(root / "predict.yaml"), "--out", str(out)]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["predict", "--config", str(root / "predict.yaml"), "--out", str(out), "--overwrite", "true"]) == 0
+    # predictions never go into the dataset they read
+    before = sorted(p.relative_to(root) for p in (root / "data").rglob("*"))
+    assert main(["predict", "--config", str(root / "predict.yaml"), "--out", str(root / "data" / "preds")]) == 2
+    assert "lies inside the input" in capsys.readouterr().err
+    assert sorted(p.relative_to(root) for p in (root / "data").rglob("*")) == before
 
 
 def test_photos_and_datasets_share_the_writer(dataset, tmp_path):

@@ -244,9 +244,15 @@ class PredictionWriter(BasePredictionWriter):
     ``save_images``, ``depth_png_scale``, ...); ``manifest``: entries added to every manifest."""
 
     def __init__(self, out_dir: str, overwrite: bool = False, options: dict | None = None,
-                 manifest: dict | None = None, one_folder: bool = False, display: str | None = None) -> None:
+                 manifest: dict | None = None, one_folder: bool = False, display: str | None = None,
+                 inputs: list[str] | None = None) -> None:
         super().__init__(write_interval="batch")
         self.out_dir, self.overwrite, self.one_folder = Path(out_dir), overwrite, one_folder
+        for given in inputs or ():       # e.g. the dataset's root: predictions never go into (or around) an input
+            real, out = Path(os.path.realpath(given)), Path(os.path.realpath(out_dir))
+            if real == out or real in out.parents or out in real.parents:
+                raise PredictError(f"--out {out_dir} is, contains or lies inside the input {given}; write the "
+                                   "predictions to a folder apart from the data")
         self.options, self.manifest, self.display = dict(options or {}), dict(manifest or {}), display
         self.written: list[dict] = []
         self.seconds = 0.0
