@@ -41,14 +41,15 @@ def test_fit_writes_last_checkpoint_and_test_prints_the_metric_table(tmp_path, c
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
     assert state["iggt_model_config"]["heads"].keys() == {"camera", "depth", "point", "instance"}
-    assert state["iggt_model_config"]["postprocess"] == {"tracking": {}}      # post-processing travels beside them
+    assert state["iggt_model_config"]["postprocess"] == {"tracking": {"ignore_ids": [100]}}   # travels beside them
     capsys.readouterr()
     assert main(["test", *tiny_args(tmp_path), "--ckpt_path", "last"]) == 0
     table = capsys.readouterr().out
     # one table with every configured head's metrics: camera, depth, point map, instances and tracking
     for metric in ("test/abs_rel", "test/delta_1.25", "test/tau_1.03", "test/rra@30", "test/rta@30", "test/auc@30",
                    "test/accuracy", "test/completeness", "test/chamfer", "test/ap", "test/ap50", "test/ap25",
-                   "test/ap_2d", "test/ap50_2d", "test/ap25_2d", "test/t_miou", "test/t_sr", "test/loss_contrastive"):
+                   "test/ap_2d", "test/ap50_2d", "test/ap25_2d", "test/t_miou", "test/t_sr", "test/loss_contrastive",
+                   "test/ap50_objects", "test/ap_objects", "test/t_miou_objects", "test/t_sr_objects"):
         assert metric in table, table
     # an explicit checkpoint file: LightningCLI re-parses its hyper-parameters as the module's arguments
     assert main(["test", *tiny_args(tmp_path), "--ckpt_path", str(ckpt)]) == 0

@@ -90,9 +90,11 @@ def test_perfect_and_empty_predictions_and_no_ground_truth():
         m = InstanceAP(protocol=protocol, min_region_size=1)
         m.update([none], [t])
         assert all(v.item() == 0.0 for v in m.compute().values())
-        m = InstanceAP(protocol=protocol)  # a scene with no ground-truth instance, alone: undefined (-1)
+        m = InstanceAP(protocol=protocol)  # a scene with no ground-truth instance, alone: undefined
         m.update([perfect], [{"masks": torch.zeros(0, *t["masks"].shape[1:], dtype=torch.bool)}])
-        assert all(v.item() == -1.0 for v in m.compute().values())
+        undefined = [v.item() for v in m.compute().values()]
+        # COCO (and torchmetrics) report -1, ScanNet's evaluator NaN
+        assert all(v == -1.0 for v in undefined) if protocol == "coco" else all(math.isnan(v) for v in undefined)
 
 
 def two_object_case():
@@ -116,30 +118,37 @@ def test_scannet_rules_strict_iou_and_hand_computed_ap():
     # TP (0.9), FP (0.8), TP (0.7) against 2 objects: PR points (p, r) = (2/3, 1), (1/2, 1/2), (1, 1/2), (1, 0)
     # -> AP = 2/3 * 1/4 + 1/2 * 1/4 + 1 * 1/4 + 1 * 1/4
     wrong = torch.zeros(1, 2, 10, 10, dtype=torch.bool)
-    wrong[0, :, 5:, :5] = True
+    wrong[0, :, 5:, 3:8] = True    # IoU 15/35 with object 1, 40 % on void: a false positive
     pred = {"masks": torch.cat([gt[:1], wrong, gt[1:]]), "scores": torch.tensor([0.9, 0.8, 0.7])}
     m = InstanceAP("scannet", min_region_size=1)
     m.update([pred], [{"masks": gt}])
     assert m.compute()["ap50"].item() == pytest.approx(2 / 3 / 4 + 1 / 8 + 1 / 2)
 
 
-def test_scannet_ignores_small_regions_and_predictions_inside_the_ignore_region():
+def test_scannet_ignores_small_regions_void_and_the_ignore_region():
     gt = two_object_case()
     stray = torch.zeros(1, 2, 10, 10, dtype=torch.bool)
-    stray[0, :, 5:, :5] = True
+    stray[0, :, 5:, :5] = True                     # entirely unannotated pixels: ScanNet's void
     pred = {"masks": torch.cat([gt, stray]), "scores": torch.tensor([0.9, 0.8, 0.95])}
-    ignore = torch.zeros(2, 10, 10, dtype=torch.bool)
     m = InstanceAP("scannet", min_region_size=1)
-    m.update([pred], [{"masks": gt, "ignore": ignore}])
+    m.update([pred], [{"masks": gt}])
+    assert m.compute()["ap50"] == pytest.approx(1.0)   # on void: not a false positive
+    # half on object 0, half on void: at most t of it ignored, so a false positive (IoU 0.375 matches nothing)
+    stray = torch.zeros(1, 2, 10, 10, dtype=torch.bool)
+    stray[0, :, :5, 2:8] = True
+    pred = {"masks": torch.cat([gt, stray]), "scores": torch.tensor([0.9, 0.8, 0.95])}
+    m = InstanceAP("scannet", min_region_size=1)
+    m.update([pred], [{"masks": gt}])
     assert m.compute()["ap50"] < 1
-    ignore[:, 5:, :5] = True  # the stray prediction lies in an unannotated region: not a false positive
+    ignore = torch.zeros(2, 10, 10, dtype=torch.bool)
+    ignore[:, :5, 2:5] = True                          # an ignored region under its object part: now > t ignored
     m = InstanceAP("scannet", min_region_size=1)
     m.update([pred], [{"masks": gt, "ignore": ignore}])
     assert m.compute()["ap50"] == pytest.approx(1.0)
     # min_region_size: object 1 (50 px) is too small to count, and so is the prediction that finds it
     m = InstanceAP("scannet", min_region_size=60)
     m.update([{"masks": gt, "scores": torch.tensor([0.9, 0.8])}], [{"masks": gt}])
-    assert m.compute()["ap50"] == -1.0  # no ground truth large enough anywhere
+    assert math.isnan(m.compute()["ap50"])  # no ground truth large enough anywhere: NaN, as ScanNet
 
 
 def test_instance_ap_states_concatenate_like_a_ddp_gather():

@@ -32,9 +32,12 @@ def test_the_network_is_pure_and_tracking_runs_after_it_at_test_and_predict(modu
     assert ids_image.shape == (3, 28, 42) and 0 <= ids_image.min() and ids_image.max() <= 1
     with torch.no_grad():
         assert "instance_masks" in module.run(images, "predict")
-        assert "instance_masks" not in module.run(images, "validate")   # not in tracking's default stages
+        assert "instance_masks" in module.run(images, "validate")       # validation logs instance metrics too
     with pytest.raises(ValueError, match="post-processing runs in"):
         module.postprocess(net, images, "fit")
+    only_test = IGGTLitModule(preset="nano", drop_heads=["track"], postprocess={"tracking": {"stages": ["test"]}})
+    with torch.no_grad():
+        assert "instance_masks" not in only_test.run(images, "validate")
     with pytest.raises(TypeError):
         module.model(images, stage="test")      # the network has no stage argument any more
 

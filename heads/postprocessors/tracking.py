@@ -2,8 +2,9 @@
 jointly, so one object gets one id in every view, with a confidence per instance.
 
 Outputs ``instance_masks`` int64 [B,S,H,W] (ids 1..K per scene, 0 = none) and ``instance_scores``, a list
-over the batch of float [K] (index k-1 = instance k). Runs at test and predict time by default (``stages``;
-post-processors never run in training), for every model with an instance head (``default``). The clusterer is configurable (``iggt_lightning.inference``):
+over the batch of float [K] (index k-1 = instance k). Runs in validation, test and prediction by default
+(``stages``: validation logs AP and T-mIoU too; post-processors never run in training), for every model with
+an instance head (``default``). The clusterer is configurable (``iggt_lightning.inference``):
 ``clusterer: torch`` (default; ``{name: torch, granularity: 0.4}``) or ``{name: hdbscan, preset: large}``,
 which smooths features over 3D neighbours when the point head's ``world_points`` are available.
 Metrics: :class:`InstanceAP` (multi-view and per view) and :class:`TrackingMetrics` (T-mIoU, T-SR) against
@@ -37,11 +38,14 @@ class InstanceTracking(PostProcessor):
     outputs = ("instance_masks", "instance_scores")
     default = True          # every model with an instance head gets multi-view instances unless it drops this
 
-    def __init__(self, clusterer: str | dict = "torch", stages: tuple[str, ...] = ("test", "predict"),
-                 use_points: bool = True, ap_protocol: str = "coco") -> None:
+    def __init__(self, clusterer: str | dict = "torch", stages: tuple[str, ...] = ("validate", "test", "predict"),
+                 use_points: bool = True, ap_protocol: str = "coco", ignore_ids: tuple[int, ...] = ()) -> None:
         super().__init__(stages)
         self.clusterer = build_clusterer(clusterer)
         self.use_points, self.ap_protocol = use_points, ap_protocol
+        if isinstance(ignore_ids, (int, str)) or not all(isinstance(i, int) and i > 0 for i in ignore_ids):
+            raise ValueError(f"tracking ignore_ids must be a list of positive instance ids; got {ignore_ids!r}")
+        self.ignore_ids = tuple(ignore_ids)
 
     def process(self, outputs: dict, images: torch.Tensor) -> dict:
         feats = outputs["part_feat"]
@@ -54,18 +58,29 @@ class InstanceTracking(PostProcessor):
         return {"instance_masks": torch.stack(masks), "instance_scores": scores}
 
     def build_metrics(self) -> dict:
-        return {"instance_ap": InstanceAP(protocol=self.ap_protocol), "tracking": TrackingMetrics()}
+        """AP (``ap``, ``ap50``, ...) and T-mIoU / T-SR over every ground-truth instance; with ``ignore_ids``
+        also over objects only (``ap50_objects``, ``t_miou_objects``, ...): those ids' instances are left out of
+        the ground truth and their pixels ignored (ScanNet's void; COCO's crowd region)."""
+        metrics = {"instance_ap": InstanceAP(protocol=self.ap_protocol), "tracking": TrackingMetrics()}
+        if self.ignore_ids:
+            metrics.update(instance_ap_objects=InstanceAP(protocol=self.ap_protocol, suffix="_objects"),
+                           tracking_objects=TrackingMetrics(suffix="_objects"))
+        return metrics
 
     def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
         if "instance_masks" not in outputs or "instance_ids" not in batch:
             return
-        preds, target = [], []
+        preds, target, objects = [], [], []
         for ids, scores, gt in zip(outputs["instance_masks"], outputs["instance_scores"], batch["instance_ids"]):
             k = torch.arange(1, scores.numel() + 1, device=ids.device).view(-1, 1, 1, 1)
             preds.append({"masks": ids.unsqueeze(0) == k, "scores": scores})
             target.append({"masks": ids_to_masks(gt)})
-        for m in metrics.values():
-            m.update(preds, target)
+            if self.ignore_ids:
+                ignored = torch.isin(gt, torch.tensor(self.ignore_ids, device=gt.device))
+                objects.append({"masks": ids_to_masks(torch.where(ignored, torch.zeros_like(gt), gt)),
+                                "ignore": ignored})
+        for name, m in metrics.items():
+            m.update(preds, objects if name.endswith("_objects") else target)
 
     def log_images(self, outputs: dict, batch: dict) -> dict:
         if "instance_masks" not in outputs:

@@ -8,8 +8,10 @@ negative pixels together exceed ``max_invalid_depth``, default 1 %, or when a fr
 a warning when under ``min_valid_depth``, default 10 %, is valid: zero is the usual "no measurement" code);
 ids are consistent (instances seen in several views of a scene); and the views of a scene agree
 geometrically: points unprojected from one view's depth must not land in front of another view's surface
-(free space). When they do with the poses as given but not with the poses inverted, the poses are
-camera-to-world where world-to-camera is expected (or the reverse), and the check says so.
+(free space), on the view pairs expected to overlap most (smallest relative rotation, not just consecutive
+frames). Both pose hypotheses are scored on the same pairs; when the views disagree with the poses as given
+but not with the poses inverted, the poses are camera-to-world where world-to-camera is expected (or the
+reverse), and the check says so.
 """
 from __future__ import annotations
 
@@ -108,7 +110,7 @@ class CheckReport:
 
 
 def check_dataset(root: str | os.PathLike, layout: str = "auto", max_scenes: int | None = None,
-                  max_frames: int | None = None, pairs: int = 4, violation_threshold: float = 0.05,
+                  max_frames: int | None = None, pairs: int = 8, violation_threshold: float = 0.05,
                   reader_kwargs: dict | None = None, max_invalid_depth: float = 0.01,
                   min_valid_depth: float = 0.1) -> CheckReport:
     """Read (up to ``max_frames`` frames of up to ``max_scenes`` scenes of) a dataset; collect problems.
@@ -205,31 +207,60 @@ def _depth_check(report: CheckReport, sr: SceneReport, scene: str, key: str, f: 
         report.warnings.append(f"{where}: only {pct(valid)} of the pixels have valid depth ({fractions})")
 
 
+def rotation_angle(Ea: np.ndarray, Eb: np.ndarray) -> float:
+    """Angle (radians) of the relative rotation between two views: the same whichever way the poses go
+    (world-to-camera or camera-to-world), so it ranks pairs before the convention is known."""
+    R = Ea[:3, :3] @ Eb[:3, :3].T
+    return float(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0)))
+
+
+def overlap_pairs(frames: list[Frame], pairs: int, max_candidates: int = 64) -> list[tuple[int, int]]:
+    """Up to ``pairs`` view pairs expected to overlap most: the smallest relative rotations (ties: nearer in the
+    sequence), each view in at most two pairs, among up to ``max_candidates`` views spread over the sequence."""
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_candidates)).round().astype(int))
+    cand = sorted(((rotation_angle(frames[a].extrinsics, frames[b].extrinsics), b - a, a, b)
+                   for i, a in enumerate(idx) for b in idx[i + 1:]))
+    chosen, used = [], {}
+    for _, _, a, b in cand:
+        if used.get(a, 0) < 2 and used.get(b, 0) < 2:
+            chosen.append((int(a), int(b)))
+            used[a], used[b] = used.get(a, 0) + 1, used.get(b, 0) + 1
+            if len(chosen) == pairs:
+                break
+    return chosen
+
+
 def _geometry_check(report: CheckReport, sr: SceneReport, frames: list[Frame], pairs: int, threshold: float) -> None:
+    """Both pose hypotheses (as given = world-to-camera, inverted = camera-to-world) scored on the same view
+    pairs, chosen by pose proximity; a pair counts for a hypothesis where its views see each other's points
+    under it (a pair that shares no pixels under one hypothesis says nothing about it)."""
     with_depth = [f for f in frames if f.depth is not None and (f.depth > 0).any()]
     if len(with_depth) < 2:
         return
-    # neighbouring views overlap most: compare consecutive frames, spread over the sequence
-    starts = np.unique(np.linspace(0, len(with_depth) - 2, min(pairs, len(with_depth) - 1)).round().astype(int))
     given, inverted = [], []
-    for s in starts:
-        fa, fb = with_depth[s], with_depth[s + 1]
+    for a, b in overlap_pairs(with_depth, pairs):
+        fa, fb = with_depth[a], with_depth[b]
         v, n = free_space_violations(fa, fb, fa.extrinsics, fb.extrinsics)
         vi, ni = free_space_violations(fa, fb, invert(fa.extrinsics), invert(fb.extrinsics))
         if n:
             given.append(v)
-        inverted.append(vi if ni else 1.0)
+        if ni:
+            inverted.append(vi)
     if not given:
-        report.problems.append(f"scene {sr.name}: consecutive views do not see each other's points at all with the "
-                               "given poses; check the pose convention (world-to-camera expected)")
+        hint = (f"; with the poses inverted they do ({100 * float(np.mean(inverted)):.1f} % disagreeing): the poses "
+                "look like camera-to-world where world-to-camera is expected" if inverted else "")
+        report.problems.append(f"scene {sr.name}: no pair of nearby views sees the other's points with the given "
+                               f"poses; check the pose convention (world-to-camera expected){hint}")
         return
-    sr.violation, sr.violation_inverted = float(np.mean(given)), float(np.mean(inverted))
+    sr.violation = float(np.mean(given))
+    sr.violation_inverted = float(np.mean(inverted)) if inverted else float("nan")
     if sr.violation > threshold:
+        flips = bool(inverted) and sr.violation_inverted < sr.violation / 2
         hint = (f"; with the poses inverted only {100 * sr.violation_inverted:.1f} %: the poses look like "
                 "camera-to-world where world-to-camera is expected (or the reverse)"
-                if sr.violation_inverted < sr.violation / 2 else "; check poses, intrinsics and depth units")
+                if flips else "; check poses, intrinsics and depth units")
         report.problems.append(f"scene {sr.name}: the views disagree: {100 * sr.violation:.1f} % of one view's "
-                               f"depth points land in front of the next view's surface{hint}")
+                               f"depth points land in front of another view's surface{hint}")
 
 
 def format_report(r: CheckReport) -> str:

@@ -22,8 +22,9 @@ class TrackingMetrics(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, suffix: str = "", **kwargs) -> None:
         super().__init__(**kwargs)
+        self.suffix = str(suffix)       # result keys t_miou{suffix}, t_sr{suffix}
         for name in ("iou_sum", "success_sum"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("objects", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -69,6 +70,6 @@ class TrackingMetrics(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         if self.objects == 0:
             nan = torch.tensor(float("nan"), dtype=torch.float64)
-            return {"t_miou": nan, "t_sr": nan}
+            return {f"t_miou{self.suffix}": nan, f"t_sr{self.suffix}": nan}
         n = self.objects.double()
-        return {"t_miou": self.iou_sum / n, "t_sr": self.success_sum / n}
+        return {f"t_miou{self.suffix}": self.iou_sum / n, f"t_sr{self.suffix}": self.success_sum / n}
