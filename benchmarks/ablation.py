@@ -81,7 +81,8 @@ def run_variant(config: Path, override: list[str], extra: list[str], save_weight
                 name: str = "", from_weights: str | None = None) -> dict:
     workdir = tempfile.mkdtemp(prefix="iggt-ablation-")
     args = ["--config", str(config), "--trainer.default_root_dir", workdir, "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *override, *extra]
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--threads", str(torch.get_num_threads()), *override, *extra]   # --threads, not the config's pin
     cli = IGGTCLI(args=args, run=False)
     t0 = time.perf_counter()
     if from_weights:

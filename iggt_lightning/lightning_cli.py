@@ -22,6 +22,9 @@ import inspect
 import os
 import sys
 from pathlib import Path
+from typing import Optional
+
+import torch
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -57,6 +60,16 @@ class IGGTCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data": {"class_path": f"{SyntheticDataModule.__module__}.SyntheticDataModule"}})
+        parser.add_argument("--threads", type=Optional[int], default=None,
+                            help="torch intra-op threads (CPU results depend on it: a config quoting numbers pins it)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        threads = config.get("threads")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be a positive integer or null; got {threads}")
+            torch.set_num_threads(int(threads))
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

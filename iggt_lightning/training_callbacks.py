@@ -195,3 +195,4 @@ def add_resume_state(trainer) -> None:
     """Give ``trainer`` a :class:`ResumeState` unless it has one."""
     if not any(isinstance(cb, ResumeState) for cb in trainer.callbacks):
         trainer.callbacks.append(ResumeState())
+
