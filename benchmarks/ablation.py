@@ -41,8 +41,9 @@ from iggt_lightning.lightning_cli import IGGTCLI  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
 # test split, then the val split (same test loop); loss_contrastive is the last training-step value
-COLUMNS = ["ap", "ap50", "ap25", "ap50_2d", "t_miou", "t_sr", "abs_rel",
-           "val_ap", "val_ap50", "val_ap25", "val_t_miou", "val_t_sr", "val_abs_rel", "loss_contrastive"]
+COLUMNS = ["ap", "ap50", "ap25", "ap50_2d", "ap50_objects", "t_miou", "t_sr", "t_miou_objects", "abs_rel",
+           "val_ap", "val_ap50", "val_ap25", "val_ap50_objects", "val_t_miou", "val_t_sr", "val_abs_rel",
+           "loss_contrastive"]
 
 
 def variants(config: Path) -> dict[str, list[str]]:
