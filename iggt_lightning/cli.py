@@ -90,7 +90,9 @@ def _heads(argv: list[str]) -> int:
 
 def _predict(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="iggt predict", description="Photos -> point cloud (PLY/GLB), cameras (JSON, "
-                                "COLMAP text), depth (16-bit PNG + npz) and instance masks (16-bit PNG + COCO RLE).")
+                                "COLMAP text), depth (16-bit PNG + npz), instance masks (16-bit PNG + COCO RLE) and "
+                                "what other plugins export. A dataset instead: iggt predict --config CFG.yaml "
+                                "[--data ...] [--ckpt_path CKPT] --out DIR (one folder per scene).")
     p.add_argument("inputs", nargs="+", help="a folder of images (jpg/png/webp, sorted by name), image paths, or "
                    "videos (mp4/mov/avi/mkv/webm; extra [video])")
     p.add_argument("--video-frames", type=int, default=8, help="frames sampled evenly from each video")
