@@ -352,13 +352,34 @@ def read_file(path: str | os.PathLike, trust_code: bool = False, check_config: b
     return _unwrap(obj, path), {}
 
 
+def check_plugin_entries(entries: dict, field: str, file: str, ref: str, trust_code: bool = False,
+                         trusted: set[str] | frozenset = frozenset()) -> None:
+    """Every ``name: spec`` of a file's ``heads`` / ``postprocess`` names a registered plugin (a dotted path only
+    with ``trust_code`` or when it is in ``trusted``); nothing is imported otherwise. ``file`` starts the messages
+    (e.g. ``checkpoint m.pt``), ``ref`` names the mapping (``config.heads``, ``hyper-parameter postprocess``). A
+    registered post-processor under ``heads`` (an older version's config) is checked as one."""
+    from .registry import POSTPROCESSORS, UntrustedCodeError, get_head, get_postprocessor
+
+    for name, spec in entries.items():
+        if spec is not None and not isinstance(spec, dict):
+            raise CheckpointError(f"{file}: {ref}.{name} must be a mapping of arguments or null; got {spec!r}")
+        target = (spec or {}).get("class_path", name)
+        lookup = get_postprocessor if field == "postprocess" or POSTPROCESSORS.registered(target) else get_head
+        try:
+            lookup(target, trust_code=trust_code or target in trusted, source=f"{file} ({ref}.{name})")
+        except UntrustedCodeError:
+            raise
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
+
+
 def check_stored_config(config: Any, path: str | os.PathLike, trust_code: bool = False) -> dict:
     """A model config read from ``path``, checked as data: known fields only, backbone arguments that
     :class:`Aggregator` takes, heads that are registered (dotted paths only with ``trust_code``)."""
     import inspect
 
     from .backbone import Aggregator
-    from .registry import UntrustedCodeError, get_head
+    from .postprocessor import move_postprocessors_out_of_heads
 
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the stored model config must be a mapping; got {type(config).__name__}")
@@ -376,36 +397,14 @@ def check_stored_config(config: Any, path: str | os.PathLike, trust_code: bool =
     heads = config.get("heads") or {}
     if not isinstance(heads, dict):
         raise CheckpointError(f"{path}: config.heads must be a mapping of head name -> arguments; got {heads!r}")
-    from .postprocessor import move_postprocessors_out_of_heads
-    from .registry import get_postprocessor
-
     heads, moved = move_postprocessors_out_of_heads(heads, f"checkpoint {path} (written by an older version)")
     if moved:
         config = {**config, "heads": heads, "postprocess": {**moved, **(config.get("postprocess") or {})}}
     post = config.get("postprocess")
     if post is not None and not isinstance(post, dict):
         raise CheckpointError(f"{path}: config.postprocess must be a mapping of name -> arguments; got {post!r}")
-    for name, spec in (post or {}).items():
-        if spec is not None and not isinstance(spec, dict):
-            raise CheckpointError(f"{path}: config.postprocess.{name} must be a mapping of arguments or null; "
-                                  f"got {spec!r}")
-        try:
-            get_postprocessor((spec or {}).get("class_path", name), trust_code=trust_code,
-                              source=f"checkpoint {path} (config.postprocess.{name})")
-        except UntrustedCodeError:
-            raise
-        except ValueError as err:
-            raise CheckpointError(str(err)) from err
-    for name, spec in heads.items():
-        if spec is not None and not isinstance(spec, dict):
-            raise CheckpointError(f"{path}: config.heads.{name} must be a mapping of arguments or null; got {spec!r}")
-        target = (spec or {}).get("class_path", name)
-        try:
-            get_head(target, trust_code=trust_code, source=f"checkpoint {path} (config.heads.{name})")
-        except UntrustedCodeError:
-            raise
-        except ValueError as err:
-            raise CheckpointError(str(err)) from err
+    check_plugin_entries(post or {}, "postprocess", f"checkpoint {path}", "config.postprocess", trust_code)
+    check_plugin_entries(heads, "heads", f"checkpoint {path}", "config.heads", trust_code)
     chunk = config.get("frames_chunk_size")
     if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
         raise CheckpointError(f"{path}: config.frames_chunk_size must be a positive integer or null; got {chunk!r}")
@@ -489,22 +488,18 @@ def load_module(path: str | os.PathLike, preset: str | None = None, trust_code: 
     """An :class:`~iggt_lightning.module.IGGTLitModule` for prediction from a checkpoint file: its network (as
     :func:`load_model`) and its post-processing (the stored ``postprocess``, or the defaults for its heads),
     with ``postprocess`` merged over it (e.g. another clusterer)."""
-    from .model import _merge
     from .module import IGGTLitModule
-    from .postprocessor import default_postprocess
+    from .postprocessor import checkpoint_postprocess
 
     sd, config, kind = _read_for_building(path, preset, trust_code)
-    stored = (config or {}).get("postprocess")
-    specs = _merge(stored if stored is not None else default_postprocess(), dict(postprocess or {}))
-    # a stored post-processing is what runs: defaults it does not list stay out
-    drop = [n for n in default_postprocess() if n not in specs] if stored is not None else []
+    specs, drop = checkpoint_postprocess((config or {}).get("postprocess"), postprocess)
     try:
         if config is not None:
             module = IGGTLitModule(preset=None, backbone=config.get("backbone"), heads=config.get("heads"),
                                    frames_chunk_size=config.get("frames_chunk_size", 8), postprocess=specs,
                                    drop_postprocess=drop)
         else:
-            module = IGGTLitModule(preset=kind, postprocess=specs)
+            module = IGGTLitModule(preset=kind, postprocess=specs, drop_postprocess=drop)
     except CheckpointError:
         raise
     except (ValueError, TypeError) as err:

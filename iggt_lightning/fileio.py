@@ -29,12 +29,13 @@ def atomic_write(dst: str | os.PathLike, write: Callable[[str], None]) -> None:
         raise
 
 
-def write_json(dst: str | os.PathLike, payload: Any) -> None:
-    """Atomically write ``payload`` as indented JSON (fsynced before the rename)."""
+def write_json(dst: str | os.PathLike, payload: Any, strict: bool = False) -> None:
+    """Atomically write ``payload`` as indented JSON (fsynced before the rename); ``strict``: a NaN/inf is a
+    ``ValueError`` (nothing written) instead of a non-standard token."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
+            json.dump(payload, f, indent=2, allow_nan=not strict)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

@@ -34,7 +34,7 @@ from .checkpoints import CheckpointError, load_tensor_file
 
 from .data.datamodule import SceneDataModule, SyntheticDataModule
 from .module import IGGTLitModule
-from .registry import UntrustedCodeError, get_head, load_plugins, qualified_name
+from .registry import UntrustedCodeError, load_plugins, qualified_name
 from .training_callbacks import add_resume_state, reuse_logger_versions
 
 
@@ -126,13 +126,13 @@ class IGGTCLI(LightningCLI):
     def _check_ckpt_plugins(self, ckpt_path: str, hparams: dict, user_model) -> None:
         """The heads and post-processors a ``--ckpt_path`` file's hyper-parameters name must be registered (or
         named by the user's own config) unless ``--trust-checkpoint-code``."""
-        from .registry import POSTPROCESSORS, get_postprocessor
+        from .checkpoints import check_plugin_entries
 
         def user_entries(field: str) -> dict:
             got = (getattr(user_model, field, None) if not isinstance(user_model, dict) else user_model.get(field))
             return dict(got or {})
 
-        for field, lookup in (("heads", get_head), ("postprocess", get_postprocessor)):
+        for field in ("heads", "postprocess"):
             entries = hparams.get(field)
             if entries is None:
                 continue
@@ -142,19 +142,11 @@ class IGGTCLI(LightningCLI):
             # classes the user's own config names are trusted already (the user asked for them)
             trusted = {(spec or {}).get("class_path", name) for name, spec in user_entries(field).items()
                        if spec is None or isinstance(spec, dict)}
-            for name, spec in entries.items():
-                if spec is not None and not isinstance(spec, dict):
-                    raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter {field}.{name} must be a "
-                                          f"mapping or null; got {spec!r}")
-                target = (spec or {}).get("class_path", name)
-                check = lookup
-                if field == "heads" and POSTPROCESSORS.registered(target) is not None:
-                    check = get_postprocessor          # an older run's tracking / open_vocab "heads": moved on build
-                try:
-                    check(target, trust_code=self.trust_checkpoint_code or target in trusted,
-                          source=f"--ckpt_path {ckpt_path} (hyper-parameter {field}.{name})")
-                except UntrustedCodeError as err:
-                    raise UntrustedCodeError(f"{err}; or name the same class in your own config") from None
+            try:
+                check_plugin_entries(entries, field, f"--ckpt_path {ckpt_path}", f"hyper-parameter {field}",
+                                     self.trust_checkpoint_code, trusted)
+            except UntrustedCodeError as err:
+                raise UntrustedCodeError(f"{err}; or name the same class in your own config") from None
 
     def instantiate_trainer(self, **kwargs):
         saver = self.save_config_callback

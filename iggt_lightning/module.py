@@ -16,7 +16,7 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
 from .model import PRESETS, build_model
-from .postprocessor import build_postprocessing, move_postprocessors_out_of_heads
+from .postprocessor import build_postprocessing, move_postprocessors_out_of_drop_heads, move_postprocessors_out_of_heads
 from .visualize import pca_colours  # noqa: F401 (kept importable from here)
 
 
@@ -63,18 +63,8 @@ class IGGTLitModule(LightningModule):
         # configs written before post-processing was its own component name tracking / open_vocab as heads
         heads, moved = move_postprocessors_out_of_heads(heads, "model.heads")
         postprocess = {**moved, **dict(postprocess or {})}
-        drop_postprocess = list(drop_postprocess or [])
-        if drop_heads:
-            from .registry import POSTPROCESSORS, registered_head
-
-            pp = [h for h in drop_heads if registered_head(h) is None and POSTPROCESSORS.registered(h) is not None]
-            if pp:
-                import warnings
-
-                warnings.warn(f"model.drop_heads: {pp} are post-processors, not heads; write drop_postprocess: {pp}",
-                              FutureWarning, stacklevel=2)
-                drop_heads = [h for h in drop_heads if h not in pp]
-                drop_postprocess += pp
+        drop_heads, moved_drops = move_postprocessors_out_of_drop_heads(drop_heads, "model.drop_heads")
+        drop_postprocess = [*(drop_postprocess or []), *moved_drops]
         # drop_heads may also name a head the configuration does not build but the init_checkpoint file has (it
         # then says "leave that head of the file out"); such a name must be a head of the file or a registered
         # head (a resumed run no longer reads the file), so a misspelt name is still an error
@@ -177,8 +167,8 @@ class IGGTLitModule(LightningModule):
         return [*self.model.heads.items(), *self.postprocess.items.items()]
 
     def _build_metrics(self) -> torch.nn.ModuleDict:
-        return torch.nn.ModuleDict({n: torch.nn.ModuleDict(p.build_metrics()) for n, p in self.plugins()
-                                    if p.build_metrics()})
+        built = {n: p.build_metrics() for n, p in self.plugins()}
+        return torch.nn.ModuleDict({n: torch.nn.ModuleDict(m) for n, m in built.items() if m})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The built architecture travels beside the hyper-parameters, not inside them: LightningCLI re-parses a

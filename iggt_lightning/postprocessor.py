@@ -131,6 +131,17 @@ def postprocess_specs(postprocess: Mapping[str, dict | None] | None, heads: Mapp
             del specs[n]
 
 
+def checkpoint_postprocess(stored: Mapping[str, dict | None] | None,
+                           overrides: Mapping[str, dict | None] | None = None) -> tuple[dict, list[str]]:
+    """What a checkpoint runs after its network, as (``postprocess``, ``drop_postprocess``) for
+    :func:`postprocess_specs`: its stored post-processing exactly (defaults it does not list stay out) or, when it
+    stores none, the defaults; ``overrides`` merged over either."""
+    from .model import _merge
+
+    given = _merge(dict(stored or {}), dict(overrides or {}))
+    return given, ([n for n in default_postprocess() if n not in given] if stored is not None else [])
+
+
 def build_postprocessing(postprocess: Mapping[str, dict | None] | None, heads: Mapping[str, Any],
                          drop: list[str] | tuple[str, ...] = (), *, trust_code: bool = True,
                          source: str = "the model configuration") -> PostProcessing:
@@ -145,16 +156,31 @@ def move_postprocessors_out_of_heads(heads: Mapping[str, Any] | None, where: str
     write instead."""
     import warnings
 
-    from .registry import POSTPROCESSORS, registered_head
-
     heads, moved = dict(heads or {}), {}
     for name in list(heads):
         spec = heads[name]
-        target = spec.get("class_path", name) if isinstance(spec, dict) else name
-        if registered_head(target) is None and POSTPROCESSORS.registered(target) is not None:
+        if _is_postprocessor(spec.get("class_path", name) if isinstance(spec, dict) else name):
             moved[name] = heads.pop(name)
     if moved:
         warnings.warn(f"{where}: {sorted(moved)} are post-processors, not heads (they run after the network); "
                       f"they were moved to postprocess. Write them under postprocess instead of heads "
                       f"(YAML: model.postprocess.{next(iter(moved))}: ...)", FutureWarning, stacklevel=3)
     return heads, moved
+
+
+def move_postprocessors_out_of_drop_heads(drop_heads: list[str] | None, where: str) -> tuple[list, list]:
+    """The same for ``drop_heads: [tracking]``: -> (heads to drop, post-processors to drop), with a warning."""
+    import warnings
+
+    drop_heads = list(drop_heads or [])
+    moved = [h for h in drop_heads if _is_postprocessor(h)]
+    if moved:
+        warnings.warn(f"{where}: {moved} are post-processors, not heads; write drop_postprocess: {moved}",
+                      FutureWarning, stacklevel=3)
+    return [h for h in drop_heads if h not in moved], moved
+
+
+def _is_postprocessor(name: str) -> bool:
+    from .registry import POSTPROCESSORS, registered_head
+
+    return registered_head(name) is None and POSTPROCESSORS.registered(name) is not None

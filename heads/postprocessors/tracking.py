@@ -12,8 +12,6 @@ the batch's ``instance_ids``.
 """
 from __future__ import annotations
 
-import json
-
 import torch
 
 from iggt_lightning.fileio import write_json
@@ -116,9 +114,7 @@ class InstanceTracking(PostProcessor):
             export.write_png16(scene.path(f"masks/{view.stem}.png"), ids)
         coco = export.coco_instances(photo_ids, found["scores"].numpy(), [v.name for v in scene.views],
                                      found["labels"])
-        path = scene.path("masks/instances.json")
-        json.dumps(coco, allow_nan=False)      # strict JSON: refuse a non-finite score rather than write NaN
-        write_json(path, coco)
+        write_json(scene.path("masks/instances.json"), coco, strict=True)   # a non-finite score: refused, not NaN
 
     @classmethod
     def planned_files(cls, stems: list[str]) -> list[str]:

@@ -38,6 +38,18 @@ def _inside(path: Path, folder: Path) -> bool:
     return folder in path.parents
 
 
+def overlap(out: Path, raw: str | os.PathLike) -> str | None:
+    """How the (resolved) output folder ``out`` meets the path ``raw``: "is", "contains", "lies inside" or None."""
+    real = Path(os.path.realpath(raw))
+    if real == out:
+        return "is"
+    if _inside(real, out):
+        return "contains"
+    if _inside(out, real):
+        return "lies inside"
+    return None
+
+
 def check_output_folder(o, paths: list[Path]) -> Path:
     """The output folder is never an input, never holds one, never lies in one, and never is the current
     directory or one of its parents. Returns it resolved (symlinks and ``..`` followed)."""
@@ -54,14 +66,8 @@ def check_output_folder(o, paths: list[Path]) -> Path:
     items += [("input video" if is_video(p) else "input photo", str(p)) for p in paths]
     items.append(("checkpoint", str(o.checkpoint)))
     for kind, raw in items:
-        real = Path(os.path.realpath(raw))
-        if real == out:
-            why = "is"
-        elif _inside(real, out):
-            why = "contains"
-        elif _inside(out, real):
-            why = "lies inside"
-        else:
+        why = overlap(out, raw)
+        if why is None:
             continue
         raise OutputFolderError(f"output directory {o.out} {why} the {kind} {raw}; the output folder is replaced as a "
                            "whole, so it must be a folder apart from every input (choose another -o)")

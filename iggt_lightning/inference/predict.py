@@ -154,9 +154,8 @@ def checkpoint_info(path: str, preset: str | None = None, trust_code: bool = Fal
     """(patch size, [(name, class)] of the heads and post-processors) of what a checkpoint runs, read without its
     weights and without building anything."""
     from iggt_lightning.checkpoints import inspect_checkpoint
-    from iggt_lightning.model import _merge
     from iggt_lightning.plugin import split_spec
-    from iggt_lightning.postprocessor import default_postprocess, postprocess_specs
+    from iggt_lightning.postprocessor import checkpoint_postprocess, postprocess_specs
     from iggt_lightning.registry import get_head, get_postprocessor
 
     if not Path(path).is_file():
@@ -165,9 +164,7 @@ def checkpoint_info(path: str, preset: str | None = None, trust_code: bool = Fal
     backbone, heads = config.get("backbone") or {}, config.get("heads") or {}
     source = f"checkpoint {path}"
     classes = [(n, get_head(split_spec(n, spec, "head", source)[0], trust_code, source)) for n, spec in heads.items()]
-    stored = config.get("postprocess")
-    given = _merge(stored if stored is not None else {}, dict(postprocess or {}))
-    drop = [n for n in default_postprocess() if n not in given] if stored is not None else []
+    given, drop = checkpoint_postprocess(config.get("postprocess"), postprocess)
     specs = postprocess_specs(given, dict(classes), drop, trust_code=trust_code, source=source)
     classes += [(n, get_postprocessor(split_spec(n, spec, "postprocess", source)[0], trust_code, source))
                 for n, spec in specs.items()]
@@ -229,7 +226,7 @@ def estimate_output_bytes(model_size: tuple[int, int], photo_sizes: list[tuple[i
 def planned_files(names: list[str], plugins: list, save_images: bool = True,
                   image_names: list[str] | None = None) -> list[str]:
     stems = [Path(n).stem for n in names]
-    files = scene_file_names(stems, (image_names or [s + ".png" for s in stems]) if save_images else None)
+    files = scene_file_names((image_names or [s + ".png" for s in stems]) if save_images else None)
     for _, cls in plugins:
         files += [f for f in cls.planned_files(stems) if f not in files]
     return files

@@ -13,7 +13,6 @@ so ``iggt predict`` on photos and ``trainer.predict`` over a dataset (many scene
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from iggt_lightning.fileio import write_json
 
 from . import export
-from .output_folder import MANIFEST_FORMAT, OutputFolderError, host_tag, is_prediction_folder, replace_dir
+from .output_folder import MANIFEST_FORMAT, OutputFolderError, check_existing, host_tag, overlap, replace_dir
 from .scene import SceneError, SceneExport, View, identity_transform
 
 
@@ -50,18 +49,24 @@ class ViewList:
 def _choose_points(scene: SceneExport) -> tuple[str, torch.Tensor, torch.Tensor, bool] | None:
     """The source of points the scene files show: ``points_from`` if given, else the available one of highest
     priority. -> (name, points [S,H,W,3], confidence [S,H,W], made from the cameras) or None."""
+    def evaluated(name: str):
+        src = scene.point_sources[name]
+        pts = src.points() if callable(src.points) else src.points   # a callable may unproject: only when asked
+        return None if pts is None else (name, pts.detach().float().cpu(), src.confidence, src.from_cameras)
+
     wanted = scene.option("points_from")
-    available = {}
-    for name, src in sorted(scene.point_sources.items(), key=lambda kv: -kv[1].priority):
-        pts = src.points() if callable(src.points) else src.points
-        if pts is not None:
-            available[name] = (name, pts.detach().float().cpu(), src.confidence, src.from_cameras)
     if wanted is not None:
-        if wanted not in available:
+        chosen = evaluated(wanted) if wanted in scene.point_sources else None
+        if chosen is None:
+            offered = sorted(n for n in scene.point_sources if evaluated(n) is not None)
             raise SceneError(f"--points-from {wanted}: this model's heads offer the source(s) of points "
-                             f"{sorted(available)}; choose one of them")
-        return available[wanted]
-    return next(iter(available.values()), None)
+                             f"{offered}; choose one of them")
+        return chosen
+    for name in sorted(scene.point_sources, key=lambda n: -scene.point_sources[n].priority):
+        chosen = evaluated(name)
+        if chosen is not None:
+            return chosen
+    return None
 
 
 def _keep_mask(scene: SceneExport, points: torch.Tensor, conf: torch.Tensor, from_cameras: bool) -> np.ndarray:
@@ -117,7 +122,7 @@ def _write_scene_files(scene: SceneExport, cloud) -> dict:
     return info
 
 
-def scene_file_names(stems: list[str], image_names: list[str] | None) -> list[str]:
+def scene_file_names(image_names: list[str] | None) -> list[str]:
     """The scene-level files a prediction may hold (for ``--dry-run``; which ones appear depends on the heads)."""
     files = ["manifest.json", "points.ply", "scene.glb", "cameras.json", "colmap/cameras.txt", "colmap/images.txt",
              "colmap/points3D.txt"]
@@ -141,7 +146,6 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
         plugin.export(outputs, scene)
     scene.current = None
     info = _write_scene_files(scene, cloud)
-    scene.current = None
     body = {"format": MANIFEST_FORMAT, "views": len(views), "files": [*scene.files, "manifest.json"],
             **info, "photo_sizes": [list(v.photo_size) for v in views], "model_input": list(scene.model_size),
             "confidence_filter": {"mode": scene.option("conf_mode", "percentile"),
@@ -150,8 +154,7 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
             "colmap_names": {v.name: v.image_name for v in views}, "convention": export.CONVENTION,
             **scene.manifest, **(manifest or {})}
     scene.current = "manifest.json"
-    json.dumps(body, allow_nan=False)     # strict JSON: a NaN here is a bug, never a silent token
-    write_json(Path(folder) / "manifest.json", body)
+    write_json(Path(folder) / "manifest.json", body, strict=True)   # a NaN here is a bug, never a silent token
     return body
 
 
@@ -249,8 +252,7 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.out_dir, self.overwrite, self.one_folder = Path(out_dir), overwrite, one_folder
         for given in inputs or ():       # e.g. the dataset's root: predictions never go into (or around) an input
-            real, out = Path(os.path.realpath(given)), Path(os.path.realpath(out_dir))
-            if real == out or real in out.parents or out in real.parents:
+            if overlap(Path(os.path.realpath(out_dir)), given) is not None:
                 raise PredictError(f"--out {out_dir} is, contains or lies inside the input {given}; write the "
                                    "predictions to a folder apart from the data")
         self.options, self.manifest, self.display = dict(options or {}), dict(manifest or {}), display
@@ -264,11 +266,7 @@ class PredictionWriter(BasePredictionWriter):
                 raise PredictError(f"{self.display or self.out_dir}: one output folder, but more than one scene")
             return self.out_dir, self.display or str(self.out_dir)
         folder = self.out_dir / scene_folder_name(scene_id, self._taken)
-        if os.path.lexists(folder) and not self.overwrite:
-            raise PredictError(f"output folder {folder} exists; pass --overwrite to replace it")
-        if os.path.lexists(folder) and not is_prediction_folder(folder):
-            raise PredictError(f"--overwrite: {folder} is not an iggt predict output (no manifest.json of ours), so "
-                               "it is not replaced; remove it yourself or choose another folder")
+        check_existing(SimpleNamespace(out=str(folder), overwrite=self.overwrite), folder, None)   # photos' rule
         return folder, str(folder)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
