@@ -55,6 +55,7 @@ def variants(config: Path) -> dict[str, list[str]]:
 
     return {
         "full": [],
+        "full, seed 1": ["--seed_everything", "1"],
         "contrastive off": ["--model.loss_weights", json.dumps({"contrastive": 0.0})],
         "cross-view off": contrastive(cross_view=False),
         "fusion off": ["--model.heads", json.dumps({"instance": {"fusion": False}})],
@@ -62,6 +63,14 @@ def variants(config: Path) -> dict[str, list[str]]:
         "lambda 10": ["--model.loss_weights", json.dumps({"contrastive": 10.0})],
         "lambda_pull 2 (paper)": contrastive(lambda_pull=2.0),
     }
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def slug(name: str) -> str:
@@ -171,6 +180,7 @@ def main() -> int:
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {list(table)}")
     header = {"config": str(a.config), "extra_args": a.extra, "threads": a.threads, "parallel": a.parallel,
+              "commit": git_commit(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
               "from_weights": a.from_weights,
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     t0 = time.perf_counter()
