@@ -75,8 +75,10 @@ class CameraHead(Head):
         gt = extri_intri_to_pose_encoding(batch["extrinsics"], batch["intrinsics"], tuple(batch["images"].shape[-2:]))
         return camera_loss(outputs["pose_enc"], gt, **active["camera"])
 
-    def build_metrics(self) -> dict:
-        return {"camera": CameraMetrics()}
+    def build_metrics(self, **options) -> dict:
+        """``options`` (``model.metric_options.camera``): :class:`CameraMetrics` arguments, e.g. VGGT's CO3D
+        protocol ``{pairs: unordered, aggregate: category}``."""
+        return {"camera": CameraMetrics(**options)}
 
     def describe(self, outputs: dict, scene) -> None:
         """The scene's cameras: the last refinement's pose encoding as OpenCV extrinsics and photo intrinsics."""
@@ -108,4 +110,4 @@ class CameraHead(Head):
         if "pose_enc" in outputs:
             H, W = batch["images"].shape[-2:]
             extrinsics, _ = pose_encoding_to_extri_intri(outputs["pose_enc"][-1], (H, W))
-            metrics["camera"].update(extrinsics, batch["extrinsics"])
+            metrics["camera"].update(extrinsics, batch["extrinsics"], batch.get("scene_id"))

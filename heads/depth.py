@@ -95,8 +95,9 @@ class DepthHead(DenseHead):
     def planned_files(cls, stems: list[str]) -> list[str]:
         return [f"depth/{s}.png" for s in stems] + ["depth/depth.npz"]
 
-    def build_metrics(self) -> dict:
-        return {"depth": DepthMetrics()}
+    def build_metrics(self, clip_range: tuple[float, float] | None = None) -> dict:
+        """``clip_range``: clamp the median-aligned depth before scoring (``model.metric_options.depth``)."""
+        return {"depth": DepthMetrics(clip_range=clip_range)}
 
     def update_metrics(self, metrics: dict, outputs: dict, batch: dict) -> None:
         if "depth" in outputs:

@@ -70,6 +70,8 @@ class IGGTCLI(LightningCLI):
             if threads < 1:
                 raise ValueError(f"threads must be a positive integer or null; got {threads}")
             torch.set_num_threads(int(threads))
+        if self.subcommand in ("validate", "test"):
+            self._check_results_path(config)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -81,7 +83,40 @@ class IGGTCLI(LightningCLI):
             parser.add_argument("--export_options", type=dict, default={}, help="options of the plugins' exports "
                                 "(conf_threshold, conf_mode, points_from, save_images, depth_png_scale, ...)")
             parser.set_defaults({"return_predictions": False})
+        if subcommand in ("validate", "test"):
+            parser.add_argument("--results", type=Optional[str], default=None,
+                                help="also write the metrics as JSON here (with the configs and checkpoint used), "
+                                     "for benchmarks/eval_report.py")
         return parser
+
+    def _check_results_path(self, cfg) -> None:
+        """Before anything runs: the results file may not be one of the run's inputs."""
+        path = cfg.get("results")
+        configs = [str(c) for c in (cfg.get("config") or [])]
+        inputs = [*configs, *(str(x) for x in (cfg.get("ckpt_path"), cfg["model"].get("init_checkpoint")) if x)]
+        if path and any(os.path.abspath(path) == os.path.abspath(i) for i in inputs):
+            raise ValueError(f"--results {path} is one of this run's inputs; choose another file")
+
+    def _write_results(self, stage: str) -> None:
+        cfg = self.config[self.subcommand]
+        path = cfg.get("results")
+        if not path:
+            return
+        from .fileio import write_json
+
+        configs = [str(c) for c in (cfg.get("config") or [])]
+        prefix = f"{stage}/"
+        metrics = {k[len(prefix):]: float(v) for k, v in sorted(self.trainer.callback_metrics.items())
+                   if k.startswith(prefix)}
+        write_json(path, {"subcommand": self.subcommand, "config": configs, "ckpt_path": cfg.get("ckpt_path"),
+                          "init_checkpoint": cfg["model"].get("init_checkpoint"), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "metrics": metrics})
+
+    def after_test(self) -> None:
+        self._write_results("test")
+
+    def after_validate(self) -> None:
+        self._write_results("val")
 
     def before_predict(self) -> None:
         from .inference.writer import PredictionWriter
@@ -150,7 +185,10 @@ class IGGTCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         saver = self.save_config_callback
-        if self.subcommand == "predict":   # its config.yaml would land in the working directory; the folders say enough
+        logger = self._get(self.config, "trainer", {}).get("logger")
+        if self.subcommand == "predict" or (self.subcommand in ("validate", "test") and logger is False):
+            # without a logger its config.yaml would land in (and overwrite one in) the working directory; the
+            # prediction folders and --results files say what ran
             self.save_config_callback = None
         try:
             trainer = super().instantiate_trainer(**kwargs)

@@ -6,6 +6,7 @@ instance loss off, ``loss_options.contrastive.cross_view: false`` restricts its 
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
@@ -46,6 +47,9 @@ class IGGTLitModule(LightningModule):
             loaded, strictly; a head the file has no tensor of (a head you add) keeps its fresh initialisation
             and is named in the log; a head the file has and the configuration leaves out must be in
             ``drop_heads``. See :func:`~iggt_lightning.checkpoints.load_weights`.
+        metric_options: plugin name -> keyword arguments of its ``build_metrics`` (an evaluation protocol, e.g.
+            ``{depth: {clip_range: [0.1, 100]}, camera: {pairs: unordered, aggregate: category}}``); a
+            post-processor takes its metric options in ``postprocess`` instead.
         log_images_every_n_steps: TensorBoard images every n training steps (the input and each head's
             ``log_images``: depth, PCA of instance features) and of the first validation batch (post-processors'
             too: instance ids); 0 = off.
@@ -57,7 +61,7 @@ class IGGTLitModule(LightningModule):
                  loss_weights: dict[str, float] | None = None, loss_options: dict[str, dict[str, Any]] | None = None,
                  lr: float = 1e-4, backbone_lr: float | None = None, weight_decay: float = 0.05,
                  warmup_steps: int = 100, freeze: list[str] | None = None, init_checkpoint: str | None = None,
-                 log_images_every_n_steps: int = 0) -> None:
+                 metric_options: dict[str, dict[str, Any]] | None = None, log_images_every_n_steps: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         # configs written before post-processing was its own component name tracking / open_vocab as heads
@@ -100,6 +104,7 @@ class IGGTLitModule(LightningModule):
         rank_zero_info(self._trainable_summary())
         # each head brings its metrics (Head.build_metrics); one set per stage so validation inside fit
         # never mixes with a test run
+        self.metric_options = self._check_metric_options(dict(metric_options or {}))
         self.val_metrics = self._build_metrics()
         self.test_metrics = self._build_metrics()
 
@@ -166,8 +171,25 @@ class IGGTLitModule(LightningModule):
         """(name, plugin) of every head in running order, then every post-processor in running order."""
         return [*self.model.heads.items(), *self.postprocess.items.items()]
 
+    def _check_metric_options(self, options: dict) -> dict:
+        plugins = dict(self.plugins())
+        for name, opts in options.items():
+            if name not in plugins:
+                raise ValueError(f"model.metric_options: {name!r} is not a head or post-processor of this model "
+                                 f"({sorted(plugins)})")
+            if not isinstance(opts, dict):
+                raise ValueError(f"model.metric_options.{name} must be a mapping of build_metrics arguments; got "
+                                 f"{opts!r}")
+            build = plugins[name].build_metrics
+            try:
+                inspect.signature(build).bind(**opts)
+            except TypeError as err:
+                raise ValueError(f"model.metric_options.{name}: {type(plugins[name]).__name__}.build_metrics"
+                                 f"{inspect.signature(build)} does not take {sorted(opts)}: {err}") from None
+        return options
+
     def _build_metrics(self) -> torch.nn.ModuleDict:
-        built = {n: p.build_metrics() for n, p in self.plugins()}
+        built = {n: p.build_metrics(**self.metric_options.get(n, {})) for n, p in self.plugins()}
         return torch.nn.ModuleDict({n: torch.nn.ModuleDict(m) for n, m in built.items() if m})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

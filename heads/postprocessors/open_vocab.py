@@ -4,7 +4,8 @@ each multi-view instance mask from ``tracking`` and name it by cosine similarity
 Args: ``class_names`` (the vocabulary), ``encoder`` (``colour`` or ``{name: open_clip, model: ViT-B-32,
 checkpoint: /path/open_clip.bin}``, see ``iggt_lightning.inference.encoders``), ``templates`` (prompt
 templates, embeddings averaged), ``stages`` (default test and predict), ``min_pixels`` (an instance's view
-mask smaller than this is not used for crops), ``voxel_size`` (3D mIoU).
+mask smaller than this is not used for crops), ``voxel_size`` (3D mIoU), ``aliases`` (ground-truth name ->
+vocabulary entry, e.g. ScanNet's ``refridgerator`` -> ``refrigerator``).
 
 Outputs: ``instance_labels`` and ``instance_label_scores`` (per scene, [K]: class index and cosine score of
 instance k at k-1; -1 / 0 for an instance with no pixels), ``semantic_maps`` [B,S,H,W] (class index per
@@ -33,7 +34,7 @@ class OpenVocabLabels(PostProcessor):
 
     def __init__(self, class_names: list[str] | None = None, encoder: str | dict = "colour",
                  templates: tuple[str, ...] = ("{}", "a photo of a {}."), stages: tuple[str, ...] = ("test", "predict"),
-                 min_pixels: int = 16, voxel_size: float = 0.05) -> None:
+                 min_pixels: int = 16, voxel_size: float = 0.05, aliases: dict[str, str] | None = None) -> None:
         super().__init__(stages)
         if not class_names:
             raise ValueError("open_vocab needs a non-empty list of class_names (the vocabulary)")
@@ -42,6 +43,10 @@ class OpenVocabLabels(PostProcessor):
         self.class_names, self.templates = list(class_names), tuple(templates)
         self.encoder = build_encoder(encoder)
         self.min_pixels, self.voxel_size = int(min_pixels), float(voxel_size)
+        self.aliases = dict(aliases or {})
+        unknown = sorted(set(self.aliases.values()) - set(self.class_names))
+        if unknown:
+            raise ValueError(f"open_vocab aliases map to {unknown}, which are not among class_names")
         self._text: torch.Tensor | None = None
 
     def text_embeddings(self) -> torch.Tensor:
@@ -114,6 +119,7 @@ class OpenVocabLabels(PostProcessor):
         return {"open_vocab": OpenVocabMetrics(len(self.class_names), voxel_size=self.voxel_size)}
 
     def vocabulary_index(self, name: str) -> int:
+        name = self.aliases.get(name, name)
         if name in self.class_names:
             return self.class_names.index(name)
         words = set(name.lower().split())

@@ -37,13 +37,28 @@ class InstanceTracking(PostProcessor):
     default = True          # every model with an instance head gets multi-view instances unless it drops this
 
     def __init__(self, clusterer: str | dict = "torch", stages: tuple[str, ...] = ("validate", "test", "predict"),
-                 use_points: bool = True, ap_protocol: str = "coco", ignore_ids: tuple[int, ...] = ()) -> None:
+                 use_points: bool = True, ap_protocol: str = "coco", ignore_ids: tuple[int, ...] = (),
+                 ignore_classes: tuple[str, ...] = ()) -> None:
         super().__init__(stages)
         self.clusterer = build_clusterer(clusterer)
         self.use_points, self.ap_protocol = use_points, ap_protocol
         if isinstance(ignore_ids, (int, str)) or not all(isinstance(i, int) and i > 0 for i in ignore_ids):
             raise ValueError(f"tracking ignore_ids must be a list of positive instance ids; got {ignore_ids!r}")
         self.ignore_ids = tuple(ignore_ids)
+        if isinstance(ignore_classes, str) or not all(isinstance(c, str) and c for c in ignore_classes):
+            raise ValueError(f"tracking ignore_classes must be a list of class names; got {ignore_classes!r}")
+        self.ignore_classes = {c.lower() for c in ignore_classes}
+
+    def ignored_ids(self, batch: dict, b: int) -> list[int]:
+        """Scene ``b``'s ids to leave out: ``ignore_ids`` and the ids whose ``class_names`` entry is one of
+        ``ignore_classes`` (case-insensitive)."""
+        ids = list(self.ignore_ids)
+        if self.ignore_classes:
+            if "class_names" not in batch:
+                raise ValueError("tracking ignore_classes needs the batch's class_names (a dataset with "
+                                 "labels_file, or the synthetic scenes)")
+            ids += [i + 1 for i, n in enumerate(batch["class_names"][b]) if n.lower() in self.ignore_classes]
+        return ids
 
     def process(self, outputs: dict, images: torch.Tensor) -> dict:
         feats = outputs["part_feat"]
@@ -56,11 +71,11 @@ class InstanceTracking(PostProcessor):
         return {"instance_masks": torch.stack(masks), "instance_scores": scores}
 
     def build_metrics(self) -> dict:
-        """AP (``ap``, ``ap50``, ...) and T-mIoU / T-SR over every ground-truth instance; with ``ignore_ids``
-        also over objects only (``ap50_objects``, ``t_miou_objects``, ...): those ids' instances are left out of
+        """AP (``ap``, ``ap50``, ...) and T-mIoU / T-SR over every ground-truth instance; with ``ignore_ids`` or
+        ``ignore_classes`` also over objects only (``ap50_objects``, ``t_miou_objects``, ...): those ids' instances are left out of
         the ground truth and their pixels ignored (ScanNet's void; COCO's crowd region)."""
         metrics = {"instance_ap": InstanceAP(protocol=self.ap_protocol), "tracking": TrackingMetrics()}
-        if self.ignore_ids:
+        if self.ignore_ids or self.ignore_classes:
             metrics.update(instance_ap_objects=InstanceAP(protocol=self.ap_protocol, suffix="_objects"),
                            tracking_objects=TrackingMetrics(suffix="_objects"))
         return metrics
@@ -69,12 +84,13 @@ class InstanceTracking(PostProcessor):
         if "instance_masks" not in outputs or "instance_ids" not in batch:
             return
         preds, target, objects = [], [], []
-        for ids, scores, gt in zip(outputs["instance_masks"], outputs["instance_scores"], batch["instance_ids"]):
+        for b, (ids, scores, gt) in enumerate(zip(outputs["instance_masks"], outputs["instance_scores"],
+                                                  batch["instance_ids"])):
             k = torch.arange(1, scores.numel() + 1, device=ids.device).view(-1, 1, 1, 1)
             preds.append({"masks": ids.unsqueeze(0) == k, "scores": scores})
             target.append({"masks": ids_to_masks(gt)})
-            if self.ignore_ids:
-                ignored = torch.isin(gt, torch.tensor(self.ignore_ids, device=gt.device))
+            if self.ignore_ids or self.ignore_classes:
+                ignored = torch.isin(gt, torch.tensor(self.ignored_ids(batch, b), dtype=gt.dtype, device=gt.device))
                 objects.append({"masks": ids_to_masks(torch.where(ignored, torch.zeros_like(gt), gt)),
                                 "ignore": ignored})
         for name, m in metrics.items():

@@ -5,6 +5,7 @@ from .infinigen import InfinigenScenes
 from .mixed import MixedScenes
 from .multiview import MultiViewScenes, SceneRecord
 from .normalize import normalize_scene
+from .pose_annotations import CO3DScenes, PoseListScenes
 from .re10k import RE10KScenes
 from .scannet import ScanNetScenes
 from .scannetpp import ScanNetPPScenes
@@ -13,8 +14,8 @@ from .synthetic import CLASS_NAMES, Scene, SceneObject, SyntheticScenes, collate
 from .transforms import ColorJitter, Compose, CropResize
 from .validate import SampleError, check_sample
 
-__all__ = ["CLASS_NAMES", "ColorJitter", "Compose", "CropResize", "DatasetError", "Frame", "GroupedBatchSampler",
-           "InfinigenScenes", "MixedScenes", "MultiViewScenes", "RE10KScenes", "SampleError", "ScanNetPPScenes",
+__all__ = ["CLASS_NAMES", "CO3DScenes", "ColorJitter", "Compose", "CropResize", "DatasetError", "Frame", "GroupedBatchSampler",
+           "InfinigenScenes", "MixedScenes", "MultiViewScenes", "PoseListScenes", "RE10KScenes", "SampleError", "ScanNetPPScenes",
            "ScanNetScenes", "Scene", "SceneDataModule", "SceneFolderScenes", "SceneObject", "SceneRecord",
            "SyntheticDataModule", "SyntheticScenes", "check_sample", "collate_checked", "collate_scenes",
            "normalize_scene", "render_scene"]

@@ -19,6 +19,7 @@ from ..fileio import atomic_write, write_json
 from .synthetic import SyntheticScenes
 
 LAYOUTS = ("scannetpp", "infinigen", "re10k", "scannet", "scene_folder")
+POSE_LAYOUTS = ("co3d", "pose_list")     # cameras only (VGGT's evaluation annotations): no depth, no instances
 
 
 def _to_uint8(images) -> np.ndarray:
@@ -81,8 +82,8 @@ def write_fixture(layout: str, root: str | os.PathLike, num_scenes: int = 2, num
     """Write ``num_scenes`` rendered scenes in ``layout`` under ``root``; returns the ground-truth samples
     (the batch contract, ``intrinsics`` with integer pixel centres, at the written resolution; for
     ``scannet`` at the depth camera's resolution, the colour images being written at twice that size)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    if layout not in LAYOUTS + POSE_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS + POSE_LAYOUTS}")
     root = Path(root)
     if focal_range is None:               # ScanNet has one K per scene: its views share the focal length
         focal_range = (1.0, 1.0) if layout == "scannet" else (0.8, 1.3)
@@ -94,7 +95,7 @@ def write_fixture(layout: str, root: str | os.PathLike, num_scenes: int = 2, num
         name = f"{scene_prefix}{i:04d}"
         s["scene_id"] = name
         arrays = {"rgb": _to_uint8(s["images"]), "depth": s["depth"].numpy(), "E": s["extrinsics"].numpy(),
-                  "K": s["intrinsics"].numpy(), "ids": s["instance_ids"].numpy()}
+                  "K": s["intrinsics"].numpy(), "ids": s["instance_ids"].numpy(), "names": list(s["class_names"])}
         WRITERS[layout](root, name, arrays)
         samples.append(s)
     return samples
@@ -174,8 +175,61 @@ def _scannet(root: Path, name: str, a: dict) -> None:
         raise ValueError("the scannet fixture needs views with one shared intrinsics matrix (focal_range lo == hi)")
     Kc = K.copy()
     Kc[:2] *= 2.0                                          # the colour camera at twice the resolution
+    # ScanNet's aggregation file: instance id v of the 2D exports is segGroups' objectId v - 1
+    write_json(d / f"{name}.aggregation.json", {"sceneId": name, "segGroups": [
+        {"id": i, "objectId": i, "label": n, "segments": []} for i, n in enumerate(a["names"])]})
     _save_txt(d / "intrinsic" / "intrinsic_depth.txt", K)
     _save_txt(d / "intrinsic" / "intrinsic_color.txt", Kc)
+
+
+def _save_jgz(path: Path, data: dict) -> None:
+    import gzip
+    import json
+
+    def write(tmp: str) -> None:
+        with gzip.open(tmp, "wt") as f:
+            json.dump(data, f)
+    atomic_write(path, write)
+
+
+def _merge_jgz(path: Path, key: str, value) -> None:
+    import gzip
+    import json
+
+    data = json.loads(gzip.open(path, "rt").read()) if path.is_file() else {}
+    data[key] = value
+    _save_jgz(path, data)
+
+
+def _co3d(root: Path, name: str, a: dict) -> None:
+    """Images under root/<category>/<name>/images, cameras in root/annotations/<category>_test.jgz as VGGT's
+    preprocessing writes them (PyTorch3D R, T; NDC focal length and principal point)."""
+    category = "toycategory"
+    F = np.diag([-1.0, -1.0, 1.0])
+    frames = []
+    for v in range(len(a["rgb"])):
+        rel = f"{category}/{name}/images/frame{v + 1:06d}.jpg"
+        _save_image(root / rel, a["rgb"][v])
+        E = a["E"][v].astype(np.float64)
+        R_pt3d, T_pt3d = E[:3, :3].T @ F, F @ E[:3, 3]          # the inverse of R_cv = (R F)^T, t_cv = F T
+        H, W = a["rgb"][v].shape[:2]
+        K = _continuous(a["K"][v])
+        s = min(W, H) / 2.0
+        frames.append({"filepath": rel, "R": R_pt3d.tolist(), "T": T_pt3d.tolist(),
+                       "focal_length": [K[0, 0] / s, K[1, 1] / s],
+                       "principal_point": [-(K[0, 2] - W / 2.0) / s, -(K[1, 2] - H / 2.0) / s]})
+    _merge_jgz(root / "annotations" / f"{category}_test.jgz", name, frames)
+
+
+def _pose_list(root: Path, name: str, a: dict) -> None:
+    """Images under root/<name>/images, cameras in root/annotations.jgz (VGGT's prepared RealEstate10K)."""
+    frames = []
+    for v in range(len(a["rgb"])):
+        rel = f"{name}/images/{v:04d}.png"
+        _save_image(root / rel, a["rgb"][v])
+        frames.append({"filepath": rel, "extri": a["E"][v].astype(np.float64).tolist(),
+                       "intri": _continuous(a["K"][v]).tolist()})
+    _merge_jgz(root / "annotations.jgz", name, [frames])
 
 
 def _scene_folder(root: Path, name: str, a: dict) -> None:
@@ -193,10 +247,11 @@ def _scene_folder(root: Path, name: str, a: dict) -> None:
 
 
 WRITERS = {"scannetpp": _scannetpp, "infinigen": _infinigen, "re10k": _re10k, "scannet": _scannet,
-           "scene_folder": _scene_folder}
+           "scene_folder": _scene_folder, "co3d": _co3d, "pose_list": _pose_list}
 
 READERS = {"scannetpp": "ScanNetPPScenes", "infinigen": "InfinigenScenes", "re10k": "RE10KScenes",
-           "scannet": "ScanNetScenes", "scene_folder": "SceneFolderScenes"}
+           "scannet": "ScanNetScenes", "scene_folder": "SceneFolderScenes", "co3d": "CO3DScenes",
+           "pose_list": "PoseListScenes"}
 
 
 def reader_class(layout: str):

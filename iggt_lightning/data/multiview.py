@@ -95,6 +95,15 @@ class MultiViewScenes(Dataset):
         deterministic: fixed views and augmentation per index (default: every split but 'train'); otherwise
             they are drawn from (seed, epoch, index).
         seed: base seed of the sampling.
+        labels_file: the class names of a scene's instance ids, so samples carry ``class_names`` (open-vocabulary
+            metrics, ``tracking``'s ``ignore_classes``): a path inside the scene folder (``{scene}`` is replaced
+            by the scene id), or a list of such paths (the first that exists). Either a ScanNet aggregation JSON
+            (``segGroups``, where instance id = ``objectId`` + 1, as in ScanNet's 2D exports) or a plain JSON
+            object ``{"<id>": "<name>"}``. A scene without the file is an error naming the paths tried.
+        scenes: only these scene ids, in this order: a list, or a text file with one id per line (e.g. ScanNet's
+            ``scannetv2_val.txt``); an id that is not in the folder is an error. Applied before ``split``.
+        label_map: a tab-separated table (e.g. ScanNet's ``scannetv2-labels.combined.tsv``) mapping the names
+            of ``labels_file`` through ``label_map_columns`` (from, to); names not in it become "".
     """
 
     layout = "generic"
@@ -105,7 +114,10 @@ class MultiViewScenes(Dataset):
                  view_sampling: str = "random", overlap_top_k: int = 32, frame_stride: int = 1, min_views: int = 2,
                  samples_per_scene: int = 1, val_fraction: float = 0.05, test_fraction: float = 0.05,
                  max_depth: float | None = None, depth_quantile: float | None = None, pixel_center: float = 0.5,
-                 deterministic: bool | None = None, seed: int = 0) -> None:
+                 deterministic: bool | None = None, seed: int = 0, scenes: list[str] | str | None = None,
+                 labels_file: str | list[str] | None = None,
+                 label_map: str | None = None,
+                 label_map_columns: tuple[str, str] = ("raw_category", "nyu40class")) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{type(self).__name__}: dataset root {self.root} does not exist or is not a folder")
@@ -136,8 +148,15 @@ class MultiViewScenes(Dataset):
         if not records:
             raise DatasetError(f"{type(self).__name__}: no scene found under {self.root} (expected the "
                                f"{self.layout} layout; see the class docstring)")
+        if scenes is not None:
+            records = self._select_scenes(records, scenes)
         if split != "all":
+            found = len(records)
             records = [r for r in records if split_of(r.name, val_fraction, test_fraction) == split]
+            if not records:
+                raise DatasetError(f"{type(self).__name__}: none of the {found} scene(s) under {self.root} falls in "
+                                   f"split {split!r} (val_fraction={val_fraction}, test_fraction={test_fraction}, "
+                                   "by a hash of the scene id); use split 'all' or other fractions")
         self.skipped: list[tuple[str, str]] = []
         self.scenes: list[SceneRecord] = []
         for r in records:
@@ -148,6 +167,25 @@ class MultiViewScenes(Dataset):
                 self.scenes.append(r)
         self._pose_cache: dict[str, np.ndarray] = {}
         self.epoch = 0
+        self.labels_file = [labels_file] if isinstance(labels_file, str) else list(labels_file or [])
+        self.label_map = read_label_map(Path(label_map), *label_map_columns) if label_map else None
+        self._labels: dict[str, dict[int, str]] = {}
+
+    def _select_scenes(self, records: list[SceneRecord], scenes: list[str] | str) -> list[SceneRecord]:
+        if isinstance(scenes, (str, os.PathLike)):
+            path = Path(scenes)
+            if not path.is_file():
+                raise DatasetError(f"{type(self).__name__}: scenes file {path} does not exist (scenes: a list of ids "
+                                   "or a text file with one id per line)")
+            wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            wanted = [str(s) for s in scenes]
+        by_name = {r.name: r for r in records}
+        missing = [s for s in wanted if s not in by_name]
+        if missing:
+            raise DatasetError(f"{type(self).__name__}: {len(missing)} scene(s) of 'scenes' not under {self.root}: "
+                               f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        return [by_name[s] for s in dict.fromkeys(wanted)]
 
     # -- to implement -------------------------------------------------------------------------------------
     def scan(self) -> list[SceneRecord]:
@@ -167,6 +205,25 @@ class MultiViewScenes(Dataset):
         """Files per frame-wise folder of a scene ({glob pattern: count}), for ``iggt data check`` to compare
         with the number of frames; only folders that exist are listed."""
         return {}
+
+    def scene_dir(self, record: SceneRecord) -> Path:
+        return Path(record.info.get("dir", self.root / record.name))
+
+    def instance_labels(self, record: SceneRecord) -> dict[int, str] | None:
+        """{instance id as stored: class name} of a scene from ``labels_file`` (None without the option)."""
+        if not self.labels_file:
+            return None
+        if record.name not in self._labels:
+            tried = [self.scene_dir(record) / f.format(scene=record.name) for f in self.labels_file]
+            path = next((p for p in tried if p.is_file()), None)
+            if path is None:
+                raise DatasetError(f"{record.name}: no labels file; looked for {[str(p) for p in tried]} "
+                                   "(labels_file)")
+            labels = read_instance_labels(path)
+            if self.label_map is not None:
+                labels = {i: self.label_map.get(n, "") for i, n in labels.items()}
+            self._labels[record.name] = labels
+        return self._labels[record.name]
 
     @staticmethod
     def count_files(folder: Path, patterns: list[str]) -> dict[str, int]:
@@ -259,11 +316,51 @@ class MultiViewScenes(Dataset):
             raise DatasetError(f"{record.name}: only {len(record.frames[::self.frame_stride])} usable frame(s) left "
                                f"(after dropping invalid ones), {n} view(s) needed")
         keys = self.choose_views(record, n, rng)
-        return assemble(self.load_views(record, keys, rng), record.name, self._clip_depth)
+        return assemble(self.load_views(record, keys, rng), record.name, self._clip_depth, self.instance_labels(record))
 
 
-def assemble(frames: list[Frame], scene_id: str, clip_depth=None) -> dict:
-    """Stack transformed frames into one sample of the batch contract."""
+def read_instance_labels(path: Path) -> dict[int, str]:
+    """{instance id: class name} from a ScanNet aggregation JSON (``segGroups``; id = objectId + 1) or from a
+    plain ``{"<id>": "<name>"}`` JSON object."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"cannot read labels file {path}: {err}") from err
+    if isinstance(data, dict) and "segGroups" in data:
+        groups = data["segGroups"]
+        if not isinstance(groups, list) or not all(isinstance(g, dict) and "objectId" in g and "label" in g
+                                                   for g in groups):
+            raise DatasetError(f"labels file {path}: segGroups must be a list of {{objectId, label, ...}} objects")
+        return {int(g["objectId"]) + 1: str(g["label"]) for g in groups}
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise DatasetError(f"labels file {path}: expected ScanNet's aggregation JSON (segGroups) or an object "
+                           '{"<instance id>": "<class name>"}')
+    try:
+        return {int(k): v for k, v in data.items()}
+    except ValueError as err:
+        raise DatasetError(f"labels file {path}: keys must be integer instance ids: {err}") from err
+
+
+def read_label_map(path: Path, source: str, target: str) -> dict[str, str]:
+    """A tab-separated table with a header row -> {row[source]: row[target]} (rows with an empty target left out)."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except OSError as err:
+        raise DatasetError(f"cannot read label_map {path}: {err}") from err
+    if not rows or source not in rows[0] or target not in rows[0]:
+        raise DatasetError(f"label_map {path} needs the columns {source!r} and {target!r} in its header; has "
+                           f"{list(rows[0]) if rows else 'no rows'} (label_map_columns)")
+    return {r[source]: r[target] for r in rows if r[target]}
+
+
+def assemble(frames: list[Frame], scene_id: str, clip_depth=None, labels: dict[int, str] | None = None) -> dict:
+    """Stack transformed frames into one sample of the batch contract; with ``labels`` ({stored id: name}) also
+    ``class_names`` of the renumbered ids."""
     sizes = {f.size for f in frames}
     if len(sizes) > 1:
         raise DatasetError(f"{scene_id}: views differ in size after the transforms: {sorted(sizes)}")
@@ -283,9 +380,13 @@ def assemble(frames: list[Frame], scene_id: str, clip_depth=None) -> dict:
         raw = np.stack([f.instance_ids if f.instance_ids is not None else np.zeros((H, W), np.int64)
                         for f in frames]).astype(np.int64)
         ids = torch.from_numpy(renumber(raw))
+    extra = {}
+    if labels is not None:
+        present = np.unique(raw) if any(f.instance_ids is not None for f in frames) else np.zeros(0, np.int64)
+        extra["class_names"] = [labels.get(int(r), "") for r in present if r != 0]   # renumber's order
     return {"images": images, "depth": depth_t, "extrinsics": E.float(), "intrinsics": K.float(),
             "world_points": points, "valid_mask": valid, "instance_ids": ids, "scene_id": scene_id,
-            "frame_ids": [f.name for f in frames]}
+            "frame_ids": [f.name for f in frames], **extra}
 
 
 def _unproject(depth: torch.Tensor, E: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

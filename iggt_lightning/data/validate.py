@@ -114,4 +114,9 @@ def check_sample(sample: dict, require: tuple[str, ...] = ("images",)) -> dict:
         if bool((ids < 0).any()):
             raise SampleError(f"{_where(sample)}: instance_ids has negative values; ids are >= 0 with 0 = no instance")
         sample["instance_ids"] = ids.long()
+        names = sample.get("class_names")
+        if names is not None:
+            if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+                raise SampleError(f"{_where(sample)}: class_names must be a list of strings (class_names[i] names "
+                                  "instance id i + 1)")
     return sample

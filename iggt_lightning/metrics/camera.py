@@ -1,5 +1,7 @@
-"""Relative camera pose metrics: RRA / RTA at 30° and AUC@30 over all ordered frame pairs of a scene."""
+"""Relative camera pose metrics: RRA / RTA at 30° and AUC@30 over frame pairs, pooled or per scene / category."""
 from __future__ import annotations
+
+import hashlib
 
 import torch
 from torchmetrics import Metric
@@ -26,48 +28,97 @@ def translation_angle_deg(ta: torch.Tensor, tb: torch.Tensor, eps: float = 1e-12
     return torch.minimum(ang, 180 - ang)
 
 
-class CameraMetrics(Metric):
-    """``update(pred_extrinsics [B,S,3,4] or [S,3,4], gt_extrinsics)`` (world-to-camera, OpenCV).
+def _group_key(name) -> int:
+    """A scene id (or its category) as an int64 for a torchmetrics list state (stable across processes)."""
+    return int.from_bytes(hashlib.md5(str(name).encode()).digest()[:8], "little", signed=True)
 
-    For every ordered pair i != j: rotation error of R_ij and angle error of the relative translation
-    direction. RRA@30 / RTA@30: fraction of pairs under 30°. AUC@30: mean over thresholds 1..30° of the
-    fraction of pairs whose max(rotation, translation) error is under the threshold.
+
+class CameraMetrics(Metric):
+    """``update(pred_extrinsics [B,S,3,4] or [S,3,4], gt_extrinsics, scene_ids=None)`` (world-to-camera, OpenCV).
+
+    For every pair of views: the rotation error of the relative rotation and the angle between the relative
+    translation directions (sign-free: min(angle, 180 - angle)). RRA / RTA: fraction of pairs under
+    ``max_threshold`` degrees; ``auc@T`` (T in ``auc_thresholds``, default just ``max_threshold``): the mean over
+    k = 1..T of the fraction of pairs whose max(rotation, translation) error is < k (<= T for the last bin,
+    VGGT's histogram).
+
+    Args:
+        pairs: ``ordered`` (every i != j, relative pose i -> j) or ``unordered`` (i < j, VGGT's
+            ``E_i inv(E_j)``: camera j -> camera i).
+        aggregate: ``pairs`` (all pairs of all scenes pooled), ``scene`` (one AUC per scene, then their mean:
+            VGGT on RealEstate10K) or ``category`` (pairs pooled per category = the scene id up to its first
+            ``/``, then the mean over categories: VGGT on CO3D). RRA / RTA are always over pooled pairs.
     """
 
     full_state_update = False
 
-    def __init__(self, max_threshold: int = 30, **kwargs) -> None:
+    def __init__(self, max_threshold: int = 30, pairs: str = "ordered", aggregate: str = "pairs",
+                 auc_thresholds: tuple[int, ...] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.max_threshold = max_threshold
-        self.add_state("hist", default=torch.zeros(max_threshold, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("rra", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("rta", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("pairs", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        if pairs not in ("ordered", "unordered"):
+            raise ValueError(f"CameraMetrics pairs must be 'ordered' or 'unordered'; got {pairs!r}")
+        if aggregate not in ("pairs", "scene", "category"):
+            raise ValueError(f"CameraMetrics aggregate must be 'pairs', 'scene' or 'category'; got {aggregate!r}")
+        self.max_threshold, self.pairs, self.aggregate = int(max_threshold), pairs, aggregate
+        self.auc_thresholds = tuple(int(t) for t in (auc_thresholds or (max_threshold,)))
+        if any(t < 1 for t in self.auc_thresholds):
+            raise ValueError(f"auc_thresholds must be positive integers (degrees); got {auc_thresholds!r}")
+        # per pair: max(rotation, translation) error, rotation, translation, and the pair's group
+        for name in ("worst", "r_err", "t_err", "group"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, scene_ids: list | None = None) -> None:
         if pred.shape != target.shape or pred.shape[-2:] != (3, 4):
             raise ValueError(f"extrinsics must both be [...,S,3,4]; got {tuple(pred.shape)} and {tuple(target.shape)}")
         pred, target = pred.reshape(-1, *pred.shape[-3:]).double(), target.reshape(-1, *target.shape[-3:]).double()
-        for p, g in zip(pred, target):
+        if isinstance(scene_ids, str):
+            scene_ids = [scene_ids]
+        if scene_ids is not None and len(scene_ids) != len(pred):
+            raise ValueError(f"{len(scene_ids)} scene ids for {len(pred)} scenes")
+        if self.aggregate != "pairs" and scene_ids is None:
+            raise ValueError(f"CameraMetrics aggregate={self.aggregate!r} needs the scenes' ids (scene_ids)")
+        for b, (p, g) in enumerate(zip(pred, target)):
             S = p.shape[0]
             if S < 2:
                 continue
             Rp, tp = _relative(p)
             Rg, tg = _relative(g)
-            off = ~torch.eye(S, dtype=torch.bool, device=p.device)
-            r_err = rotation_angle_deg(Rp[off], Rg[off])
-            t_err = translation_angle_deg(tp[off], tg[off])
-            self.rra = self.rra + (r_err < self.max_threshold).double().sum()
-            self.rta = self.rta + (t_err < self.max_threshold).double().sum()
-            worst = torch.maximum(r_err, t_err)
-            thresholds = torch.arange(1, self.max_threshold + 1, device=p.device, dtype=torch.float64)
-            self.hist = self.hist + (worst[:, None] < thresholds[None]).double().sum(0)
-            self.pairs = self.pairs + int(off.sum())
+            if self.pairs == "ordered":
+                pick = ~torch.eye(S, dtype=torch.bool, device=p.device)
+            else:   # _relative's [i, j] is i -> j; VGGT's pair (i < j) maps camera j to camera i: entry [j, i]
+                pick = torch.tril(torch.ones(S, S, dtype=torch.bool, device=p.device), diagonal=-1)
+            r_err = rotation_angle_deg(Rp[pick], Rg[pick])
+            t_err = translation_angle_deg(tp[pick], tg[pick])
+            worst = torch.nan_to_num(torch.maximum(r_err, t_err), nan=1e6)
+            if self.aggregate == "pairs":
+                key = 0
+            else:
+                name = str(scene_ids[b])
+                key = _group_key(name.split("/")[0] if self.aggregate == "category" else name)
+            self.worst.append(worst)
+            self.r_err.append(r_err)
+            self.t_err.append(t_err)
+            self.group.append(torch.full_like(worst, 0, dtype=torch.long) + key)
+
+    @staticmethod
+    def auc(worst: torch.Tensor, threshold: int) -> torch.Tensor:
+        """VGGT's AUC: histogram of the errors over integer bins 0..T (the last one closed), divided by the
+        number of pairs, cumulated, averaged over the T bins."""
+        k = torch.arange(1, threshold + 1, dtype=torch.float64, device=worst.device)
+        below = (worst[:, None] < k[None]).double()
+        below[:, -1] = (worst <= threshold).double()
+        return below.mean(0).mean()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        n = self.pairs.double()
-        if self.pairs == 0:
-            nan = torch.tensor(float("nan"), dtype=torch.float64)
-            return {f"rra@{self.max_threshold}": nan, f"rta@{self.max_threshold}": nan, f"auc@{self.max_threshold}": nan}
-        return {f"rra@{self.max_threshold}": self.rra / n, f"rta@{self.max_threshold}": self.rta / n,
-                f"auc@{self.max_threshold}": (self.hist / n).mean()}
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        cat = (lambda x: torch.cat(x) if isinstance(x, list) and x else (x if isinstance(x, torch.Tensor)
+                                                                          else torch.zeros(0, dtype=torch.float64)))
+        worst, r_err, t_err, group = cat(self.worst), cat(self.r_err), cat(self.t_err), cat(self.group)
+        T = self.max_threshold
+        if not len(worst):
+            return {f"rra@{T}": nan, f"rta@{T}": nan, **{f"auc@{t}": nan for t in self.auc_thresholds}}
+        out = {f"rra@{T}": (r_err < T).double().mean(), f"rta@{T}": (t_err < T).double().mean()}
+        groups = [worst] if self.aggregate == "pairs" else [worst[group == g] for g in group.unique()]
+        for t in self.auc_thresholds:
+            out[f"auc@{t}"] = torch.stack([self.auc(w, t) for w in groups]).mean()
+        return out
