@@ -1,9 +1,15 @@
 """Time per stage of `iggt predict` for 8 photos at 336x504 on CPU, per preset, and peak memory.
 
     python benchmarks/predict.py [--presets tiny small-dino] [--views 8] [--threads 2] [--json path]
+    python benchmarks/predict.py --ref /path/to/older/checkout --repeats 2    # before/after, interleaved
 
 Each preset runs in its own subprocess (randomly initialised weights saved to a temporary checkpoint, so
-nothing is downloaded) so that its peak resident memory (ru_maxrss) is its own. Prints a table and JSON.
+nothing is downloaded) so that its peak resident memory (ru_maxrss) is its own. Random weights predict no
+usable camera (a field of view <= 0), so the camera head's last layer is set to predict a 1-radian field of
+view at the origin, with a little noise per view: every view then has a camera, points and COLMAP tracks
+(all views see nearly everything, the most observations a COLMAP export can have). ``--ref DIR`` runs the same
+child in another checkout of the project, alternating with this one, and prints the per-stage ratios.
+Prints a table and JSON.
 """
 from __future__ import annotations
 
@@ -28,7 +34,13 @@ from iggt_lightning.model import IGGTModel
 torch.set_num_threads({threads})
 work = {work!r}
 torch.manual_seed(0)
-save_model(IGGTModel.from_preset({preset!r}, drop_heads=["track"]), work + "/model.safetensors")
+model = IGGTModel.from_preset({preset!r}, drop_heads=["track"])
+head = model.heads["camera"]
+last = head.pose_branch.fc2
+with torch.no_grad():   # a plausible camera from random weights: t = 0, identity rotation, fov 1 rad, some noise
+    last.weight.mul_(1e-3)
+    last.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1], dtype=last.bias.dtype) / head.num_iterations)
+save_model(model, work + "/model.safetensors")
 scene = SyntheticScenes(length=1, num_views={views}, image_size=(336, 504), seed=0)[0]
 import os
 os.makedirs(work + "/photos", exist_ok=True)
@@ -49,27 +61,47 @@ def main() -> int:
     p.add_argument("--views", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "predict.json"))
+    p.add_argument("--ref", type=Path, help="another checkout of the project to compare with (before/after)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per preset and checkout (interleaved)")
     a = p.parse_args()
+    trees = [("this", ROOT)] + ([("ref", a.ref.resolve())] if a.ref else [])
     rows = []
+    load = [os.getloadavg()]
     for preset in a.presets:
-        with tempfile.TemporaryDirectory() as work:
-            code = CHILD.format(root=str(ROOT), threads=a.threads, work=work, preset=preset, views=a.views)
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-            if res.returncode:
-                print(res.stderr[-3000:], file=sys.stderr)
-                return 1
-            rows.append({"preset": preset, **json.loads(res.stdout.strip().splitlines()[-1])})
+        for repeat in range(a.repeats):
+            for tree, root in trees:   # alternate the checkouts so a noisy moment hits both
+                with tempfile.TemporaryDirectory() as work:
+                    code = CHILD.format(root=str(root), threads=a.threads, work=work, preset=preset, views=a.views)
+                    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                    if res.returncode:
+                        print(f"{tree} ({root}), {preset}:\n{res.stderr[-3000:]}", file=sys.stderr)
+                        return 1
+                    rows.append({"preset": preset, "tree": tree, "repeat": repeat,
+                                 **json.loads(res.stdout.strip().splitlines()[-1])})
+                load.append(os.getloadavg())
     stages = list(rows[0]["seconds"])
     print(f"{a.views} photos at 336x504 (resize mode), CPU, {a.threads} threads; seconds per stage")
-    print(f"{'preset':<12}" + "".join(f"{s:>13}" for s in stages) + f"{'total':>9}{'peak MB':>9}{'points':>10}")
+    print(f"{'preset':<12}{'tree':<6}" + "".join(f"{s:>13}" for s in stages) + f"{'total':>9}{'peak MB':>9}"
+          f"{'points':>10}")
     for r in rows:
-        print(f"{r['preset']:<12}" + "".join(f"{r['seconds'][s]:>13.2f}" for s in stages)
+        print(f"{r['preset']:<12}{r['tree']:<6}" + "".join(f"{r['seconds'].get(s, float('nan')):>13.2f}" for s in stages)
               + f"{r['total']:>9.2f}{r['peak_rss_mb']:>9.0f}{r['points']:>10,}")
+    ratios = {}
+    if a.ref:
+        print("\nthis / ref, median over repeats")
+        for preset in a.presets:
+            def med(tree, stage):
+                vals = [r["seconds"].get(stage) if stage != "total" else r["total"] for r in rows
+                        if r["preset"] == preset and r["tree"] == tree]
+                vals = sorted(v for v in vals if v is not None)
+                return vals[len(vals) // 2] if vals else float("nan")
+            ratios[preset] = {s: med("this", s) / med("ref", s) for s in [*stages, "total"]}
+            print(f"{preset:<12}" + "".join(f"{s}={v:.2f}  " for s, v in ratios[preset].items()))
     from iggt_lightning.fileio import write_json
 
     sys.path.insert(0, str(ROOT))
-    write_json(a.json, {"views": a.views, "size": [336, 504], "threads": a.threads, "load_avg": os.getloadavg(),
-                        "rows": rows})
+    write_json(a.json, {"views": a.views, "size": [336, 504], "threads": a.threads, "load_avg": load,
+                        "ref": str(a.ref) if a.ref else None, "rows": rows, "ratios": ratios})
     print(f"wrote {a.json}")
     return 0
 

@@ -129,12 +129,12 @@ def test_predict_refuses_bad_input_and_leaves_nothing(assets, tmp_path, capsys):
 
 
 def test_predict_disk_error_mid_write_leaves_no_files(assets, tmp_path, monkeypatch):
-    from iggt_lightning.inference import export
+    from iggt_lightning.inference import colmap
 
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "write_colmap_text", full_disk)
+    monkeypatch.setattr(colmap, "write_model", full_disk)
     assert predict(assets, tmp_path / "out") == 2
     assert list(tmp_path.iterdir()) == []
 

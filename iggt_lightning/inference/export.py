@@ -1,5 +1,5 @@
-"""Writers for prediction files other tools open: PLY, GLB, 16-bit PNG id/depth maps, COCO RLE instances,
-cameras JSON and a COLMAP text model. Every writer goes through ``fileio.atomic_write`` (temp file + rename).
+"""Writers for prediction files other tools open: PLY, GLB (glTF y-up), 16-bit PNG id/depth maps, COCO RLE
+instances, cameras JSON and nerfstudio's transforms.json (the COLMAP model: :mod:`.colmap`). Every writer goes through ``fileio.atomic_write`` (temp file + rename).
 
 Conventions where data leaves the program: cameras are OpenCV world-to-camera ``[R|t]`` (x right, y down,
 z forward) in the predicted world frame (the first camera's), in the model's normalised scale; pixel
@@ -77,16 +77,27 @@ def camera_frustum(extrinsic: np.ndarray, intrinsic: np.ndarray, size: tuple[int
     return world, faces
 
 
+# glTF is y-up, right-handed, cameras looking down -z; OpenCV is y-down, z forward: a turn of 180 degrees about x
+OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0, 1.0])
+GLB_CONVENTION = ("glTF y-up, right-handed: the root node 'opencv_to_gltf' (matrix diag(1, -1, -1)) maps the "
+                  "OpenCV world of points.ply and cameras.json (x right, y down, z forward) to glTF axes")
+
+
 def write_glb(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, extrinsics: np.ndarray | None = None,
               intrinsics: np.ndarray | None = None, sizes: list[tuple[int, int]] | None = None) -> None:
     """A GLB with the coloured point cloud and, when cameras are given, one frustum mesh per camera.
 
-    Coordinates are the OpenCV world frame as predicted (no viewer-specific flip is baked in)."""
+    The geometry keeps the OpenCV world coordinates; a root node ``opencv_to_gltf`` turns them into glTF's
+    y-up frame (:data:`GLB_CONVENTION`), so every glTF viewer shows the scene upright and the first camera
+    looks down glTF's -z."""
     import trimesh
 
     scene = trimesh.Scene()
+    root = "opencv_to_gltf"
+    scene.graph.update(frame_from=scene.graph.base_frame, frame_to=root, matrix=OPENCV_TO_GLTF)
     colours = np.concatenate([to_uint8(rgb), np.full((len(rgb), 1), 255, np.uint8)], 1)
-    scene.add_geometry(trimesh.PointCloud(xyz.astype(np.float64), colors=colours), geom_name="points")
+    scene.add_geometry(trimesh.PointCloud(xyz.astype(np.float64), colors=colours), geom_name="points",
+                       parent_node_name=root)
     if extrinsics is not None:
         extent = np.percentile(xyz, 95, axis=0) - np.percentile(xyz, 5, axis=0) if len(xyz) else np.ones(3)
         depth = max(float(np.linalg.norm(extent)) * 0.05, 1e-3)
@@ -97,7 +108,7 @@ def write_glb(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, extrins
             v, f = camera_frustum(E, K, size, depth)
             mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
             mesh.visual.face_colors = np.concatenate([palette[i], [200]]).astype(np.uint8)
-            scene.add_geometry(mesh, geom_name=f"camera_{i:03d}")
+            scene.add_geometry(mesh, geom_name=f"camera_{i:03d}", parent_node_name=root)
 
     def write(tmp: str) -> None:
         data = scene.export(file_type="glb")
@@ -224,46 +235,28 @@ def colmap_names(names: list[str]) -> list[str]:
     return out
 
 
-def write_colmap_text(folder: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,
-                      sizes: list[tuple[int, int]], names: list[str], xyz: np.ndarray, rgb: np.ndarray,
-                      ids: list[int] | None = None) -> None:
-    """COLMAP text model: ``cameras.txt`` (one PINHOLE camera per view), ``images.txt`` (world-to-camera
-    quaternion + translation, as COLMAP stores them; no 2D points), ``points3D.txt`` (no tracks).
-
-    ``ids``: the IMAGE_ID / CAMERA_ID of each view (default 1..n; views left out keep the others' ids).
-    Names must already be COLMAP-safe (:func:`colmap_names`); a non-finite or non-positive camera, a
-    non-finite point or an unsafe name is refused (``ValueError``) rather than written."""
-    folder = Path(folder)
-    ids = list(range(1, len(names) + 1)) if ids is None else [int(i) for i in ids]
-    for E, K, name in zip(extrinsics, intrinsics, names):
+def write_transforms_json(path: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,
+                          sizes: list[tuple[int, int]], image_paths: list[str], ply_file: str | None) -> None:
+    """nerfstudio / gsplat ``transforms.json``: per frame the camera-to-world matrix in the OpenGL camera convention
+    (x right, y up, z backward; our OpenCV camera axes flipped in y and z), its intrinsics (pixel centres at
+    i + 0.5) and image; ``ply_file_path`` names the cloud that initialises Gaussian splats (same world frame)."""
+    frames = []
+    for E, K, (W, H), image in zip(extrinsics, intrinsics, sizes, image_paths):
         if not camera_is_valid(E, K):
-            raise ValueError(f"COLMAP model: view {name!r} has a non-finite or non-positive camera")
-        if colmap_names([name])[0] != name:
-            raise ValueError(f"COLMAP model: image name {name!r} cannot be stored in images.txt (spaces or "
-                             "non-printable characters)")
-    if len(xyz) and not np.isfinite(xyz).all():
-        raise ValueError("COLMAP model: non-finite 3D points")
-    folder.mkdir(parents=True, exist_ok=True)
-    cams = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
-            f"# Number of cameras: {len(names)}"]
-    imgs = ["# Image list with two lines of data per image:",
-            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)",
-            f"# Number of images: {len(names)}, mean observations per image: 0"]
-    for i, E, K, (W, H), name in zip(ids, extrinsics, intrinsics, sizes, names):
-        cams.append(f"{i} PINHOLE {W} {H} {K[0, 0]:.10g} {K[1, 1]:.10g} {K[0, 2]:.10g} {K[1, 2]:.10g}")
-        q = rotation_to_quaternion(E[:3, :3])
-        t = E[:3, 3]
-        imgs.append(f"{i} {q[0]:.12g} {q[1]:.12g} {q[2]:.12g} {q[3]:.12g} {t[0]:.12g} {t[1]:.12g} {t[2]:.12g} {i} {name}")
-        imgs.append("")
-    c = to_uint8(rgb)
-    pts = ["# 3D point list with one line of data per point:",
-           "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
-           f"# Number of points: {len(xyz)}, mean track length: 0"]
-    pts += [f"{j} {p[0]:.7g} {p[1]:.7g} {p[2]:.7g} {r} {g} {b} 0" for j, (p, (r, g, b)) in
-            enumerate(zip(xyz, c.tolist()), start=1)]
-    write_text(folder / "cameras.txt", "\n".join(cams) + "\n")
-    write_text(folder / "images.txt", "\n".join(imgs) + "\n")
-    write_text(folder / "points3D.txt", "\n".join(pts) + "\n")
+            raise ValueError(f"transforms.json: view {image!r} has a non-finite or non-positive camera")
+        c2w = np.eye(4)
+        R, t = np.asarray(E[:3, :3], np.float64), np.asarray(E[:3, 3], np.float64)
+        c2w[:3, :3], c2w[:3, 3] = R.T, -R.T @ t
+        frames.append({"file_path": image, "transform_matrix": (c2w @ np.diag([1.0, -1.0, -1.0, 1.0])).tolist(),
+                       "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+                       "w": int(W), "h": int(H)})
+    payload = {"camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+               "convention": "transform_matrix: camera-to-world, OpenGL camera axes (x right, y up, z back); world "
+                             "= the OpenCV world of cameras.json; intrinsics in pixels, pixel i's centre at i + 0.5",
+               "frames": frames}
+    if ply_file:
+        payload["ply_file_path"] = ply_file
+    write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
 def write_cameras_json(path: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,

@@ -224,9 +224,9 @@ def estimate_output_bytes(model_size: tuple[int, int], photo_sizes: list[tuple[i
 
 
 def planned_files(names: list[str], plugins: list, save_images: bool = True,
-                  image_names: list[str] | None = None) -> list[str]:
+                  image_names: list[str] | None = None, colmap_format: str = "txt") -> list[str]:
     stems = [Path(n).stem for n in names]
-    files = scene_file_names((image_names or [s + ".png" for s in stems]) if save_images else None)
+    files = scene_file_names((image_names or [s + ".png" for s in stems]) if save_images else None, colmap_format)
     for _, cls in plugins:
         files += [f for f in cls.planned_files(stems) if f not in files]
     return files
@@ -318,7 +318,8 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
     S, _, H, W = images.shape
     photo_sizes = [t.photo_size for t in transforms]
     view_names = _view_names(names, o.save_images)
-    files = planned_files(names, plan.plugins, o.save_images, view_names)
+    files = planned_files(names, plan.plugins, o.save_images, view_names,
+                          str(o.export_options.get("colmap_format", "txt")))
     need = estimate_output_bytes((W, H), photo_sizes, files, [Path(n).stem for n in names])
     free = check_free_space(o, plan.out, need)
     st.done()

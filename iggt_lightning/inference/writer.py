@@ -28,10 +28,13 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from iggt_lightning.fileio import write_json
 
-from . import export
+from . import colmap, export
 from .output_folder import MANIFEST_FORMAT, OutputFolderError, check_existing, host_tag, overlap, replace_dir
 from .scene import SceneError, SceneExport, View, identity_transform
 
+
+
+DEFAULT_COLMAP_POINTS = 100_000   # a COLMAP model of ~10 MB with tracks; more with --colmap-max-points
 
 
 class PredictError(OutputFolderError):
@@ -113,20 +116,67 @@ def _write_scene_files(scene: SceneExport, cloud) -> dict:
         export.write_cameras_json(scene.path("cameras.json"), cams.extrinsics[ok], cams.intrinsics[ok], sizes,
                                   [scene.views[v].name for v in ok],
                                   None if image_paths is None else [image_paths[v] for v in ok])
-        scene.current = "colmap/"
-        export.write_colmap_text(scene.folder / "colmap", cams.extrinsics[ok], cams.intrinsics[ok], sizes,
-                                 [scene.views[v].image_name for v in ok], xyz, rgb, ids=[v + 1 for v in ok])
-        scene.files += ["colmap/cameras.txt", "colmap/images.txt", "colmap/points3D.txt"]
+        info["colmap"] = _write_colmap(scene, cloud, ok, sizes)
+        if image_paths is not None:
+            export.write_transforms_json(scene.path("transforms.json"), cams.extrinsics[ok], cams.intrinsics[ok],
+                                         sizes, [image_paths[v] for v in ok], "points.ply" if cloud else None)
         omitted = [scene.views[v].name for v in range(len(scene.views)) if not cams.valid[v]]
         info["cameras_omitted"] = dict(export.CAMERAS_OMITTED, views=omitted) if omitted else None
     return info
 
 
-def scene_file_names(image_names: list[str] | None) -> list[str]:
+def colmap_options(scene: SceneExport) -> dict:
+    """The COLMAP export options, checked: format, point budget, depth tolerance of the tracks, bundle adjustment."""
+    fmt = scene.option("colmap_format", "txt")
+    if fmt not in colmap.FORMATS:
+        raise SceneError(f"--colmap-format must be one of {list(colmap.FORMATS)}; got {fmt!r}")
+    budget = scene.option("colmap_max_points", DEFAULT_COLMAP_POINTS)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise SceneError(f"--colmap-max-points must be a positive integer; got {budget!r}")
+    tol = scene.option("colmap_depth_tolerance", 0.03)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise SceneError(f"colmap_depth_tolerance must be a number in (0, 1) (relative depth); got {tol!r}")
+    ba = scene.option("colmap_ba", False)
+    if not isinstance(ba, bool):
+        raise SceneError(f"--ba (colmap_ba) must be true or false; got {ba!r}")
+    return {"format": fmt, "max_points": budget, "depth_tolerance": float(tol), "bundle_adjust": ba}
+
+
+def _write_colmap(scene: SceneExport, cloud, ok: list[int], sizes: list[tuple[int, int]]) -> dict:
+    opts = colmap_options(scene)
+    cams = scene.cameras
+    W, H = scene.model_size
+    to_model = [(scene.views[v].transform.scale, scene.views[v].transform.offset) for v in ok]
+    if cloud is not None:
+        _, points, conf, keep = cloud
+        rgb = scene.images.permute(0, 2, 3, 1).reshape(-1, 3).numpy()
+        tracks = colmap.build_tracks(points.numpy(), keep, conf.reshape(-1).numpy(), rgb, cams.extrinsics[ok],
+                                     cams.intrinsics[ok], sizes, to_model, ok, opts["max_points"],
+                                     opts["depth_tolerance"])
+    else:
+        tracks = colmap.Tracks(np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0),
+                               [np.zeros((0, 2))] * len(ok), [np.zeros(0, np.int64)] * len(ok))
+    scene.current = "colmap/"
+    folder = scene.folder / "colmap"
+    colmap.write_model(folder, cams.extrinsics[ok], cams.intrinsics[ok], sizes,
+                               [scene.views[v].image_name for v in ok], [v + 1 for v in ok], tracks, opts["format"])
+    observations = sum(len(p) for p in tracks.point_of)
+    info = {"format": opts["format"], "points": int(len(tracks.points)), "observations": int(observations),
+            "mean_track_length": tracks.mean_track_length,
+            "mean_reprojection_error": float(tracks.errors.mean()) if len(tracks.errors) else None,
+            "max_points": opts["max_points"], "depth_tolerance": opts["depth_tolerance"],
+            "pixel_coordinates": "pixel i's centre at i + 0.5 (COLMAP's convention)"}
+    if opts["bundle_adjust"] and len(tracks.points):
+        info["bundle_adjustment"] = colmap.bundle_adjust(folder, opts["format"])
+    scene.files += sorted(f"colmap/{p.name}" for p in folder.iterdir() if p.is_file())   # pycolmap may add files
+    return info
+
+
+def scene_file_names(image_names: list[str] | None, colmap_format: str = "txt") -> list[str]:
     """The scene-level files a prediction may hold (for ``--dry-run``; which ones appear depends on the heads)."""
-    files = ["manifest.json", "points.ply", "scene.glb", "cameras.json", "colmap/cameras.txt", "colmap/images.txt",
-             "colmap/points3D.txt"]
-    return files + [f"images/{n}" for n in image_names or []]
+    files = ["manifest.json", "points.ply", "scene.glb", "cameras.json",
+             *(f"colmap/{n}.{colmap_format}" for n in ("cameras", "images", "points3D"))]
+    return files + (["transforms.json"] if image_names else []) + [f"images/{n}" for n in image_names or []]
 
 
 def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict, index: int, views: list[View],
@@ -152,6 +202,7 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
                                   "threshold": scene.option("conf_threshold", 5.0)},
             "invalid_views": {views[v].name: list(p) for v, p in sorted(scene.invalid.items())},
             "colmap_names": {v.name: v.image_name for v in views}, "convention": export.CONVENTION,
+            "glb_convention": export.GLB_CONVENTION,
             **scene.manifest, **(manifest or {})}
     scene.current = "manifest.json"
     write_json(Path(folder) / "manifest.json", body, strict=True)   # a NaN here is a bug, never a silent token

@@ -1,0 +1,165 @@
+"""The scene files third-party tools read, on a synthetic scene with exact geometry: COLMAP with tracks (pycolmap
+reads it; observations reproject under a pixel; the binary model equals the text one; bundle adjustment runs),
+GLBs in glTF's y-up frame, nerfstudio's transforms.json."""
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from iggt_lightning.data import SyntheticScenes
+from iggt_lightning.inference.images import ViewTransform
+from iggt_lightning.inference.scene import SceneCameras, View
+from iggt_lightning.inference.writer import export_scene
+from iggt_lightning.plugin import Plugin
+
+pycolmap = pytest.importorskip("pycolmap")
+
+SCALE = 2          # photos at twice the model input: the export must map pixels back
+
+
+class ExactGeometry(Plugin):
+    """Describes the scene with the renderer's cameras and world points (what a perfect model would predict)."""
+
+    def __init__(self, sample: dict) -> None:
+        self.sample = sample
+
+    def describe(self, outputs, scene) -> None:
+        s = self.sample
+        E = s["extrinsics"].double().numpy()
+        K_model = s["intrinsics"].double().numpy()                      # integer pixel centres
+        K_photo = []
+        for v, K in enumerate(K_model):
+            centred = K.copy()
+            centred[:2, 2] += 0.5
+            K_photo.append(scene.views[v].transform.intrinsics_to_photo(torch.from_numpy(centred)).numpy())
+        scene.cameras = SceneCameras(E, np.stack(K_photo), K_model, [True] * len(E))
+        scene.add_points("exact", s["world_points"], torch.where(s["valid_mask"], 1.0, 0.0), priority=1)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """A rendered scene re-expressed in its first camera's frame, as the model predicts it."""
+    s = SyntheticScenes(length=1, num_views=3, image_size=(56, 84), seed=5)[0]
+    E = s["extrinsics"].double()
+    first = torch.eye(4, dtype=torch.float64)
+    first[:3] = E[0]
+    inv = torch.linalg.inv(first)
+    s["extrinsics"] = (E @ inv).float()
+    s["world_points"] = (s["world_points"].double() @ E[0, :, :3].T + E[0, :, 3]).float()
+    return s
+
+
+def write(folder, sample, **options) -> dict:
+    S, _, H, W = sample["images"].shape
+    views = []
+    for v in range(S):
+        photo = (sample["images"][v].permute(1, 2, 0).numpy() * 255).astype(np.uint8).repeat(SCALE, 0).repeat(SCALE, 1)
+        views.append(View(f"view{v}.jpg", f"view{v}", f"view{v}.png",
+                          ViewTransform((W * SCALE, H * SCALE), (1 / SCALE, 1 / SCALE), (0.0, 0.0)), photo))
+    folder.mkdir(parents=True)
+    return export_scene(folder, [("exact", ExactGeometry(sample))], {}, 0, views, sample["images"],
+                        {"conf_threshold": 0.5, "conf_mode": "absolute", **options})
+
+
+def reprojection_errors(rec) -> np.ndarray:
+    errors = []
+    for image in rec.images.values():
+        cam = rec.cameras[image.camera_id]
+        for p2d in image.points2D:
+            if p2d.has_point3D():
+                X = rec.points3D[p2d.point3D_id].xyz
+                uv = cam.img_from_cam(image.cam_from_world() * X)
+                errors.append(np.linalg.norm(np.asarray(uv) - np.asarray(p2d.xy)))
+    return np.array(errors)
+
+
+def test_colmap_model_has_tracks_that_reproject(sample, tmp_path):
+    manifest = write(tmp_path / "txt", sample, colmap_max_points=3000)
+    rec = pycolmap.Reconstruction(str(tmp_path / "txt" / "colmap"))
+    assert rec.num_reg_images() == 3 and 0 < rec.num_points3D() <= 3000
+    assert all(len(p.track.elements) >= 1 for p in rec.points3D.values())
+    assert rec.compute_mean_track_length() > 1.25   # seen from more than their own view (these views overlap ~40 %)
+    errors = reprojection_errors(rec)
+    assert len(errors) == rec.compute_num_observations() and errors.max() < 1.0
+    names = {img.name for img in rec.images.values()}
+    assert names == {f"view{v}.png" for v in range(3)} and all((tmp_path / "txt" / "images" / n).is_file() for n in names)
+    info = manifest["colmap"]
+    assert info["points"] == rec.num_points3D() and info["observations"] == rec.compute_num_observations()
+    assert info["mean_track_length"] == pytest.approx(rec.compute_mean_track_length())
+
+    write(tmp_path / "bin", sample, colmap_max_points=3000, colmap_format="bin")
+    assert sorted(p.name for p in (tmp_path / "bin" / "colmap").iterdir()) == ["cameras.bin", "images.bin",
+                                                                                "points3D.bin"]
+    binary = pycolmap.Reconstruction(str(tmp_path / "bin" / "colmap"))
+    assert binary.num_points3D() == rec.num_points3D()
+    assert binary.compute_num_observations() == rec.compute_num_observations()
+    for pid, p in rec.points3D.items():
+        np.testing.assert_allclose(binary.points3D[pid].xyz, p.xyz, rtol=1e-6, atol=1e-6)
+
+
+def test_point_budget_keeps_the_model_small(sample, tmp_path):
+    small = write(tmp_path / "small", sample, colmap_max_points=200)["colmap"]
+    large = write(tmp_path / "large", sample, colmap_max_points=10 ** 6)["colmap"]
+    assert 100 <= small["points"] <= 200 < large["points"]
+    assert (tmp_path / "small" / "colmap" / "points3D.txt").stat().st_size < \
+        (tmp_path / "large" / "colmap" / "points3D.txt").stat().st_size / 5
+    with pytest.raises(ValueError, match="--colmap-max-points must be a positive integer"):
+        write(tmp_path / "bad", sample, colmap_max_points=0)
+
+
+def test_bundle_adjustment_runs_and_reports(sample, tmp_path):
+    info = write(tmp_path / "ba", sample, colmap_max_points=500, colmap_ba=True)["colmap"]["bundle_adjustment"]
+    assert info["reprojection_error_after"] <= info["reprojection_error_before"] + 1e-6
+    assert info["reprojection_error_before"] < 1.0
+    pycolmap.Reconstruction(str(tmp_path / "ba" / "colmap"))       # still a readable model
+
+
+def _glb_json(path) -> dict:
+    data = path.read_bytes()
+    length = struct.unpack("<I", data[12:16])[0]
+    return json.loads(data[20:20 + length])
+
+
+def test_glb_is_y_up_with_the_first_camera_looking_down_minus_z(sample, tmp_path):
+    import trimesh
+
+    manifest = write(tmp_path / "glb", sample, colmap_max_points=100)
+    assert "y-up" in manifest["glb_convention"]
+    gltf = _glb_json(tmp_path / "glb" / "scene.glb")
+    root = next(n for n in gltf["nodes"] if n.get("name") == "opencv_to_gltf")
+    np.testing.assert_allclose(np.array(root["matrix"]).reshape(4, 4).T, np.diag([1.0, -1.0, -1.0, 1.0]))
+    scene = trimesh.load(tmp_path / "glb" / "scene.glb")
+    node = next(n for n in scene.graph.nodes_geometry if "camera_000" in n)
+    matrix, geometry = scene.graph[node]
+    v = trimesh.transform_points(scene.geometry[geometry].vertices, matrix)   # in glTF's frame
+    apex, corners = v[0], v[1:]
+    np.testing.assert_allclose(apex, 0, atol=1e-9)               # world = camera 0
+    assert (corners[:, 2] < 0).all()                             # looking down glTF's -z
+    assert corners[0, 1] > corners[3, 1] and corners[1, 1] > corners[2, 1]   # the image's top edge is up (+y)
+    cloud_node = next(n for n in scene.graph.nodes_geometry if "points" in n)
+    m, g = scene.graph[cloud_node]
+    pts = trimesh.transform_points(scene.geometry[g].vertices, m)
+    assert np.median(pts[:, 2]) < 0                              # the scene lies in front of camera 0: -z
+
+
+def test_transforms_json_projects_like_the_opencv_cameras(sample, tmp_path):
+    write(tmp_path / "ns", sample, colmap_max_points=100)
+    t = json.loads((tmp_path / "ns" / "transforms.json").read_text())
+    cams = json.loads((tmp_path / "ns" / "cameras.json").read_text())["views"]
+    assert t["ply_file_path"] == "points.ply" and [f["file_path"] for f in t["frames"]] == \
+        [f"images/view{v}.png" for v in range(3)]
+    X = sample["world_points"][1][sample["valid_mask"][1]][::97].double().numpy()
+    for frame, cam in zip(t["frames"], cams):
+        c2w = np.array(frame["transform_matrix"])
+        gl = (X - c2w[:3, 3]) @ c2w[:3, :3]                       # camera coordinates, OpenGL axes
+        u = frame["fl_x"] * gl[:, 0] / -gl[:, 2] + frame["cx"]
+        v = frame["fl_y"] * -gl[:, 1] / -gl[:, 2] + frame["cy"]
+        E, K = np.array(cam["extrinsic"]), np.array(cam["intrinsic"])
+        cv = X @ E[:, :3].T + E[:, 3]
+        np.testing.assert_allclose(u, K[0, 0] * cv[:, 0] / cv[:, 2] + K[0, 2], atol=1e-4)
+        np.testing.assert_allclose(v, K[1, 1] * cv[:, 1] / cv[:, 2] + K[1, 2], atol=1e-4)
+    assert np.allclose(t["frames"][0]["transform_matrix"], np.diag([1.0, -1.0, -1.0, 1.0]), atol=1e-6)
