@@ -4,6 +4,7 @@ test it on the synthetic test split, print AP / AP50 / AP25 / T-mIoU / T-SR / Ab
     python benchmarks/ablation.py [--variants full "contrastive off" ...] [--json path] [-- extra CLI args]
     python benchmarks/ablation.py --parallel 7 --threads 2 -- --trainer.accelerator gpu   # GPU: variants at once
     python benchmarks/ablation.py --add "my run=--model.lr 1e-3" --variants "my run"     # an ad-hoc variant
+    python benchmarks/ablation.py --readme          # rewrite README's table from benchmarks/ablation.json
 
 ``--parallel N`` trains up to N variants at once, each in its own process (``--threads`` torch threads each);
 results do not depend on it (each process seeds itself from the config). ``--save-weights DIR`` keeps each
@@ -40,7 +41,7 @@ from iggt_lightning.fileio import write_json  # noqa: E402
 from iggt_lightning.lightning_cli import IGGTCLI  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
-# test split, then the val split (same test loop); loss_contrastive is the last training-step value
+# test split, then the val split (same test loop); loss_contrastive is the test loop's (absent when switched off)
 COLUMNS = ["ap", "ap50", "ap25", "ap50_2d", "ap50_objects", "t_miou", "t_sr", "t_miou_objects", "abs_rel",
            "val_ap", "val_ap50", "val_ap25", "val_ap50_objects", "val_t_miou", "val_t_sr", "val_abs_rel",
            "loss_contrastive"]
@@ -63,6 +64,49 @@ def variants(config: Path) -> dict[str, list[str]]:
         "lambda 10": ["--model.loss_weights", json.dumps({"contrastive": 10.0})],
         "lambda_pull 2 (paper)": contrastive(lambda_pull=2.0),
     }
+
+
+README = ROOT / "README.md"
+BEGIN, END = "<!-- ablation.json: python benchmarks/ablation.py --readme -->", "<!-- /ablation.json -->"
+# what the README table shows, in order: (metric key, label)
+SHOWN = [("ap", "AP"), ("ap50", "AP50"), ("ap25", "AP25"), ("ap50_objects", "AP50 obj."), ("t_miou", "T-mIoU"),
+         ("t_sr", "T-SR"), ("t_miou_objects", "T-mIoU obj."), ("abs_rel", "AbsRel"), ("val_ap50", "val AP50"),
+         ("val_ap50_objects", "val AP50 obj."), ("val_t_sr", "val T-SR"), ("loss_contrastive", "test L_contrastive")]
+
+
+def readme_table(payload: dict) -> str:
+    """The README's ablation table and its measurement note, from the JSON this script writes."""
+    rows = ["| variant | override | " + " | ".join(label for _, label in SHOWN) + " |",
+            "|---|---|" + "---|" * len(SHOWN)]
+    for r in payload["rows"]:
+        override = " ".join(r["override"]) if r["override"] else "(the config)"
+        if "error" in r:
+            rows.append(f"| {r['variant']} | `{override}` | " + " | ".join("failed" for _ in SHOWN) + " |")
+            continue
+        cells = ("–" if r.get(k) is None else f"{r[k]:.3f}" for k, _ in SHOWN)   # a term switched off has no loss
+        rows.append(f"| {r['variant']} | `{override}` | " + " | ".join(cells) + " |")
+    by_name = {r["variant"]: r for r in payload["rows"] if "error" not in r}
+    spread = ""
+    if "full" in by_name and "full, seed 1" in by_name:
+        a, b = by_name["full"], by_name["full, seed 1"]
+        spread = (f" Seed spread (full vs seed 1): AP50 {abs(a['ap50'] - b['ap50']):.3f} test, "
+                  f"{abs(a['val_ap50'] - b['val_ap50']):.3f} val; AP50 objects {abs(a['ap50_objects'] - b['ap50_objects']):.3f} test.")
+    minutes = [r["train_seconds"] / 60 for r in payload["rows"] if "error" not in r]
+    load = payload.get("load_avg") or [float("nan")]
+    note = (f"({len(payload['rows'])} variants, {payload['threads']} torch thread(s) each, {payload['parallel']} at a "
+            f"time on {payload.get('cpu_count', '?')} cores, {min(minutes):.0f}-{max(minutes):.0f} min of training "
+            f"each; load average {load[0]:.2f} at the end; torch {payload.get('torch', '?')}, commit "
+            f"{str(payload.get('commit', '?'))[:7]}; test = 48 scenes, val = 192.{spread})")
+    return "\n".join([BEGIN, *rows, "", note, END])
+
+
+def update_readme(json_path: str) -> None:
+    payload = json.loads(Path(json_path).read_text())
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{README}: no {BEGIN} ... {END} block to fill")
+    head, rest = text.split(BEGIN, 1)
+    README.write_text(head + readme_table(payload) + rest.split(END, 1)[1])
 
 
 def git_commit() -> str:
@@ -155,7 +199,8 @@ def main() -> int:
     p.add_argument("--config", type=Path, default=CONFIG)
     p.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation.json"))
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "ablation.json"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README's ablation table from --json")
     p.add_argument("--parallel", type=int, default=1, help="variants trained at once, each in its own process")
     p.add_argument("--add", action="append", default=[], metavar="NAME=ARGS",
                    help="an extra variant: NAME=command-line overrides (shell-quoted); repeatable; "
@@ -165,6 +210,9 @@ def main() -> int:
                    help="skip training: evaluate the weights a --save-weights run left in DIR/<variant>.pt")
     p.add_argument("extra", nargs="*", help="extra LightningCLI arguments for every variant (after --)")
     a = p.parse_args()
+    if a.readme:
+        update_readme(a.json)
+        return 0
     torch.set_num_threads(a.threads)
     table = variants(a.config)
     a.added = []

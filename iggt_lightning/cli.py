@@ -1,10 +1,10 @@
 """The ``iggt`` command.
 
 Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]``,
-``iggt heads list``, ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files) and
-``iggt data check PATH`` (validate a dataset folder). Training subcommands (fit/validate/test) and
-``iggt predict --config ... --data ... --out DIR`` (a dataset, one folder per scene) are LightningCLI's, served
-by ``iggt_lightning.lightning_cli``.
+``iggt heads list``, ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files),
+``iggt data check PATH`` (validate a dataset folder) and ``iggt view OUT_DIR`` (a prediction in the browser).
+Training subcommands (fit/validate/test) and ``iggt predict --config ... --data ... --out DIR`` (a dataset, one
+folder per scene) are LightningCLI's, served by ``iggt_lightning.lightning_cli``.
 
 Checkpoints are data: a config stored in one may name only registered heads; ``--trust-checkpoint-code``
 (predict, convert, fit, validate, test) lets it import other head classes (docs/checkpoints-are-data.md).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELPERS = ("convert", "parity", "heads", "predict", "data")
+HELPERS = ("convert", "parity", "heads", "predict", "data", "view")
 
 
 def _convert(argv: list[str]) -> int:
@@ -119,6 +119,11 @@ def _predict(argv: list[str]) -> int:
                    "e.g. '{\"open_vocab\": {\"class_names\": [\"chair\", \"table\"]}}'")
     p.add_argument("--export-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the "
                    "plugins' exports, e.g. depth_png_scale=1000 (PNG value = depth x scale); repeatable")
+    p.add_argument("--colmap-format", choices=["txt", "bin"], default=None, help="COLMAP model format (default txt)")
+    p.add_argument("--colmap-max-points", type=int, default=None, help="3D points of the COLMAP model, thinned by "
+                   "voxels keeping the most confident (default 100000); each with its track of observations")
+    p.add_argument("--ba", action="store_true", help="bundle-adjust the COLMAP model with pycolmap (poses and points; "
+                   "needs the [colmap] extra); the manifest reports the reprojection error before and after")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder, only if it is a "
                    "previous prediction (has our manifest.json)")
     p.add_argument("--dry-run", action="store_true", help="check the inputs and every option as the real run does, "
@@ -152,6 +157,10 @@ def _predict(argv: list[str]) -> int:
         try:
             export_options[key] = json.loads(value)
         except json.JSONDecodeError:
+            export_options[key] = value
+    for key, value in (("colmap_format", a.colmap_format), ("colmap_max_points", a.colmap_max_points),
+                       ("colmap_ba", a.ba or None)):
+        if value is not None:
             export_options[key] = value
     opts = PredictOptions(inputs=a.inputs, checkpoint=a.checkpoint, out=a.out, preset=a.preset, mode=a.mode,
                           size=tuple(a.size) if a.size else None, device=a.device, precision=a.precision,
@@ -231,6 +240,70 @@ def _data(argv: list[str]) -> int:
     return 0 if report.ok else 1
 
 
+def _view(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="iggt view", description="Show a prediction folder of iggt predict in the "
+                                "browser (viser; extra [viewer]): the point cloud coloured by RGB, instance id or "
+                                "feature PCA, the cameras with their photos, the instances with a checkbox each. "
+                                "Prints the URL and serves until Ctrl-C.")
+    p.add_argument("folder", help="a scene folder (points.ply, cameras.json, ...) or a folder of scene folders "
+                   "(iggt predict --config ... --data ...)")
+    p.add_argument("--scene", default=None, help="the scene to open first, by folder name (default: the first)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; the viewer has no authentication, so 0.0.0.0 shows the scene to anyone on the network)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if taken; 0: any)")
+    p.add_argument("--colour", "--color", default="rgb", help="colour layer shown first: rgb, or a colour layer "
+                   "of the folder such as instances or features (default rgb)")
+    p.add_argument("--max-points", type=int, default=500_000, help="points sent to the browser at most, "
+                   "subsampled the same way every run (default 500000; 0: all)")
+    a = p.parse_args(argv)
+    if not 0 <= a.port <= 65535:
+        p.error(f"--port {a.port}: expected 0..65535")
+    import importlib.util
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from .viewer import ViewerError, check_host, find_scenes, load_scene, pick_scene
+
+    try:
+        scenes = find_scenes(Path(a.folder))
+        scene = load_scene(pick_scene(scenes, a.scene), a.max_points)
+        if a.colour not in scene.layers:
+            raise ViewerError(f"--colour {a.colour}: {scene.folder} has the colour layers {', '.join(scene.layers)}")
+        check_host(a.host)
+    except ViewerError as err:
+        print(f"iggt view: {err}", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("viser") is None:
+        print("iggt view: the viewer needs viser: pip install 'iggt-lightning[viewer]'", file=sys.stderr)
+        return 2
+    from .viewer import Viewer
+
+    def stop(signum, frame):        # `kill` and service managers send SIGTERM: stop as cleanly as on Ctrl-C
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+    for w in scene.warnings:
+        print(f"iggt view: warning: {w}", file=sys.stderr)
+    server = None
+    try:
+        server = Viewer(scenes, scene, a.host, a.port, a.colour, a.max_points)
+        shown = "localhost" if a.host in ("0.0.0.0", "::") else f"[{a.host}]" if ":" in a.host else a.host
+        others = f"; {len(scenes)} scenes, a selector switches" if len(scenes) > 1 else ""
+        print(f"iggt view: {scene.folder} at http://{shown}:{server.port} (Ctrl-C to stop{others})",
+              flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
 LIGHTNING_PREDICT_FLAGS = ("--config", "--data", "--model", "--trainer", "--ckpt_path", "--seed_everything")
 
 
@@ -244,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in HELPERS and not _lightning_predict(argv):
         return {"convert": _convert, "parity": _parity, "heads": _heads, "predict": _predict,
-                "data": _data}[argv[0]](argv[1:])
+                "data": _data, "view": _view}[argv[0]](argv[1:])
     import importlib.util
 
     has_training = importlib.util.find_spec("iggt_lightning.lightning_cli") is not None

@@ -163,3 +163,27 @@ def test_transforms_json_projects_like_the_opencv_cameras(sample, tmp_path):
         np.testing.assert_allclose(u, K[0, 0] * cv[:, 0] / cv[:, 2] + K[0, 2], atol=1e-4)
         np.testing.assert_allclose(v, K[1, 1] * cv[:, 1] / cv[:, 2] + K[1, 2], atol=1e-4)
     assert np.allclose(t["frames"][0]["transform_matrix"], np.diag([1.0, -1.0, -1.0, 1.0]), atol=1e-6)
+
+
+def test_iggt_predict_writes_a_binary_model_with_tracks(tmp_path):
+    """The command-line flow: photos -> iggt predict --colmap-format bin --colmap-max-points -> pycolmap."""
+    from PIL import Image
+
+    from iggt_lightning.checkpoints import save_model
+    from iggt_lightning.cli import main
+    from iggt_lightning.model import IGGTModel
+
+    torch.manual_seed(0)
+    save_model(IGGTModel.from_preset("nano", drop_heads=["track"]), tmp_path / "nano.safetensors")
+    (tmp_path / "photos").mkdir()
+    for i, im in enumerate(SyntheticScenes(length=1, num_views=3, image_size=(98, 154), seed=1)[0]["images"]):
+        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / "photos" / f"v{i}.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "photos"), "-c", str(tmp_path / "nano.safetensors"), "-o", str(out),
+                 "--size", "112", "84", "--quiet", "--colmap-format", "bin", "--colmap-max-points", "500"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"colmap/cameras.bin", "colmap/images.bin", "colmap/points3D.bin", "transforms.json"} <= set(manifest["files"])
+    rec = pycolmap.Reconstruction(str(out / "colmap"))
+    assert 0 < rec.num_points3D() <= 500 and all(len(p.track.elements) >= 1 for p in rec.points3D.values())
+    assert {img.name for img in rec.images.values()} == {"v0.png", "v1.png", "v2.png"}
+    assert manifest["colmap"]["observations"] == rec.compute_num_observations()
