@@ -543,7 +543,7 @@ def _(d):
 
 def _colmap_names(d, err):
     text = (d / "out" / "colmap" / "images.txt").read_text()
-    rows = [ln for ln in text.splitlines() if ln and not ln.startswith("#")][::2]
+    rows = [ln for ln in text.splitlines() if not ln.startswith("#")][::2]   # pose line, then its 2D points
     names = [r.split()[-1] for r in rows]
     bad = [n for n in names if not (d / "out" / "images" / n).is_file()]
     return f"COLMAP names without a file under images/: {bad}" if bad else None
