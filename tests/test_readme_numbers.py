@@ -1,5 +1,6 @@
 """Figures quoted in the README come from committed benchmark JSON: the main-job table is
-benchmarks/main_job.json rendered by benchmarks/main_job.py (never typed by hand)."""
+benchmarks/main_job.json rendered by benchmarks/main_job.py, the ablation table benchmarks/ablation.json rendered
+by benchmarks/ablation.py (never typed by hand)."""
 import importlib.util
 import json
 from pathlib import Path
@@ -15,3 +16,13 @@ def test_the_main_job_table_is_its_json():
     readme = (ROOT / "README.md").read_text()
     assert main_job.readme_table(payload) in readme
     assert payload["last_ckpt_step"] == 520          # the config's max_steps: --ckpt_path last is the final model
+
+
+def test_the_ablation_table_is_its_json():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    payload = json.loads((ROOT / "benchmarks" / "ablation.json").read_text())
+    assert ablation.readme_table(payload) in (ROOT / "README.md").read_text()
+    assert sorted(r["variant"] for r in payload["rows"]) == sorted(ablation.variants(ablation.CONFIG))
+    assert all("error" not in r and r["steps"] == 520 for r in payload["rows"])
