@@ -126,7 +126,7 @@ def _write_scene_files(scene: SceneExport, cloud) -> dict:
 
 
 def colmap_options(scene: SceneExport) -> dict:
-    """The COLMAP export options, checked: format, point budget, depth tolerance of the tracks, bundle adjustment."""
+    """The COLMAP export options, checked: format, size budget, the tracks' visibility tolerance, bundle adjustment."""
     fmt = scene.option("colmap_format", "txt")
     if fmt not in colmap.FORMATS:
         raise SceneError(f"--colmap-format must be one of {list(colmap.FORMATS)}; got {fmt!r}")
@@ -135,7 +135,7 @@ def colmap_options(scene: SceneExport) -> dict:
         raise SceneError(f"--colmap-max-points must be a positive integer; got {budget!r}")
     tol = scene.option("colmap_depth_tolerance", 0.03)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise SceneError(f"colmap_depth_tolerance must be a number in (0, 1) (relative depth); got {tol!r}")
+        raise SceneError(f"colmap_depth_tolerance must be a number in (0, 1) (relative to the distance from the view); got {tol!r}")
     ba = scene.option("colmap_ba", False)
     if not isinstance(ba, bool):
         raise SceneError(f"--ba (colmap_ba) must be true or false; got {ba!r}")
