@@ -35,6 +35,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # readme_block beside this script
 sys.path.insert(0, str(ROOT))
 
 from iggt_lightning.fileio import write_json  # noqa: E402
@@ -66,7 +67,6 @@ def variants(config: Path) -> dict[str, list[str]]:
     }
 
 
-README = ROOT / "README.md"
 BEGIN, END = "<!-- ablation.json: python benchmarks/ablation.py --readme -->", "<!-- /ablation.json -->"
 # what the README table shows, in order: (metric key, label)
 SHOWN = [("ap", "AP"), ("ap50", "AP50"), ("ap25", "AP25"), ("ap50_objects", "AP50 obj."), ("t_miou", "T-mIoU"),
@@ -101,12 +101,11 @@ def readme_table(payload: dict) -> str:
 
 
 def update_readme(json_path: str) -> None:
-    payload = json.loads(Path(json_path).read_text())
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{README}: no {BEGIN} ... {END} block to fill")
-    head, rest = text.split(BEGIN, 1)
-    README.write_text(head + readme_table(payload) + rest.split(END, 1)[1])
+    import json
+
+    from readme_block import fill_block
+
+    fill_block(BEGIN, END, readme_table(json.loads(Path(json_path).read_text())))
 
 
 def git_commit() -> str:

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # readme_block beside this script
 sys.path.insert(0, str(ROOT))
 
 from iggt_lightning.fileio import write_json  # noqa: E402
 
 CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
 ROW = re.compile(r"(test/[^\s│|┃]+)\s*[│|┃]?\s*([-+]?[0-9][0-9.eE+-]*|nan)\s*[│|┃]?\s*$", re.M)
-README = ROOT / "README.md"
 BEGIN, END = "<!-- main_job.json: python benchmarks/main_job.py --readme -->", "<!-- /main_job.json -->"
 # what the README shows, in order: (metric key, label)
 SHOWN = [("ap", "AP"), ("ap50", "AP50"), ("ap25", "AP25"), ("ap50_objects", "AP50 objects"),
@@ -48,12 +48,9 @@ def readme_table(payload: dict) -> str:
 def update_readme(json_path: str) -> None:
     import json
 
-    payload = json.loads(Path(json_path).read_text())
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{README}: no {BEGIN} ... {END} block to fill")
-    head, rest = text.split(BEGIN, 1)
-    README.write_text(head + readme_table(payload) + rest.split(END, 1)[1])
+    from readme_block import fill_block
+
+    fill_block(BEGIN, END, readme_table(json.loads(Path(json_path).read_text())))
 
 
 def iggt(args: list[str], cwd: str) -> str:

@@ -146,8 +146,8 @@ def _check(extrinsics, intrinsics, names) -> None:
 
 def write_model(folder: str | os.PathLike, extrinsics: np.ndarray, intrinsics: np.ndarray,
                 sizes: list[tuple[int, int]], names: list[str], ids: list[int], tracks: Tracks,
-                fmt: str = "txt") -> list[str]:
-    """``cameras``, ``images`` and ``points3D`` in COLMAP's text or binary format; returns the file names.
+                fmt: str = "txt") -> None:
+    """``cameras``, ``images`` and ``points3D`` in COLMAP's text or binary format.
     IMAGE_ID = CAMERA_ID = ``ids[i]``; POINT3D_ID = 1..N."""
     if fmt not in FORMATS:
         raise ValueError(f"colmap_format must be one of {FORMATS}; got {fmt!r}")
@@ -168,7 +168,6 @@ def write_model(folder: str | os.PathLike, extrinsics: np.ndarray, intrinsics: n
     starts = np.searchsorted(t_pt, np.arange(len(tracks.points) + 1))
     writer = _write_text if fmt == "txt" else _write_binary
     writer(folder, extrinsics, intrinsics, sizes, names, ids, tracks, t_img, t_idx, starts)
-    return [f"cameras.{fmt}", f"images.{fmt}", f"points3D.{fmt}"]
 
 
 def _write_text(folder, extrinsics, intrinsics, sizes, names, ids, tracks, t_img, t_idx, starts) -> None:

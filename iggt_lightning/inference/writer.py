@@ -145,7 +145,6 @@ def colmap_options(scene: SceneExport) -> dict:
 def _write_colmap(scene: SceneExport, cloud, ok: list[int], sizes: list[tuple[int, int]]) -> dict:
     opts = colmap_options(scene)
     cams = scene.cameras
-    W, H = scene.model_size
     to_model = [(scene.views[v].transform.scale, scene.views[v].transform.offset) for v in ok]
     if cloud is not None:
         _, points, conf, keep = cloud

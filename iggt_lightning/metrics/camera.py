@@ -5,6 +5,7 @@ import hashlib
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 
 def _relative(extrinsics: torch.Tensor):
@@ -111,12 +112,10 @@ class CameraMetrics(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         nan = torch.tensor(float("nan"), dtype=torch.float64)
-        cat = (lambda x: torch.cat(x) if isinstance(x, list) and x else (x if isinstance(x, torch.Tensor)
-                                                                          else torch.zeros(0, dtype=torch.float64)))
-        worst, r_err, t_err, group = cat(self.worst), cat(self.r_err), cat(self.t_err), cat(self.group)
         T = self.max_threshold
-        if not len(worst):
+        if isinstance(self.worst, list) and not self.worst:
             return {f"rra@{T}": nan, f"rta@{T}": nan, **{f"auc@{t}": nan for t in self.auc_thresholds}}
+        worst, r_err, t_err, group = (dim_zero_cat(x) for x in (self.worst, self.r_err, self.t_err, self.group))
         out = {f"rra@{T}": (r_err < T).double().mean(), f"rta@{T}": (t_err < T).double().mean()}
         groups = [worst] if self.aggregate == "pairs" else [worst[group == g] for g in group.unique()]
         for t in self.auc_thresholds:
