@@ -10,12 +10,21 @@ Usage (from the repository root)::
     PYTHONPATH=. python3 benchmarks/forward.py --preset iggt-large --device cuda --dtype bf16 \\
         --views 1 8 32 --sizes 518x518 --time-budget 600
 
+    PYTHONPATH=. python3 benchmarks/forward.py --preset tiny --views 8 16 32 64 128 256 --repeats 1 \\
+        --plot benchmarks/forward_views.png --json benchmarks/forward_views.json
+
 Options: ``--preset`` (tiny), ``--views`` (1 2 4 8 16 32), ``--sizes`` HxW, multiples of the patch
 size 14 (224x224), ``--batch`` (1), ``--device`` (cuda if available, else cpu), ``--dtype`` fp32|bf16
 (bf16 = ``torch.autocast``; the heads run in fp32 anyway, as in the model), ``--repeats`` timed runs
 (3), ``--warmup`` untimed runs (1), ``--json`` output path
 (``benchmarks/results/forward_<preset>_<device>.json``), ``--time-budget`` seconds, ``--threads``
-(``torch.set_num_threads``).
+(``torch.set_num_threads``), ``--official CHECKOUT`` (also time the official model classes from a local
+checkout of lifuguan/IGGT_official, with the same weights: benchmarks/official.py; the official forward fails
+above 12 views, which the table then shows as an error), ``--plot PNG`` (time and memory against views, one
+line per model and size; needs matplotlib, the ``bench`` extra).
+
+``MiB/view`` is the growth of the peak memory per extra view since the previous view count of the same size
+and model: constant when memory is linear in views.
 
 Timing: wall time of one forward call (``time.perf_counter``; on CUDA bracketed by
 ``torch.cuda.synchronize``). The table gives the median and the minimum over ``--repeats`` runs and
@@ -118,6 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip the configurations not yet started once this much time has elapsed")
     p.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--official", default=None, metavar="CHECKOUT",
+                   help="also time the official classes from this local checkout of lifuguan/IGGT_official")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write a plot of time and memory against views")
     args = p.parse_args(argv)
     args.views = sorted(set(args.views))
     args.sizes = list(dict.fromkeys(args.sizes))
@@ -321,14 +333,61 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def add_memory_slopes(results: list[dict]) -> None:
+    """``mib_per_view``: peak-memory growth per extra view since the previous view count (same model, size)."""
+    last: dict = {}
+    for r in sorted(results, key=lambda r: (r.get("model", "ours"), r["height"], r["width"], r["views"])):
+        key = (r.get("model", "ours"), r["height"], r["width"])
+        if r.get("peak_mib") is not None and "median_s" in r:
+            if key in last:
+                prev = last[key]
+                r["mib_per_view"] = (r["peak_mib"] - prev["peak_mib"]) / (r["views"] - prev["views"])
+            last[key] = r
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| size | views | median s | min s | views/s | peak MiB | status |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| model | size | views | median s | min s | views/s | peak MiB | MiB/view | status |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        lines.append(f"| {r['height']}x{r['width']} | {r['views']} | {_fmt(r.get('median_s'), '.4f')} | "
-                     f"{_fmt(r.get('min_s'), '.4f')} | {_fmt(r.get('views_per_s'), '.2f')} | "
-                     f"{_fmt(r.get('peak_mib'), '.1f')} | {r['status']} |")
+        lines.append(f"| {r.get('model', 'ours')} | {r['height']}x{r['width']} | {r['views']} | "
+                     f"{_fmt(r.get('median_s'), '.4f')} | {_fmt(r.get('min_s'), '.4f')} | "
+                     f"{_fmt(r.get('views_per_s'), '.2f')} | {_fmt(r.get('peak_mib'), '.1f')} | "
+                     f"{_fmt(r.get('mib_per_view'), '.1f')} | {r['status']} |")
     return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    """Two panels, time and peak memory against views (log-log), one line per model and size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict = {}
+    for r in results:
+        if "median_s" in r:
+            series.setdefault((r.get("model", "ours"), r["height"], r["width"]), []).append(r)
+    for (model, h, w), rows in sorted(series.items()):
+        rows.sort(key=lambda r: r["views"])
+        views = [r["views"] for r in rows]
+        style = dict(marker="o", linestyle="-" if model == "ours" else "--", label=f"{model} {h}x{w}")
+        ax_t.plot(views, [r["median_s"] for r in rows], **style)
+        ax_m.plot(views, [max(r["peak_mib"], 1e-3) for r in rows], **style)
+    for ax, label in ((ax_t, "forward time (s, median)"), (ax_m, "peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("views")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -341,7 +400,19 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     t = time.perf_counter()
-    model = IGGTModel.from_preset(args.preset).eval().to(device)
+    models = {}
+    if args.official:
+        sys.path.insert(0, str(_REPO / "benchmarks"))
+        import official as official_lib
+
+        if args.preset not in official_lib.PRESETS:
+            raise SystemExit(f"--official: preset {args.preset!r} has no official counterpart; "
+                             f"expected one of {official_lib.PRESETS}")
+        official, ours = official_lib.build_pair(args.preset, args.official, seed=args.seed)
+        models = {"ours": ours.to(device), "official": official.to(device)}
+    else:
+        models = {"ours": IGGTModel.from_preset(args.preset).eval().to(device)}
+    model = models["ours"]
     build_s = time.perf_counter() - t
     patch = model.backbone.patch_size
     bad = [f"{h}x{w}" for h, w in args.sizes if h % patch or w % patch]
@@ -387,24 +458,27 @@ def main(argv=None) -> int:
             _sync(device)
         except Exception as err:  # noqa: BLE001 - the configuration itself will report it
             print(f"  global warm-up failed: {type(err).__name__}: {err}", file=sys.stderr)
-    done: dict[tuple[int, int, int], dict] = {}
-    oom_at: dict[tuple[int, int], int] = {}
+    done: dict[tuple[str, int, int, int], dict] = {}
+    failed_at: dict[tuple[str, int, int], tuple[int, str]] = {}
     for h, w, s in order:
-        key = (h, w, s)
-        base = {"height": h, "width": w, "views": s, "batch": args.batch}
-        if _over_budget(args):
-            done[key] = dict(base, status="skipped (time budget)")
-        elif (h, w) in oom_at and s > oom_at[(h, w)]:
-            done[key] = dict(base, status=f"skipped (OOM at {oom_at[(h, w)]} views)")
-        else:
-            r = run_config(model, args, device, h, w, s)
-            done[key] = r
-            if r["status"] == "OOM":
-                oom_at[(h, w)] = min(s, oom_at.get((h, w), s))
-            msg = (f"{r['median_s']:.4f} s median" if "median_s" in r else r.get("error", ""))
-            print(f"  {h}x{w} x{s}: {r['status']}  {msg}  (elapsed {time.perf_counter() - _T0:.0f} s)",
-                  file=sys.stderr, flush=True)
-    results = [done[c] for c in configs]
+        for name, m in models.items():
+            key = (name, h, w, s)
+            base = {"model": name, "height": h, "width": w, "views": s, "batch": args.batch}
+            if _over_budget(args):
+                done[key] = dict(base, status="skipped (time budget)")
+            elif (name, h, w) in failed_at and s > failed_at[(name, h, w)][0]:
+                at, why = failed_at[(name, h, w)]
+                done[key] = dict(base, status=f"skipped ({why} at {at} views)")
+            else:
+                r = dict(run_config(m, args, device, h, w, s), model=name)
+                done[key] = r
+                if r["status"] in ("OOM", "error"):   # more views would fail the same way
+                    failed_at[(name, h, w)] = (s, r["status"])
+                msg = (f"{r['median_s']:.4f} s median" if "median_s" in r else r.get("error", ""))
+                print(f"  {name} {h}x{w} x{s}: {r['status']}  {msg}  (elapsed {time.perf_counter() - _T0:.0f} s)",
+                      file=sys.stderr, flush=True)
+    results = [done[(name, *c)] for c in configs for name in models]
+    add_memory_slopes(results)
 
     print(table(results))
     path = Path(args.json) if args.json else _REPO / "benchmarks" / "results" / f"forward_{args.preset}_{device.type}.json"
@@ -415,6 +489,10 @@ def main(argv=None) -> int:
                    loadavg_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None, results=results)
     write_json(path, payload)
     print(f"\nJSON: {path}")
+    if args.plot:
+        plot(results, Path(args.plot), f"{args.preset}, {header['device']}, {args.dtype}, "
+             f"{header['threads']} threads, torch {torch.__version__}")
+        print(f"plot: {args.plot}")
     return 0
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from iggt_lightning.head import Head, HeadInput
 from iggt_lightning.layers.attention import CrossAttention
 from iggt_lightning.layers.dpt import interpolate, make_scratch
+from iggt_lightning.layers.fast_conv import Conv2d
 from iggt_lightning.layers.swin import SwinCA, SwinSA
 from iggt_lightning.losses import instance_contrastive_loss, instance_mean_contrastive_loss
 from iggt_lightning.registry import register_head
@@ -30,9 +31,9 @@ class Projects(nn.Module):
         self.input_proj = nn.Sequential(nn.Conv2d(dim_in, dim_out, 1, bias=False), nn.BatchNorm2d(dim_out),
                                         nn.ReLU(inplace=True))
         self.residual_conv = nn.Sequential(
-            nn.Conv2d(dim_out, dim_out, 3, 1, 1, bias=False), nn.BatchNorm2d(dim_out), nn.ReLU(inplace=True),
-            nn.Conv2d(dim_out, dim_out, 3, 1, 1, bias=False), nn.BatchNorm2d(dim_out))
-        self.output_proj = nn.Conv2d(dim_out, dim_out, 1)
+            Conv2d(dim_out, dim_out, 3, 1, 1, bias=False), nn.BatchNorm2d(dim_out), nn.ReLU(inplace=True),
+            Conv2d(dim_out, dim_out, 3, 1, 1, bias=False), nn.BatchNorm2d(dim_out))
+        self.output_proj = Conv2d(dim_out, dim_out, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_proj(x)
@@ -70,9 +71,9 @@ class InstanceDecoder(nn.Module):
         super().__init__()
         self.fusion = fusion
         self.scratch = make_scratch(list(in_channels), features)
-        self.scratch.output_conv1 = nn.Conv2d(features, features // 2, 3, 1, 1)
-        self.scratch.output_conv2 = nn.Sequential(nn.Conv2d(features // 2, 32, 3, 1, 1), nn.ReLU(inplace=True),
-                                                  nn.Conv2d(32, output_dim, 1, 1, 0))
+        self.scratch.output_conv1 = Conv2d(features, features // 2, 3, 1, 1)
+        self.scratch.output_conv2 = nn.Sequential(Conv2d(features // 2, 32, 3, 1, 1), nn.ReLU(inplace=True),
+                                                  Conv2d(32, output_dim, 1, 1, 0))
         if fusion:
             # cross_attention_1 is computed but discarded by the official forward: kept so checkpoints load,
             # never run (it cannot change the output), frozen (DDP refuses parameters that get no gradient).

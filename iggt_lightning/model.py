@@ -83,8 +83,10 @@ class IGGTModel(nn.Module):
                  frames_chunk_size: int | None = 8, *, trust_code: bool = True,
                  source: str = "the model configuration") -> None:
         super().__init__()
-        backbone = dict(backbone or {})
+        backbone = copy.deepcopy(dict(backbone or {}))
         self.backbone = Aggregator(**backbone)
+        if "global_attention" in backbone:  # stored in full, so a checkpoint keeps today's defaults
+            backbone["global_attention"] = self.backbone.global_attention.to_dict()
         self.config = {"backbone": backbone, "heads": copy.deepcopy(heads or {}),
                        "frames_chunk_size": frames_chunk_size}
         self.frames_chunk_size = frames_chunk_size

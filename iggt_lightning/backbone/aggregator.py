@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -9,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers.block import Block
 from ..layers.rope import RotaryPositionEmbedding2D, grid_positions
+from ..layers.token_merge import Layout, merged_block, parse_global_attention
 from .patch_embed import DINOV2_SIZES, ConvPatchEmbed, DinoV2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,13 +33,18 @@ class Aggregator(nn.Module):
     Images are RGB in [0, 1] and are ImageNet-normalised inside. Each frame gets one camera token and
     ``num_register_tokens`` register tokens; slot 0 of those parameters is used for the first frame
     (the reference view) and slot 1 for every other frame.
+
+    ``global_attention``: how the global blocks attend. ``None`` or ``{"kind": "exact"}``: over all tokens of all
+    frames. ``{"kind": "merged", "ratio": 0.9, "start_block": 0, ...}``: training-free token merging (FastVGGT
+    style) in the global blocks from ``start_block`` on, for many views; see
+    :mod:`iggt_lightning.layers.token_merge` for the keys and docs/many-view.md. It adds no parameters.
     """
 
     def __init__(self, embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, mlp_ratio: float = 4.0,
                  num_register_tokens: int = 4, patch_embed: str = "dinov2_vitl14_reg", patch_size: int = 14,
                  img_size: int = 518, qkv_bias: bool = True, proj_bias: bool = True, ffn_bias: bool = True,
                  qk_norm: bool = True, rope_freq: float = 100, init_values: float = 0.01,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, global_attention: dict | None = None) -> None:
         super().__init__()
         if patch_embed == "conv":
             self.patch_embed = ConvPatchEmbed(patch_size, 3, embed_dim)
@@ -49,6 +56,7 @@ class Aggregator(nn.Module):
             raise ValueError(f"unknown patch_embed {patch_embed!r}; expected 'conv' or one of {sorted(DINOV2_SIZES)}")
         self.embed_dim, self.depth, self.patch_size = embed_dim, depth, patch_size
         self.gradient_checkpointing = gradient_checkpointing
+        self.global_attention = parse_global_attention(global_attention, depth, "backbone.global_attention")
         self.rope = RotaryPositionEmbedding2D(rope_freq) if rope_freq > 0 else None
 
         def make_block() -> Block:
@@ -75,6 +83,15 @@ class Aggregator(nn.Module):
             return checkpoint(block, x, pos, use_reentrant=False)
         return block(x, pos=pos)
 
+    def _run_global(self, i: int, x: torch.Tensor, pos: torch.Tensor | None, layout: Layout) -> torch.Tensor:
+        block = self.global_blocks[i]
+        if not self.global_attention.merges(i):
+            return self._run(block, x, pos)
+        fn = partial(merged_block, block, layout=layout, cfg=self.global_attention, index=i)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, x, pos, use_reentrant=False)
+        return fn(x, pos)
+
     def forward(self, images: torch.Tensor, layers: set[int] | None = None) -> BackboneOutput:
         """images [B, S, 3, H, W] in [0, 1]; ``layers``: which outputs to keep (None = all)."""
         B, S, _, H, W = images.shape
@@ -87,12 +104,13 @@ class Aggregator(nn.Module):
         if self.rope is not None:
             pos = grid_positions(B * S, H // self.patch_size, W // self.patch_size, self.patch_start_idx, images.device)
         pos_global = pos.reshape(B, S * P, 2) if pos is not None else None
+        layout = Layout(S, P, self.patch_start_idx, H // self.patch_size, W // self.patch_size)
 
         outputs: list = []
         for i in range(self.depth):
             tokens = self._run(self.frame_blocks[i], tokens.reshape(B * S, P, C), pos)
             frame_out = tokens
-            tokens = self._run(self.global_blocks[i], tokens.reshape(B, S * P, C), pos_global)
+            tokens = self._run_global(i, tokens.reshape(B, S * P, C), pos_global, layout)
             keep = layers is None or i in layers or (i - self.depth) in layers
             outputs.append(torch.cat([frame_out.reshape(B, S, P, C), tokens.reshape(B, S, P, C)], dim=-1)
                            if keep else None)

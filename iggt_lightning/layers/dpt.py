@@ -1,9 +1,13 @@
 """DPT (dense prediction transformer) decoder parts, with the official module layout."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fast_conv import Conv2d
 
 _INTERP_MAX = 1610612736  # F.interpolate overflows int32 indexing above this many output elements
 
@@ -40,16 +44,24 @@ def uv_embedding(height: int, width: int, channels: int, aspect_ratio: float, dt
     return emb.view(height, width, channels).permute(2, 0, 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_uv_embedding(height: int, width: int, channels: int, aspect_ratio: float, dtype: torch.dtype,
+                         device: torch.device, ratio: float) -> torch.Tensor:
+    # A constant of the map size: computed once (in float64 sines), not on every chunk of every head.
+    with torch.inference_mode(False), torch.no_grad():
+        return (uv_embedding(height, width, channels, aspect_ratio, dtype, device) * ratio)[None]
+
+
 def add_uv_embedding(x: torch.Tensor, image_w: int, image_h: int, ratio: float = 0.1) -> torch.Tensor:
-    emb = uv_embedding(x.shape[-2], x.shape[-1], x.shape[1], image_w / image_h, x.dtype, x.device) * ratio
-    return x + emb[None]
+    return x + _cached_uv_embedding(x.shape[-2], x.shape[-1], x.shape[1], image_w / image_h, x.dtype, x.device,
+                                    ratio)
 
 
 class ResidualConvUnit(nn.Module):
     def __init__(self, features: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(features, features, 3, 1, 1, bias=True)
-        self.conv2 = nn.Conv2d(features, features, 3, 1, 1, bias=True)
+        self.conv1 = Conv2d(features, features, 3, 1, 1, bias=True)
+        self.conv2 = Conv2d(features, features, 3, 1, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The official unit applies an in-place ReLU to its input, so its skip path adds relu(x), not x.
@@ -62,7 +74,7 @@ class FeatureFusionBlock(nn.Module):
 
     def __init__(self, features: int, has_residual: bool = True) -> None:
         super().__init__()
-        self.out_conv = nn.Conv2d(features, features, 1, 1, 0, bias=True)
+        self.out_conv = Conv2d(features, features, 1, 1, 0, bias=True)
         if has_residual:
             self.resConfUnit1 = ResidualConvUnit(features)
         self.has_residual = has_residual
@@ -71,17 +83,18 @@ class FeatureFusionBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size=None) -> torch.Tensor:
         if self.has_residual:
             x = x + self.resConfUnit1(skip)
-        x = self.resConfUnit2(x)
-        x = interpolate(x, size=tuple(size), align_corners=True) if size is not None else \
+        # The 1x1 conv before the resize instead of after (the official order): bilinear weights sum to one, so
+        # the two commute exactly, and the conv then runs on a quarter of the pixels.
+        x = self.out_conv(self.resConfUnit2(x))
+        return interpolate(x, size=tuple(size), align_corners=True) if size is not None else \
             interpolate(x, scale_factor=2, align_corners=True)
-        return self.out_conv(x)
 
 
 def make_scratch(in_channels: list[int], features: int) -> nn.Module:
     """layerN_rn 3x3 convs to ``features`` channels plus the four fusion blocks."""
     scratch = nn.Module()
     for i, c in enumerate(in_channels, start=1):
-        setattr(scratch, f"layer{i}_rn", nn.Conv2d(c, features, 3, 1, 1, bias=False))
+        setattr(scratch, f"layer{i}_rn", Conv2d(c, features, 3, 1, 1, bias=False))
     scratch.refinenet1 = FeatureFusionBlock(features)
     scratch.refinenet2 = FeatureFusionBlock(features)
     scratch.refinenet3 = FeatureFusionBlock(features)
@@ -147,11 +160,11 @@ class DPT(nn.Module):
         self.resize_layers = dpt_resize_layers(list(out_channels))
         self.scratch = make_scratch(list(out_channels), features)
         if feature_only:
-            self.scratch.output_conv1 = nn.Conv2d(features, features, 3, 1, 1)
+            self.scratch.output_conv1 = Conv2d(features, features, 3, 1, 1)
         else:
-            self.scratch.output_conv1 = nn.Conv2d(features, features // 2, 3, 1, 1)
+            self.scratch.output_conv1 = Conv2d(features, features // 2, 3, 1, 1)
             self.scratch.output_conv2 = nn.Sequential(
-                nn.Conv2d(features // 2, 32, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(32, output_dim, 1, 1, 0))
+                Conv2d(features // 2, 32, 3, 1, 1), nn.ReLU(inplace=True), Conv2d(32, output_dim, 1, 1, 0))
 
     def forward(self, layer_tokens: list[torch.Tensor], image_hw: tuple[int, int]):
         H, W = image_hw

@@ -14,6 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import Attention
+from .fast_conv import Conv2d
 from .block import Mlp
 
 
@@ -189,9 +190,9 @@ class _SwinTail(nn.Module):
 
     def _build_tail(self, embed_dim: int, out_chans: int) -> None:
         self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, 64, 3, 1, 1), nn.LeakyReLU(inplace=True))
-        self.conv_last = nn.Conv2d(64, out_chans, 3, 1, 1)
+        self.conv_after_body = Conv2d(embed_dim, embed_dim, 3, 1, 1)
+        self.conv_before_upsample = nn.Sequential(Conv2d(embed_dim, 64, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        self.conv_last = Conv2d(64, out_chans, 3, 1, 1)
 
     def _tail(self, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -1,0 +1,205 @@
+"""Our forward against the official IGGT/VGGT forward, same weights, interleaved runs, ratios.
+
+    python benchmarks/vs_official.py --official /path/to/IGGT_official              # the default table
+    python benchmarks/vs_official.py --official PATH --preset vggt-large --configs 224x224:1,2
+    python benchmarks/vs_official.py                                                 # no checkout: ours alone
+
+``--official`` is a local checkout of lifuguan/IGGT_official (never downloaded by this script, never part of
+this repository; see benchmarks/official.py for how its classes are built and which of its unused imports get
+placeholders). Both models get the same random weights, so ``max rel diff`` (max|ours - official| /
+max|official| over depth, world points, instance features and the last pose encoding) says they compute the
+same function. ``--configs`` lists ``HxW:views,views`` (default ``224x224:1,2,4,8 336x518:4``).
+
+Per configuration: one untimed run of each side, then ``--repeats`` rounds; each round runs both sides once,
+the order alternating between rounds so drift in the machine's load hits both alike. Time = the median of a
+side's runs (``time.perf_counter``, ``torch.no_grad`` for both); ``speed-up`` = official / ours. Memory = the
+peak RSS increase during the side's runs over the RSS just before them (benchmarks/forward.py's
+``CpuPeakRSS``: weights and input excluded). The load average is recorded before and after each
+configuration: these machines are shared, and a load above the core count inflates both sides.
+Writes the JSON atomically (default benchmarks/vs_official.json; with no checkout,
+benchmarks/results/vs_official_ours_only.json).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+_HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(_HERE))
+sys.path.insert(0, str(_HERE.parent))
+
+import official as official_lib  # noqa: E402
+from forward import CpuPeakRSS, _is_oom, environment  # noqa: E402
+
+from iggt_lightning.fileio import write_json  # noqa: E402
+from iggt_lightning.layers.fast_conv import get_conv_algorithm, set_conv_algorithm  # noqa: E402
+from iggt_lightning.model import IGGTModel  # noqa: E402
+
+MIB = 1024 ** 2
+DEFAULT_CONFIGS = ["224x224:1,2,4,8", "336x518:4"]
+
+
+def _config(text: str) -> tuple[int, int, list[int]]:
+    try:
+        size, views = text.split(":")
+        h, w = (int(v) for v in size.lower().split("x"))
+        return h, w, [int(v) for v in views.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a config looks like 224x224:1,2,4 (HxW:views,...); got {text!r}") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--official", default=None, metavar="CHECKOUT", help="local checkout of lifuguan/IGGT_official")
+    p.add_argument("--preset", default="tiny", choices=official_lib.PRESETS)
+    p.add_argument("--configs", type=_config, nargs="+", default=[_config(c) for c in DEFAULT_CONFIGS])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--conv", choices=("auto", "direct"), default=None,
+                   help="our convolution algorithm (iggt_lightning.layers.fast_conv); default: the library's")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="configurations not started once this much time has passed are skipped")
+    p.add_argument("--json", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _timed(model, x) -> tuple[float, dict]:
+    t = time.perf_counter()
+    out = model(x)
+    return time.perf_counter() - t, out
+
+
+def run_side(model, x, log: dict) -> None:
+    """One timed run of one side, its time and peak memory added to ``log``."""
+    mem = CpuPeakRSS()
+    mem.start()
+    try:
+        dt, out = _timed(model, x)
+        log.setdefault("times_s", []).append(dt)
+        log["_last"] = out
+    except Exception as err:  # noqa: BLE001 - reported in the table
+        log["status"] = "OOM" if _is_oom(err) else "error"
+        log["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+    finally:
+        peak, _ = mem.stop()
+        log["peak_mib"] = max(log.get("peak_mib", 0.0), peak / MIB)
+
+
+def compare(sides: dict, h: int, w: int, s: int, repeats: int, seed: int) -> dict:
+    x = torch.rand(1, s, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    logs = {name: {} for name in sides}
+    row = {"height": h, "width": w, "views": s, "loadavg_start": list(os.getloadavg())}
+    names = list(sides)
+    with torch.no_grad():
+        for name in names:                                   # untimed warm-up of each side
+            run_side(sides[name], x, logs[name])
+            logs[name].pop("times_s", None)
+            logs[name]["peak_mib"] = 0.0
+        for r in range(repeats):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                if "error" not in logs[name]:
+                    run_side(sides[name], x, logs[name])
+    row["loadavg_end"] = list(os.getloadavg())
+    outs = {}
+    for name, log in logs.items():
+        outs[name] = log.pop("_last", None)
+        if log.get("times_s"):
+            log["median_s"] = statistics.median(log["times_s"])
+        log.setdefault("status", "ok")
+        row[name] = log
+    if "official" in row and "median_s" in row["official"] and "median_s" in row["ours"]:
+        row["speedup"] = row["official"]["median_s"] / row["ours"]["median_s"]
+        row["time_ratio"] = 1 / row["speedup"]
+        if row["official"]["peak_mib"] > 0:
+            row["memory_ratio"] = row["ours"]["peak_mib"] / row["official"]["peak_mib"]
+        if outs.get("official") is not None and outs.get("ours") is not None:
+            row["max_rel_diff"] = official_lib.max_output_difference(outs["official"], outs["ours"])
+    return row
+
+
+def _f(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def table(rows: list[dict], with_official: bool) -> str:
+    if with_official:
+        lines = ["| size | views | official s | ours s | speed-up (official/ours) | official MiB | ours MiB | "
+                 "memory ratio (ours/official) | max rel diff | load avg |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines = ["| size | views | ours s | ours MiB | load avg |", "|---|---|---|---|---|"]
+    for r in rows:
+        size = f"{r['height']}×{r['width']}"
+        load = f"{r['loadavg_start'][0]:.2f}→{r['loadavg_end'][0]:.2f}" if "loadavg_end" in r else "—"
+        ours = r.get("ours", {})
+        if r.get("status", "").startswith("skipped"):
+            lines.append(f"| {size} | {r['views']} | {r['status']} |" + " |" * (8 if with_official else 2))
+            continue
+        if with_official:
+            off = r["official"]
+            off_s = _f(off.get("median_s"), ".3f") if "median_s" in off else off.get("status", "—")
+            diff = max(r["max_rel_diff"].values()) if r.get("max_rel_diff") else None
+            lines.append(f"| {size} | {r['views']} | {off_s} | {_f(ours.get('median_s'), '.3f')} | "
+                         f"{_f(r.get('speedup'), '.2f')}× | {_f(off.get('peak_mib'), '.0f')} | "
+                         f"{_f(ours.get('peak_mib'), '.0f')} | {_f(r.get('memory_ratio'), '.2f')} | "
+                         f"{_f(diff, '.1e')} | {load} |")
+        else:
+            lines.append(f"| {size} | {r['views']} | {_f(ours.get('median_s'), '.3f')} | "
+                         f"{_f(ours.get('peak_mib'), '.0f')} | {load} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.conv:
+        set_conv_algorithm(args.conv)
+    if args.official:
+        official, ours = official_lib.build_pair(args.preset, args.official, seed=args.seed)
+        sides = {"official": official, "ours": ours}
+        print(f"# ours vs official ({args.official}), preset {args.preset}: same weights")
+        if official_lib.STUBBED:
+            print(f"placeholders for the official code's unused imports: {', '.join(official_lib.STUBBED)}")
+    else:
+        print("no --official checkout given: timing ours alone (see --help for the side-by-side run)")
+        torch.manual_seed(args.seed)
+        sides = {"ours": IGGTModel.from_preset(args.preset).eval()}
+    env = environment(torch.device("cpu"))
+    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, our conv algorithm "
+          f"{get_conv_algorithm()}, load average {env['loadavg'][0]:.2f} on {env['cpu_count']} CPUs\n", flush=True)
+    rows = []
+    for h, w, views in args.configs:
+        for s in views:
+            if args.time_budget is not None and time.perf_counter() - t0 > args.time_budget:
+                rows.append({"height": h, "width": w, "views": s, "status": "skipped (time budget)"})
+                continue
+            row = compare(sides, h, w, s, args.repeats, args.seed)
+            rows.append(row)
+            print(f"  {h}x{w} x{s}: " + ", ".join(f"{k} {v.get('median_s', float('nan')):.3f} s"
+                                                  for k, v in row.items() if isinstance(v, dict) and k in sides)
+                  + (f", speed-up {row['speedup']:.2f}x" if "speedup" in row else ""), file=sys.stderr, flush=True)
+    print(table(rows, "official" in sides))
+    default = "vs_official.json" if args.official else "results/vs_official_ours_only.json"
+    path = Path(args.json) if args.json else _HERE / default
+    write_json(path, {
+        "preset": args.preset, "official_checkout_given": bool(args.official), "stubbed_imports": official_lib.STUBBED,
+        "conv_algorithm": get_conv_algorithm(), "repeats": args.repeats, "argv": sys.argv, "environment": env,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "total_s": time.perf_counter() - t0, "results": rows})
+    print(f"\nJSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
