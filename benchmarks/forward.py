@@ -30,7 +30,7 @@ Timing: wall time of one forward call (``time.perf_counter``; on CUDA bracketed 
 ``torch.cuda.synchronize``). The table gives the median and the minimum over ``--repeats`` runs and
 ``views/s`` = batch * views / median.
 
-Order and budget: with ``--warmup`` > 0, one untimed single-view forward of the smallest size runs
+Order and budget: one untimed single-view forward of the smallest size runs
 first (one-time initialisation would otherwise show up in the first configuration). Configurations run from the cheapest to the most expensive (batch * views * H * W),
 the table lists them by size (as given) and view count. Once the elapsed time since the script
 started exceeds ``--time-budget``, every configuration not yet started is reported as skipped; a
@@ -130,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--official", default=None, metavar="CHECKOUT",
                    help="also time the official classes from this local checkout of lifuguan/IGGT_official")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a plot of time and memory against views")
+    p.add_argument("--readme", action="store_true",
+                   help="only rewrite README's views table from --json (default benchmarks/forward_views.json)")
     args = p.parse_args(argv)
     args.views = sorted(set(args.views))
     args.sizes = list(dict.fromkeys(args.sizes))
@@ -390,8 +392,27 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
+BEGIN, END = "<!-- forward_views.json: python benchmarks/forward.py --readme -->", "<!-- /forward_views.json -->"
+
+
+def readme_table(payload: dict) -> str:
+    env = payload["environment"]
+    note = (f"{payload['preset']}, {payload['dtype']}, {payload['device']}, {env['threads']} threads, "
+            f"torch {env['torch']}, {payload['args']['repeats']} run(s) per point; {payload['timestamp'][:10]}")
+    return f"{BEGIN}\n{note}\n\n{table(payload['results'])}\n{END}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.readme:
+        import json
+
+        sys.path.insert(0, str(_REPO / "benchmarks"))
+        from readme_block import fill_block
+
+        path = Path(args.json) if args.json else _REPO / "benchmarks" / "forward_views.json"
+        fill_block(BEGIN, END, readme_table(json.loads(path.read_text())))
+        return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -447,14 +468,15 @@ def main(argv=None) -> int:
     # Run from the cheapest to the most expensive; report by size (as given), then views.
     configs = [(h, w, s) for (h, w) in args.sizes for s in args.views]
     order = sorted(configs, key=lambda c: (args.batch * c[2] * c[0] * c[1], configs.index(c)))
-    if args.warmup and order:
+    if order:
         # One untimed forward of the cheapest configuration first, so one-time costs (thread pools,
         # kernel selection, allocator growth) are not charged to the first configuration's memory.
         h, w, _ = order[0]
         try:
             with torch.no_grad(), (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16"
                                    else nullcontext()):
-                model(torch.rand(1, 1, 3, h, w, device=device))
+                for m in models.values():
+                    m(torch.rand(1, 1, 3, h, w, device=device))
             _sync(device)
         except Exception as err:  # noqa: BLE001 - the configuration itself will report it
             print(f"  global warm-up failed: {type(err).__name__}: {err}", file=sys.stderr)

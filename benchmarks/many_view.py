@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--merge-options", type=json.loads, default={}, help="other global_attention keys (JSON)")
     p.add_argument("--inputs", choices=("synthetic", "noise"), default="synthetic", help="images of the error part")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per mode and view count")
+    p.add_argument("--exact-max-views", type=int, default=None,
+                   help="speed part: run exact attention only up to this many views (it is quadratic)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per mode and view count")
     p.add_argument("--weights", default=None, help="trained weights for --config: runs the eval part")
     p.add_argument("--config", default=str(CONFIG), help="the config the --weights were trained with")
@@ -82,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "many_view.json"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README's tables from --json")
+    p.add_argument("--update", action="store_true",
+                   help="keep the parts of an existing --json that this run skips (same preset and size)")
     a = p.parse_args(argv)
     if not isinstance(a.merge_options, dict) or "ratio" in a.merge_options or "kind" in a.merge_options:
         p.error("--merge-options must be a JSON object of global_attention keys other than kind and ratio")
@@ -183,6 +188,9 @@ def speed_config(a, model, device, S: int) -> dict:
     H, W = a.size
     res = {"views": S, "height": H, "width": W, "loadavg_before": _load(),
            "modes": {label: {"global_attention": spec, "times_s": [], "peak_mib": None} for label, spec in modes}}
+    if a.exact_max_views is not None and S > a.exact_max_views:
+        res["modes"]["exact"]["status"] = f"not run (--exact-max-views {a.exact_max_views})"
+        modes = [(label, spec) for label, spec in modes if label != "exact"]
     layers = set(model.token_layers)
     try:
         x = torch.rand(1, S, 3, H, W, generator=torch.Generator().manual_seed(a.seed)).to(device)
@@ -325,8 +333,21 @@ def tables(payload: dict) -> str:
     return "\n".join(out)
 
 
+BEGIN, END = "<!-- many_view.json: python benchmarks/many_view.py --readme -->", "<!-- /many_view.json -->"
+
+
+def readme_table(payload: dict) -> str:
+    return f"{BEGIN}\n{tables(payload).rstrip()}\n{END}"
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.readme:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from readme_block import fill_block
+
+        fill_block(BEGIN, END, readme_table(json.loads(Path(a.json).read_text())))
+        return 0
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -348,7 +369,22 @@ def main(argv=None) -> int:
     print(f"# many-view benchmark: {a.preset} {payload['size']} on {device}, {torch.get_num_threads()} threads, "
           f"load average {payload['environment']['loadavg']}", flush=True)
 
+    def keep_earlier_parts() -> None:
+        # read when saving, so a part another run finishes meanwhile is kept too
+        if not (a.update and Path(a.json).exists()):
+            return
+        old = json.loads(Path(a.json).read_text())
+        if (old.get("preset"), old.get("size")) != (payload["preset"], payload["size"]):
+            raise SystemExit(f"--update: {a.json} holds {old.get('preset')} {old.get('size')}, not this run's")
+        for part in ("error", "speed", "eval"):
+            if part in old and part in a.skip:   # each kept part keeps the run information it was made with
+                payload[part] = old[part]
+                info = {k: old.get(k) for k in ("argv", "timestamp", "environment", "args")}
+                info.update(old.get("kept_from_earlier_runs", {}).get(part, {}))
+                payload.setdefault("kept_from_earlier_runs", {})[part] = info
+
     def save() -> None:
+        keep_earlier_parts()
         payload.update(total_s=time.perf_counter() - _T0, loadavg_end=_load())
         write_json(a.json, payload)
 

@@ -8,7 +8,9 @@
 this repository; see benchmarks/official.py for how its classes are built and which of its unused imports get
 placeholders). Both models get the same random weights, so ``max rel diff`` (max|ours - official| /
 max|official| over depth, world points, instance features and the last pose encoding) says they compute the
-same function. ``--configs`` lists ``HxW:views,views`` (default ``224x224:1,2,4,8 336x518:4``).
+same function. ``--configs`` lists ``HxW:views,views`` (default ``224x224:1,2,4,8 336x504:4 336x518:4``). The
+official instance decoder cannot run grids with an odd patch count (518 px = 37 patches: its window attention
+needs whole windows), so 336x518 shows its error and 336x504, the nearest size it runs, is compared instead.
 
 Per configuration: one untimed run of each side, then ``--repeats`` rounds; each round runs both sides once,
 the order alternating between rounds so drift in the machine's load hits both alike. Time = the median of a
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import statistics
 import sys
@@ -43,7 +46,8 @@ from iggt_lightning.layers.fast_conv import get_conv_algorithm, set_conv_algorit
 from iggt_lightning.model import IGGTModel  # noqa: E402
 
 MIB = 1024 ** 2
-DEFAULT_CONFIGS = ["224x224:1,2,4,8", "336x518:4"]
+BEGIN, END = "<!-- vs_official.json: python benchmarks/vs_official.py --readme -->", "<!-- /vs_official.json -->"
+DEFAULT_CONFIGS = ["224x224:1,2,4,8", "336x504:4", "336x518:4"]
 
 
 def _config(text: str) -> tuple[int, int, list[int]]:
@@ -69,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="configurations not started once this much time has passed are skipped")
     p.add_argument("--json", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--append", action="store_true",
+                   help="add these rows to the existing JSON (a row of the same size and views is replaced)")
+    p.add_argument("--readme", action="store_true", help="only rewrite README's table from --json (or the default)")
     return p.parse_args(argv)
 
 
@@ -148,8 +155,10 @@ def table(rows: list[dict], with_official: bool) -> str:
             off = r["official"]
             off_s = _f(off.get("median_s"), ".3f") if "median_s" in off else off.get("status", "—")
             diff = max(r["max_rel_diff"].values()) if r.get("max_rel_diff") else None
+            speedup = f"{r['speedup']:.2f}×" if "speedup" in r else "—"
+            off_mib = _f(off.get("peak_mib"), ".0f") if "median_s" in off else "—"
             lines.append(f"| {size} | {r['views']} | {off_s} | {_f(ours.get('median_s'), '.3f')} | "
-                         f"{_f(r.get('speedup'), '.2f')}× | {_f(off.get('peak_mib'), '.0f')} | "
+                         f"{speedup} | {off_mib} | "
                          f"{_f(ours.get('peak_mib'), '.0f')} | {_f(r.get('memory_ratio'), '.2f')} | "
                          f"{_f(diff, '.1e')} | {load} |")
         else:
@@ -158,8 +167,22 @@ def table(rows: list[dict], with_official: bool) -> str:
     return "\n".join(lines)
 
 
+def readme_table(payload: dict) -> str:
+    env = payload["environment"]
+    note = (f"{payload['preset']}, fp32, CPU, {env['threads']} threads, torch {env['torch']}, "
+            f"{payload['repeats']} interleaved rounds, same weights; {payload['timestamp'][:10]}")
+    return f"{BEGIN}\n{note}\n\n{table(payload['results'], payload['official_checkout_given'])}\n{END}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.readme:
+        sys.path.insert(0, str(_HERE))
+        from readme_block import fill_block
+
+        path = Path(args.json) if args.json else _HERE / "vs_official.json"
+        fill_block(BEGIN, END, readme_table(json.loads(path.read_text())))
+        return 0
     t0 = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,11 +215,23 @@ def main(argv=None) -> int:
     print(table(rows, "official" in sides))
     default = "vs_official.json" if args.official else "results/vs_official_ours_only.json"
     path = Path(args.json) if args.json else _HERE / default
-    write_json(path, {
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for r in rows:
+        r["timestamp"] = stamp
+    payload = {
         "preset": args.preset, "official_checkout_given": bool(args.official), "stubbed_imports": official_lib.STUBBED,
         "conv_algorithm": get_conv_algorithm(), "repeats": args.repeats, "argv": sys.argv, "environment": env,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "total_s": time.perf_counter() - t0, "results": rows})
+        "timestamp": stamp, "total_s": time.perf_counter() - t0, "results": rows}
+    if args.append and path.exists():
+        old = json.loads(path.read_text())
+        same = ("preset", "official_checkout_given", "conv_algorithm", "repeats")
+        if any(old.get(k) != payload[k] for k in same) or old["environment"]["threads"] != env["threads"]:
+            raise SystemExit(f"--append: {path} was made with other settings ({', '.join(same)}, threads)")
+        new_keys = {(r["height"], r["width"], r["views"]) for r in rows}
+        kept = [r for r in old["results"] if (r["height"], r["width"], r["views"]) not in new_keys]
+        payload = dict(old, results=kept + rows, appended=old.get("appended", []) + [{"argv": sys.argv, "timestamp": stamp,
+                                                                                     "environment": env}])
+    write_json(path, payload)
     print(f"\nJSON: {path}")
     return 0
 

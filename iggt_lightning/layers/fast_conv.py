@@ -71,8 +71,9 @@ def _transform_matrices(dtype: torch.dtype, device: torch.device) -> tuple[torch
 _MATRICES: dict = {}
 
 
-def _winograd_nhwc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """x [N, H, W, C] (contiguous), u from :func:`winograd_weight` -> [N, H, W, O], zero padding 1.
+def _winograd_tiles(x: torch.Tensor, u: torch.Tensor, out: torch.Tensor) -> None:
+    """x [N, H, W, C] (contiguous), u from :func:`winograd_weight`; writes the convolution (zero padding 1) into
+    ``out`` [N, th, 4, tw, 4, O], the output padded up to whole 4x4 tiles.
 
     Each transform is one matrix product over a gathered copy of the 6x6 tiles: these transforms are bound
     by memory traffic, and this is the fewest passes over it."""
@@ -84,10 +85,8 @@ def _winograd_nhwc(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(36, -1)                         # [tile pixel, N*th*tw*C]
     v = (bt @ tiles).view(36, n * th * tw, c)                                       # [row freq * 6 + col freq, ...]
     m = torch.bmm(v, u).view(36, -1)
-    o = u.shape[2]
-    y = (at @ m).view(4, 4, n, th, tw, o)                                           # [row, col in tile, N, th, tw, O]
-    y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, 4 * th, 4 * tw, o)
-    return y[:, :h, :w] if (4 * th, 4 * tw) != (h, w) else y
+    y = (at @ m).view(4, 4, n, th, tw, u.shape[2])                                  # [row, col in tile, N, th, tw, O]
+    out.copy_(y.permute(2, 3, 0, 4, 1, 5))
 
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,10 +95,14 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     Returns [N, O, H, W] in channels-last memory (what the next convolution reads fastest)."""
     nhwc = x.permute(0, 2, 3, 1).contiguous()      # free when x is already channels-last
     n, h, w, _ = nhwc.shape
-    per_frame = -(-h // 4) * -(-w // 4)
-    step = max(1, _TILES_PER_CHUNK // per_frame)
-    out = torch.cat([_winograd_nhwc(nhwc[i:i + step], u) for i in range(0, n, step)]) if n > step \
-        else _winograd_nhwc(nhwc, u)
+    th, tw, o = -(-h // 4), -(-w // 4), u.shape[2]
+    out = nhwc.new_empty(n, th, 4, tw, 4, o)
+    step = max(1, _TILES_PER_CHUNK // (th * tw))
+    for i in range(0, n, step):
+        _winograd_tiles(nhwc[i:i + step], u, out[i:i + step])
+    out = out.view(n, 4 * th, 4 * tw, o)
+    if (4 * th, 4 * tw) != (h, w):
+        out = out[:, :h, :w]
     if bias is not None:
         out = out.add_(bias)
     return out.permute(0, 3, 1, 2)

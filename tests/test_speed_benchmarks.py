@@ -1,0 +1,62 @@
+"""The speed benchmarks run (tiny sizes, no official checkout needed) and their README blocks are their JSON."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_vs_official_without_a_checkout_times_ours_alone(tmp_path):
+    out = tmp_path / "vs.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_official.py"), "--configs", "28x28:1,2",
+                          "--repeats", "1", "--threads", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "no --official checkout given" in run.stdout
+    payload = json.loads(out.read_text())
+    assert not payload["official_checkout_given"]
+    assert [r["views"] for r in payload["results"]] == [1, 2]
+    assert all(r["ours"]["median_s"] > 0 and "official" not in r for r in payload["results"])
+
+
+def test_official_builder_refuses_a_folder_that_is_not_a_checkout(tmp_path):
+    official = _module("official")
+    with pytest.raises(FileNotFoundError, match="not a checkout of lifuguan/IGGT_official"):
+        official.import_official(tmp_path)
+    with pytest.raises(ValueError, match="no official counterpart"):
+        official.build_pair("nano", tmp_path)
+
+
+def test_forward_plot_and_memory_slopes(tmp_path):
+    out, png = tmp_path / "f.json", tmp_path / "views.png"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "forward.py"), "--preset", "nano", "--views",
+                          "1", "2", "3", "--sizes", "28x28", "--repeats", "1", "--threads", "1", "--json", str(out),
+                          "--plot", str(png)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads(out.read_text())["results"]
+    assert [r["views"] for r in rows] == [1, 2, 3]
+    assert "mib_per_view" not in rows[0] and all("mib_per_view" in r for r in rows[1:])
+    assert rows[2]["mib_per_view"] == pytest.approx((rows[2]["peak_mib"] - rows[1]["peak_mib"]) / 1)
+
+
+@pytest.mark.parametrize("name,json_name", [("vs_official", "vs_official.json"), ("forward", "forward_views.json"),
+                                            ("many_view", "many_view.json")])
+def test_readme_blocks_are_their_json(name, json_name):
+    mod = _module(name)
+    payload = json.loads((ROOT / "benchmarks" / json_name).read_text())
+    assert mod.readme_table(payload) in (ROOT / "README.md").read_text()
