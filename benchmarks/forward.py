@@ -405,13 +405,10 @@ def readme_table(payload: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.readme:
-        import json
-
         sys.path.insert(0, str(_REPO / "benchmarks"))
-        from readme_block import fill_block
+        from readme_block import fill_block_from_json
 
-        path = Path(args.json) if args.json else _REPO / "benchmarks" / "forward_views.json"
-        fill_block(BEGIN, END, readme_table(json.loads(path.read_text())))
+        fill_block_from_json(BEGIN, END, readme_table, args.json or _REPO / "benchmarks" / "forward_views.json")
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)

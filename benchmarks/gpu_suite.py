@@ -139,20 +139,13 @@ PROFILES = {
 
 # ----------------------------------------------------------------------------- arguments
 def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 336x518), got {text!r}") from None
-    if h <= 0 or w <= 0 or h % 14 or w % 14:
+    h, w = fwd._size(text)                   # forward.py's HxW parser, plus the patch grid the models need
+    if h % 14 or w % 14:
         raise argparse.ArgumentTypeError(f"size must be positive multiples of the patch size 14, got {text!r}")
     return h, w
 
 
-def _positive(text: str) -> int:
-    v = int(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+_positive = fwd._positive
 
 
 def _steps(text: str) -> list[str]:

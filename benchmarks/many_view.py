@@ -344,9 +344,9 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     if a.readme:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        from readme_block import fill_block
+        from readme_block import fill_block_from_json
 
-        fill_block(BEGIN, END, readme_table(json.loads(Path(a.json).read_text())))
+        fill_block_from_json(BEGIN, END, readme_table, a.json)
         return 0
     if a.threads is not None:
         torch.set_num_threads(a.threads)

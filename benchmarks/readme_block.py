@@ -1,7 +1,9 @@
 """The README's benchmark tables live between an HTML-comment pair; a benchmark script refills its own block."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Callable
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -13,3 +15,8 @@ def fill_block(begin: str, end: str, block: str, readme: Path = README) -> None:
         raise SystemExit(f"{readme}: no {begin} ... {end} block to fill")
     head, rest = text.split(begin, 1)
     readme.write_text(head + block + rest.split(end, 1)[1])
+
+
+def fill_block_from_json(begin: str, end: str, render: Callable[[dict], str], json_path: str | Path) -> None:
+    """``fill_block`` with ``render`` applied to the benchmark JSON at ``json_path`` (the scripts' ``--readme``)."""
+    fill_block(begin, end, render(json.loads(Path(json_path).read_text())))

@@ -177,11 +177,9 @@ def readme_table(payload: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.readme:
-        sys.path.insert(0, str(_HERE))
-        from readme_block import fill_block
+        from readme_block import fill_block_from_json
 
-        path = Path(args.json) if args.json else _HERE / "vs_official.json"
-        fill_block(BEGIN, END, readme_table(json.loads(path.read_text())))
+        fill_block_from_json(BEGIN, END, readme_table, args.json or _HERE / "vs_official.json")
         return 0
     t0 = time.perf_counter()
     if args.threads:
