@@ -70,6 +70,7 @@ import argparse
 import ctypes
 import datetime
 import gc
+import json
 import os
 import platform
 import statistics
@@ -131,7 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time the official classes from this local checkout of lifuguan/IGGT_official")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a plot of time and memory against views")
     p.add_argument("--readme", action="store_true",
-                   help="only rewrite README's views table from --json (default benchmarks/forward_views.json)")
+                   help="only rewrite README's views table (and --plot) from --json (default benchmarks/forward_views.json)")
     args = p.parse_args(argv)
     args.views = sorted(set(args.views))
     args.sizes = list(dict.fromkeys(args.sizes))
@@ -347,6 +348,28 @@ def add_memory_slopes(results: list[dict]) -> None:
             last[key] = r
 
 
+def memory_fits(results: list[dict], min_points: int = 3) -> list[dict]:
+    """Least-squares line peak_mib = base + per_view * views per (model, size) with ``min_points`` measured
+    counts, and its largest residual: how far the measured peaks are from growing by a constant per view."""
+    series: dict = {}
+    for r in results:
+        if r.get("peak_mib") is not None and "median_s" in r:
+            series.setdefault((r.get("model", "ours"), r["height"], r["width"]), []).append(r)
+    fits = []
+    for (model, h, w), rows in series.items():
+        if len(rows) < min_points:
+            continue
+        x = torch.tensor([float(r["views"]) for r in rows], dtype=torch.float64)
+        y = torch.tensor([r["peak_mib"] for r in rows], dtype=torch.float64)
+        slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+        base = float(y.mean() - slope * x.mean())
+        resid = (y - (base + slope * x)).abs()
+        fits.append({"model": model, "size": f"{h}x{w}", "views": [int(v) for v in x.tolist()],
+                     "mib_per_view": slope, "base_mib": base, "max_residual_mib": float(resid.max()),
+                     "max_residual_of_peak": float((resid / y).max())})
+    return fits
+
+
 def table(results: list[dict]) -> str:
     lines = ["| model | size | views | median s | min s | views/s | peak MiB | MiB/view | status |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -359,7 +382,9 @@ def table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
-    """Two panels, time and peak memory against views (log-log), one line per model and size."""
+    """Time against views (log-log) and peak memory against views (linear axes, so that a constant cost per
+    view is a straight line; the least-squares line of each series is drawn dashed), one series per model and
+    size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -370,15 +395,23 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     for r in results:
         if "median_s" in r:
             series.setdefault((r.get("model", "ours"), r["height"], r["width"]), []).append(r)
+    fits = {(f["model"], f["size"]): f for f in memory_fits(results)}
     for (model, h, w), rows in sorted(series.items()):
         rows.sort(key=lambda r: r["views"])
         views = [r["views"] for r in rows]
-        style = dict(marker="o", linestyle="-" if model == "ours" else "--", label=f"{model} {h}x{w}")
-        ax_t.plot(views, [r["median_s"] for r in rows], **style)
-        ax_m.plot(views, [max(r["peak_mib"], 1e-3) for r in rows], **style)
+        style = dict(marker="o", linestyle="-" if model == "ours" else "none", label=f"{model} {h}x{w}")
+        line_t, = ax_t.plot(views, [r["median_s"] for r in rows], **style)
+        ax_m.plot(views, [r["peak_mib"] for r in rows], **{**style, "linestyle": "none"})
+        fit = fits.get((model, f"{h}x{w}"))
+        if fit:
+            ends = [0, views[-1]]
+            ax_m.plot(ends, [fit["base_mib"] + fit["mib_per_view"] * v for v in ends], "--", color=line_t.get_color(),
+                      label=f"fit: {fit['base_mib']:.0f} + {fit['mib_per_view']:.1f}/view MiB")
+    ax_t.set_xscale("log", base=2)
+    ax_t.set_yscale("log")
+    ax_m.set_xlim(left=0)
+    ax_m.set_ylim(bottom=0)
     for ax, label in ((ax_t, "forward time (s, median)"), (ax_m, "peak memory (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xlabel("views")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
@@ -399,7 +432,12 @@ def readme_table(payload: dict) -> str:
     env = payload["environment"]
     note = (f"{payload['preset']}, {payload['dtype']}, {payload['device']}, {env['threads']} threads, "
             f"torch {env['torch']}, {payload['args']['repeats']} run(s) per point; {payload['timestamp'][:10]}")
-    return f"{BEGIN}\n{note}\n\n{table(payload['results'])}\n{END}"
+    fits = "".join(
+        f"\n\nLeast-squares line through {f['model']} {f['size']} at {f['views'][0]}-{f['views'][-1]} views: peak "
+        f"≈ {f['base_mib']:.0f} MiB + {f['mib_per_view']:.1f} MiB × views; the farthest point is "
+        f"{f['max_residual_mib']:.0f} MiB ({100 * f['max_residual_of_peak']:.0f} % of its peak) off the line."
+        for f in memory_fits(payload["results"]))
+    return f"{BEGIN}\n{note}\n\n{table(payload['results'])}{fits}\n{END}"
 
 
 def main(argv=None) -> int:
@@ -408,7 +446,13 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(_REPO / "benchmarks"))
         from readme_block import fill_block_from_json
 
-        fill_block_from_json(BEGIN, END, readme_table, args.json or _REPO / "benchmarks" / "forward_views.json")
+        source = Path(args.json or _REPO / "benchmarks" / "forward_views.json")
+        fill_block_from_json(BEGIN, END, readme_table, source)
+        if args.plot:  # redraw the plot from the same JSON
+            payload = json.loads(source.read_text())
+            env = payload["environment"]
+            plot(payload["results"], Path(args.plot), f"{payload['preset']}, {payload['device']}, {payload['dtype']}, "
+                 f"{env['threads']} threads, torch {env['torch']}")
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)

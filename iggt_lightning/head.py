@@ -11,8 +11,8 @@ from .plugin import Plugin
 
 
 # Frames a head decodes at once on CPU. Results do not depend on it (tests/test_model.py); 8 frames' maps at
-# 224x224 outgrow the caches and the tiny model's forward takes ~1.25x as long as with 2 (benchmarks/vs_official.py
-# measures the result). None: the model's frames_chunk_size alone.
+# 224x224 outgrow the caches, so decoding them 2 at a time is faster (benchmarks/vs_official.py measures the
+# forward with it). None: the model's frames_chunk_size alone.
 CPU_FRAMES_CHUNK: int | None = 2
 
 

@@ -51,8 +51,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             instance=dict(features=32, adaptor_channels=(16, 16, 16, 16), layers=(0, 1, 2, 3)))),
 }
 # configs/synthetic_tiny.yaml's model: nano with a 3x wider backbone and a wider instance adaptor. nano's 32-wide
-# tokens cannot tell apart objects one or two patches wide (multi-view AP50 0.24 -> 0.55 on the synthetic
-# test split, benchmarks/ablation.py), for ~1.3x nano's step time.
+# tokens cannot tell apart objects one or two patches wide (the wider model roughly doubled multi-view AP50 on
+# the synthetic test split in benchmarks/ablation.py's runs) at a modest cost in step time.
 PRESETS["mini"] = dict(
     backbone=dict(embed_dim=96, depth=4, num_heads=4, patch_embed="conv"),
     heads={**copy.deepcopy(PRESETS["nano"]["heads"]),

@@ -54,8 +54,34 @@ def test_forward_plot_and_memory_slopes(tmp_path):
     assert rows[2]["mib_per_view"] == pytest.approx((rows[2]["peak_mib"] - rows[1]["peak_mib"]) / 1)
 
 
+def test_memory_fit_recovers_a_line_and_flags_a_bend():
+    forward = _module("forward")
+    rows = [{"model": "ours", "height": 8, "width": 8, "views": v, "peak_mib": 100 + 5 * v, "median_s": 1.0}
+            for v in (8, 16, 32, 64)]
+    rows.append({"model": "official", "height": 8, "width": 8, "views": 8, "peak_mib": 1.0, "median_s": 1.0})
+    (fit,) = forward.memory_fits(rows)          # one official point: no fit
+    assert fit["mib_per_view"] == pytest.approx(5) and fit["base_mib"] == pytest.approx(100)
+    assert fit["max_residual_mib"] == pytest.approx(0, abs=1e-9)
+    rows[3]["peak_mib"] = 100 + 5 * 64 + 600    # a super-linear last point shows as a large residual
+    assert forward.memory_fits(rows)[0]["max_residual_mib"] > 100
+
+
+def test_clustering_benchmark_scales_and_renders(tmp_path):
+    out = tmp_path / "c.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "clustering.py"), "--views", "2", "--size", "28",
+                          "42", "--scaling-views", "1", "3", "--repeat", "1", "--threads", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    payload = json.loads(out.read_text())
+    assert payload["agreement"]["pixels"] == 2 * 28 * 42
+    assert payload["agreement"]["rows"][0]["ari_vs_truth"] > 0.5   # well-separated features cluster correctly
+    assert [r["pixels"] for r in payload["scaling"]["rows"]] == [28 * 42, 3 * 28 * 42]
+    table = _module("clustering").readme_table(payload)
+    assert table.count("\n| 3 | 0.00 |") == 1 and table.startswith("<!-- clustering.json")
+
+
 @pytest.mark.parametrize("name,json_name", [("vs_official", "vs_official.json"), ("forward", "forward_views.json"),
-                                            ("many_view", "many_view.json")])
+                                            ("many_view", "many_view.json"), ("clustering", "clustering.json")])
 def test_readme_blocks_are_their_json(name, json_name):
     mod = _module(name)
     payload = json.loads((ROOT / "benchmarks" / json_name).read_text())
