@@ -336,27 +336,27 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _measured_series(results: list[dict]) -> dict[tuple, list[dict]]:
+    """The timed rows with a peak memory, grouped by (model, height, width), each group by view count."""
+    series: dict = {}
+    for r in results:
+        if r.get("peak_mib") is not None and "median_s" in r:
+            series.setdefault((r.get("model", "ours"), r["height"], r["width"]), []).append(r)
+    return {k: sorted(rows, key=lambda r: r["views"]) for k, rows in sorted(series.items())}
+
+
 def add_memory_slopes(results: list[dict]) -> None:
     """``mib_per_view``: peak-memory growth per extra view since the previous view count (same model, size)."""
-    last: dict = {}
-    for r in sorted(results, key=lambda r: (r.get("model", "ours"), r["height"], r["width"], r["views"])):
-        key = (r.get("model", "ours"), r["height"], r["width"])
-        if r.get("peak_mib") is not None and "median_s" in r:
-            if key in last:
-                prev = last[key]
-                r["mib_per_view"] = (r["peak_mib"] - prev["peak_mib"]) / (r["views"] - prev["views"])
-            last[key] = r
+    for rows in _measured_series(results).values():
+        for prev, r in zip(rows, rows[1:]):
+            r["mib_per_view"] = (r["peak_mib"] - prev["peak_mib"]) / (r["views"] - prev["views"])
 
 
 def memory_fits(results: list[dict], min_points: int = 3) -> list[dict]:
     """Least-squares line peak_mib = base + per_view * views per (model, size) with ``min_points`` measured
     counts, and its largest residual: how far the measured peaks are from growing by a constant per view."""
-    series: dict = {}
-    for r in results:
-        if r.get("peak_mib") is not None and "median_s" in r:
-            series.setdefault((r.get("model", "ours"), r["height"], r["width"]), []).append(r)
     fits = []
-    for (model, h, w), rows in series.items():
+    for (model, h, w), rows in _measured_series(results).items():
         if len(rows) < min_points:
             continue
         x = torch.tensor([float(r["views"]) for r in rows], dtype=torch.float64)
@@ -381,6 +381,12 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_payload(payload: dict, path: Path) -> None:
+    """:func:`plot` of a run's JSON payload, titled by its settings."""
+    plot(payload["results"], path, f"{payload['preset']}, {payload['device']}, {payload['dtype']}, "
+         f"{payload['threads']} threads, torch {payload['torch']}")
+
+
 def plot(results: list[dict], path: Path, title: str) -> None:
     """Time against views (log-log) and peak memory against views (linear axes, so that a constant cost per
     view is a straight line; the least-squares line of each series is drawn dashed), one series per model and
@@ -391,13 +397,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series: dict = {}
-    for r in results:
-        if "median_s" in r:
-            series.setdefault((r.get("model", "ours"), r["height"], r["width"]), []).append(r)
     fits = {(f["model"], f["size"]): f for f in memory_fits(results)}
-    for (model, h, w), rows in sorted(series.items()):
-        rows.sort(key=lambda r: r["views"])
+    for (model, h, w), rows in _measured_series(results).items():
         views = [r["views"] for r in rows]
         style = dict(marker="o", linestyle="-" if model == "ours" else "none", label=f"{model} {h}x{w}")
         line_t, = ax_t.plot(views, [r["median_s"] for r in rows], **style)
@@ -449,10 +450,7 @@ def main(argv=None) -> int:
         source = Path(args.json or _REPO / "benchmarks" / "forward_views.json")
         fill_block_from_json(BEGIN, END, readme_table, source)
         if args.plot:  # redraw the plot from the same JSON
-            payload = json.loads(source.read_text())
-            env = payload["environment"]
-            plot(payload["results"], Path(args.plot), f"{payload['preset']}, {payload['device']}, {payload['dtype']}, "
-                 f"{env['threads']} threads, torch {env['torch']}")
+            plot_payload(json.loads(source.read_text()), Path(args.plot))
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -553,8 +551,7 @@ def main(argv=None) -> int:
     write_json(path, payload)
     print(f"\nJSON: {path}")
     if args.plot:
-        plot(results, Path(args.plot), f"{args.preset}, {header['device']}, {args.dtype}, "
-             f"{header['threads']} threads, torch {torch.__version__}")
+        plot_payload(payload, Path(args.plot))
         print(f"plot: {args.plot}")
     return 0
 
