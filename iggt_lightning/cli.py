@@ -117,6 +117,9 @@ def _predict(argv: list[str]) -> int:
                    "(small/medium/large or a feature distance); default: the checkpoint's tracking settings")
     p.add_argument("--postprocess", default=None, metavar="JSON", help="post-processing merged over the checkpoint's, "
                    "e.g. '{\"open_vocab\": {\"class_names\": [\"chair\", \"table\"]}}'")
+    p.add_argument("--global-attention", default=None, metavar="JSON", help="the backbone's global attention for this "
+                   "run, e.g. '{\"kind\": \"merged\", \"ratio\": 0.9}' for many views (docs/many-view.md); "
+                   "default: the checkpoint's")
     p.add_argument("--export-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the "
                    "plugins' exports, e.g. depth_png_scale=1000 (PNG value = depth x scale); repeatable")
     p.add_argument("--colmap-format", choices=["txt", "bin"], default=None, help="COLMAP model format (default txt)")
@@ -145,6 +148,10 @@ def _predict(argv: list[str]) -> int:
         p.error(f"--postprocess: not JSON ({err})")
     if not isinstance(postprocess, dict):
         p.error("--postprocess: expected a JSON object of name -> arguments")
+    try:
+        global_attention = json.loads(a.global_attention) if a.global_attention else None
+    except json.JSONDecodeError as err:
+        p.error(f"--global-attention: not JSON ({err})")
     if a.granularity is not None:
         g = a.granularity
         clusterer = {"name": "torch", "granularity": float(g) if g.replace(".", "", 1).isdigit() else g}
@@ -167,7 +174,8 @@ def _predict(argv: list[str]) -> int:
                           conf_threshold=a.conf_threshold, conf_mode=a.conf_mode, points_from=a.points_from,
                           postprocess=postprocess or None, export_options=export_options, video_frames=a.video_frames,
                           overwrite=a.overwrite, save_images=not a.no_images, dry_run=a.dry_run,
-                          progress=not a.quiet, trust_code=a.trust_checkpoint_code)
+                          progress=not a.quiet, trust_code=a.trust_checkpoint_code,
+                          global_attention=global_attention)
     try:
         summary = run_predict(opts)
     except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:  # every message names the path/option

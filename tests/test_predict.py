@@ -232,3 +232,18 @@ def test_predict_from_a_video_and_mixed_photo_sizes(assets, tmp_path):
     assert (out / "masks" / "walk_00000.png").is_file() and (out / "masks" / "small.png").is_file()
     assert np.asarray(Image.open(out / "depth" / "small.png")).shape == (70, 120)
     assert "depth_small" in np.load(out / "depth" / "depth.npz")
+
+
+def test_predict_with_merged_global_attention_for_many_views(assets, tmp_path, capsys):
+    out = tmp_path / "merged"
+    assert predict(assets, out, "--global-attention", '{"kind": "merged", "ratio": 0.5}') == 0
+    used = json.loads((out / "manifest.json").read_text())["global_attention"]
+    assert (used["kind"], used["ratio"]) == ("merged", 0.5)
+    assert predict(assets, tmp_path / "exact") == 0                 # the checkpoint's own mode by default
+    assert json.loads((tmp_path / "exact" / "manifest.json").read_text())["global_attention"] == {"kind": "exact"}
+    for spec, message in (('{"kind": "merged", "ratio": 1.5}', "--global-attention.ratio must be a number"),
+                          ('{"kind": "merged", "start_block": 99}', "--global-attention.start_block must be"),
+                          ('{"kind": "sparse"}', "--global-attention.kind must be one of")):
+        assert predict(assets, tmp_path / "bad", "--global-attention", spec) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()

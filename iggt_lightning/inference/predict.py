@@ -34,6 +34,7 @@ from . import export
 from .images import is_video, list_images, load_image, load_video_frames, preprocess
 from .output_folder import (MANIFEST_FORMAT, check_existing, check_free_space,  # noqa: F401 (MANIFEST_FORMAT: API)
                             check_output_folder, clean_leftovers, find_leftovers)
+from ..layers.token_merge import parse_global_attention
 from .scene import View
 from .writer import PredictError, PredictionWriter, ViewList, scene_file_names
 
@@ -62,6 +63,8 @@ class PredictOptions:
     dry_run: bool = False
     progress: bool = True
     trust_code: bool = False             # let the checkpoint's stored config import unregistered head classes
+    global_attention: dict | None = None  # the backbone's global attention for this run (docs/many-view.md,
+                                          # e.g. {"kind": "merged", "ratio": 0.9}); None: the checkpoint's own
 
 
 @dataclass
@@ -126,6 +129,8 @@ def check_options(o: PredictOptions) -> None:
     if o.size is not None and (len(o.size) != 2 or any(int(v) != v for v in o.size)):
         raise ValueError(f"--size must be two integers W H; got {o.size}")
     _check_device(o.device)
+    if o.global_attention is not None:   # the values alone here; start_block against the depth once loaded
+        parse_global_attention(o.global_attention, field="--global-attention")
     if PRECISIONS[o.precision] == "16-mixed" and torch.device(o.device).type == "cpu":
         raise ValueError(f"--precision {o.precision}: float16 autocast needs a GPU; use bf16 on the CPU")
 
@@ -335,6 +340,10 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
         if module.model.backbone.patch_size != plan.patch_size:
             raise PredictError(f"{o.checkpoint}: the model's patch size {module.model.backbone.patch_size} differs "
                                f"from its header's {plan.patch_size}")
+        if o.global_attention is not None:
+            backbone = module.model.backbone
+            backbone.global_attention = parse_global_attention(o.global_attention, backbone.depth,
+                                                               field="--global-attention")
         st.done()
         st.start("inference and export")
         t0 = time.perf_counter()
@@ -342,7 +351,8 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
         options = {"conf_threshold": o.conf_threshold, "conf_mode": o.conf_mode, "points_from": o.points_from,
                    "save_images": o.save_images, **o.export_options}
         writer = PredictionWriter(str(plan.out), overwrite=o.overwrite, options=options, one_folder=True,
-                                  display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds)})
+                                  display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds),
+                                            "global_attention": module.model.backbone.global_attention.to_dict()})
         batch = {"images": images[None], "scene_id": ["photos"], "views": [ViewList(views)]}
         trainer = Trainer(**_trainer_device(o.device), precision=PRECISIONS[o.precision], callbacks=[writer],
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,
