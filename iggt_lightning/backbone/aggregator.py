@@ -71,6 +71,11 @@ class Aggregator(nn.Module):
         self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
 
+    def set_global_attention(self, spec: dict | None, field: str = "backbone.global_attention") -> None:
+        """Switch how the global blocks attend (the weights are untouched); ``spec`` is checked against this
+        backbone (``start_block`` must name one of its blocks), errors name ``field``."""
+        self.global_attention = parse_global_attention(spec, self.depth, field)
+
     @staticmethod
     def _per_frame(token: torch.Tensor, B: int, S: int) -> torch.Tensor:
         """[1, 2, X, C] -> [B*S, X, C]: slot 0 for frame 0, slot 1 for frames 1..S-1."""

@@ -129,7 +129,7 @@ def check_options(o: PredictOptions) -> None:
     if o.size is not None and (len(o.size) != 2 or any(int(v) != v for v in o.size)):
         raise ValueError(f"--size must be two integers W H; got {o.size}")
     _check_device(o.device)
-    if o.global_attention is not None:   # the values alone here; start_block against the depth once loaded
+    if o.global_attention is not None:   # the values alone; start_block is checked once the model is loaded
         parse_global_attention(o.global_attention, field="--global-attention")
     if PRECISIONS[o.precision] == "16-mixed" and torch.device(o.device).type == "cpu":
         raise ValueError(f"--precision {o.precision}: float16 autocast needs a GPU; use bf16 on the CPU")
@@ -341,9 +341,7 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
             raise PredictError(f"{o.checkpoint}: the model's patch size {module.model.backbone.patch_size} differs "
                                f"from its header's {plan.patch_size}")
         if o.global_attention is not None:
-            backbone = module.model.backbone
-            backbone.global_attention = parse_global_attention(o.global_attention, backbone.depth,
-                                                               field="--global-attention")
+            module.model.backbone.set_global_attention(o.global_attention, field="--global-attention")
         st.done()
         st.start("inference and export")
         t0 = time.perf_counter()
@@ -351,8 +349,7 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
         options = {"conf_threshold": o.conf_threshold, "conf_mode": o.conf_mode, "points_from": o.points_from,
                    "save_images": o.save_images, **o.export_options}
         writer = PredictionWriter(str(plan.out), overwrite=o.overwrite, options=options, one_folder=True,
-                                  display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds),
-                                            "global_attention": module.model.backbone.global_attention.to_dict()})
+                                  display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds)})
         batch = {"images": images[None], "scene_id": ["photos"], "views": [ViewList(views)]}
         trainer = Trainer(**_trainer_device(o.device), precision=PRECISIONS[o.precision], callbacks=[writer],
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,

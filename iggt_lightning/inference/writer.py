@@ -329,7 +329,8 @@ class PredictionWriter(BasePredictionWriter):
             scene_id = batch["scene_id"][b] if "scene_id" in batch else f"scene_{batch_idx:05d}_{b}"
             folder, display = self._folder(scene_id)
             extra = dict(self.manifest, seconds={**self.manifest.get("seconds", {}),
-                                                 **getattr(pl_module, "last_run_seconds", {})})
+                                                 **getattr(pl_module, "last_run_seconds", {})},
+                         global_attention=pl_module.model.backbone.global_attention.to_dict())
             if not self.one_folder:
                 extra["scene"] = str(scene_id)
             self.written.append(write_prediction(folder, plugins, prediction, b, views, images[b], self.options,
