@@ -256,10 +256,16 @@ def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict[str, torch
 
 def _metadata_config(meta: dict[str, str], path: Path) -> Any:
     """The model config our .safetensors files keep as JSON in their metadata."""
+    text = meta.get("config", "")
+    if len(text) > 1_000_000:
+        raise CheckpointError(f"{path}: its metadata 'config' is {len(text):,} characters; a model config is a few "
+                              "hundred")
     try:
-        return json.loads(meta.get("config", ""))
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: its metadata 'config' is not valid JSON ({err})") from err
+    except RecursionError:
+        raise CheckpointError(f"{path}: its metadata 'config' is JSON nested too deep to be a model config") from None
 
 
 def _official_kind_of(keys, path: str | os.PathLike) -> str:
@@ -342,8 +348,9 @@ def read_file(path: str | os.PathLike, trust_code: bool = False, check_config: b
             raise CheckpointError(f"{path}: an {FORMAT} file without a 'state_dict' mapping")
         return obj["state_dict"], {"format": FORMAT, "config": checked(obj.get("config"))}
     if isinstance(obj, dict) and "hyper_parameters" in obj and "state_dict" in obj:  # a Lightning checkpoint
-        if not isinstance(obj["state_dict"], dict):
-            raise CheckpointError(f"{path}: a Lightning checkpoint whose 'state_dict' is not a mapping")
+        from .stored_state import STATE_DICT, check
+
+        check(obj["state_dict"], STATE_DICT, path, "state_dict")
         sd = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
         cfg = obj.get("iggt_model_config", (obj.get("hyper_parameters") or {}).get("model_config"))
         if cfg is None:
@@ -381,8 +388,11 @@ def check_stored_config(config: Any, path: str | os.PathLike, trust_code: bool =
     from .backbone import Aggregator
     from .postprocessor import move_postprocessors_out_of_heads
 
+    from .stored_state import MODEL_CONFIG, check
+
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: the stored model config must be a mapping; got {type(config).__name__}")
+    check(config, MODEL_CONFIG, path, "config")   # plain data, bounded sizes, no code (plugins checked below)
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise CheckpointError(f"{path}: unknown field(s) {unknown} in the stored model config; expected "
@@ -409,6 +419,16 @@ def check_stored_config(config: Any, path: str | os.PathLike, trust_code: bool =
     if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
         raise CheckpointError(f"{path}: config.frames_chunk_size must be a positive integer or null; got {chunk!r}")
     return config
+
+
+def size_check_stored_config(config: dict, sd: dict, path: str | os.PathLike, trust_code: bool = False) -> None:
+    """Size the network a (checked) stored config builds on the meta device against the file's tensors, before
+    anything is allocated: a small file cannot make us allocate a huge network."""
+    from .stored_state import model_size_check, state_numel
+
+    network = {k: v for k, v in config.items() if k != "postprocess"}
+    model_size_check(lambda: IGGTModel(**network, trust_code=trust_code, source=f"checkpoint {path}"),
+                     state_numel(sd), str(path), "its stored model config")
 
 
 def build_from_config(config: dict, path: str | os.PathLike, trust_code: bool = False) -> IGGTModel:
@@ -461,6 +481,7 @@ def _read_for_building(path: str | os.PathLike, preset: str | None, trust_code: 
     """-> (state dict, our stored config or None, official kind or None); an official file's shapes are checked."""
     sd, meta = read_file(path, trust_code=trust_code)
     if meta.get("format") == FORMAT:
+        size_check_stored_config(meta["config"], sd, path, trust_code)
         return sd, meta["config"], None
     kind = preset or _official_kind_of(sd, path)
     check_official_shapes(sd, kind, path)

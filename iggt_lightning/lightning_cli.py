@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 from .checkpoints import CheckpointError, load_tensor_file
 
@@ -39,10 +40,101 @@ from .training_callbacks import add_resume_state, reuse_logger_versions
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint reader with ``weights_only=True`` always and one error line naming the file."""
+    """Lightning's checkpoint reader and remover, for files that may come from anyone.
+
+    Reading: ``weights_only=True`` always, then the whole file is checked as data
+    (:func:`~iggt_lightning.stored_state.check_checkpoint`: one schema, errors name the file and field) and the
+    ModelCheckpoint paths it stores are kept only inside this run's checkpoint folders. Removing: only a regular
+    file inside one of those folders, never recursively (Lightning's own remover deletes whole trees)."""
+
+    def __init__(self, check=None, trainer=None) -> None:
+        super().__init__()
+        self.check, self.trainer = check, trainer
+
+    def _folders(self) -> dict[str, str | None]:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        cbs = self.trainer.callbacks if self.trainer is not None else []
+        return {cb.state_key: cb.dirpath for cb in cbs if isinstance(cb, ModelCheckpoint)}
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return load_tensor_file(path)
+        from .stored_state import check_checkpoint, reroot_checkpoint_paths
+
+        ckpt = load_tensor_file(path)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+        (self.check or check_checkpoint)(ckpt, path)
+        reset = reroot_checkpoint_paths(ckpt, self._folders())
+        if reset:
+            rank_zero_warn(f"{path}: ignored stored checkpoint path(s) outside this run's checkpoint folder: "
+                           f"{', '.join(reset)}")
+        return ckpt
+
+    def remove_checkpoint(self, path) -> None:
+        from .stored_state import inside
+
+        folders = [d for d in self._folders().values() if d]
+        if not os.path.isfile(path) or os.path.islink(path) or not any(inside(path, d) for d in folders):
+            rank_zero_warn(f"not removing {path}: only checkpoint files inside this run's checkpoint folder(s) "
+                           f"{folders} are ever deleted")
+            return
+        os.remove(path)
+
+
+def stored_state_check(trust_code: bool = False, user_model=None):
+    """The one check of a ``--ckpt_path`` file (``_parse_ckpt_path`` and Lightning's reader use it): the whole file
+    against the schema (:func:`~iggt_lightning.stored_state.check_checkpoint`); heads and post-processors must be
+    registered, named by the user's own config, or trusted with ``--trust-checkpoint-code``; a freeze regular
+    expression only if the user's own config has it. -> ``check(ckpt, path)``."""
+    from .stored_state import check_checkpoint, registered_plugins_only
+
+    def user_entries(field: str):
+        got = getattr(user_model, field, None) if not isinstance(user_model, dict) else user_model.get(field)
+        return got or ({} if field != "freeze" else [])
+
+    # classes the user's own config names are trusted already (the user asked for them)
+    trusted = {(spec or {}).get("class_path", name) for field in ("heads", "postprocess")
+               for name, spec in dict(user_entries(field)).items() if spec is None or isinstance(spec, dict)}
+    trusted_freeze = {f for f in user_entries("freeze") if isinstance(f, str)}
+
+    def check(ckpt: dict, path) -> dict:
+        try:
+            return check_checkpoint(ckpt, path, registered_plugins_only(f"--ckpt_path {path}", trust_code, trusted),
+                                    trusted_freeze=trusted_freeze)
+        except UntrustedCodeError as err:
+            raise UntrustedCodeError(f"{err}; or name the same class in your own config") from None
+    return check
+
+
+def module_arguments(ckpt: dict, ckpt_path, trust_code: bool = False) -> dict:
+    """The IGGTLitModule arguments a checked ``--ckpt_path`` file's hyper-parameters give (the file's class must be
+    ours; a stored ``init_checkpoint`` is dropped), after sizing the network they build on the meta device against
+    the file's tensors."""
+    from .stored_state import model_size_check, state_numel
+
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    own = qualified_name(IGGTLitModule)
+    cls_path = hparams.pop("_class_path", own)
+    if cls_path != own:
+        raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper_parameters._class_path names the model class "
+                              f"{cls_path!r}; iggt loads {own} only")
+    # the weights come from the checkpoint itself; a stored init_checkpoint names a file of the author's machine
+    hparams.pop("init_checkpoint", None)
+    accepted = set(inspect.signature(IGGTLitModule.__init__).parameters) - {"self"}
+    unknown = sorted(set(hparams) - accepted)
+    if unknown:
+        raise CheckpointError(f"--ckpt_path {ckpt_path}: unknown hyper-parameter(s) {unknown}; "
+                              f"IGGTLitModule takes {sorted(accepted)}")
+    if hparams.get("heads") is not None or hparams.get("preset") is not None:
+        from .model import build_model
+
+        model_size_check(lambda: build_model(hparams.get("preset"), backbone=hparams.get("backbone"),
+                                             heads=hparams.get("heads"), drop_heads=hparams.get("drop_heads") or (),
+                                             trust_code=trust_code),
+                         state_numel(ckpt["state_dict"], "model."), f"--ckpt_path {ckpt_path}",
+                         "its hyper-parameters (preset, backbone, heads)")
+    return hparams
 
 
 class IGGTCLI(LightningCLI):
@@ -128,9 +220,27 @@ class IGGTCLI(LightningCLI):
             self.trainer.callbacks.append(PredictionWriter(cfg["out"], overwrite=bool(cfg["overwrite"]),
                                                            options=dict(cfg["export_options"] or {}), inputs=roots))
 
+    def _stored_state_check(self):
+        sub = self.config.get("subcommand")
+        return stored_state_check(self.trust_checkpoint_code, self.config[sub].get("model") if sub else None)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            sub = self.config.get("subcommand")
+            path = self.config[sub].get("ckpt_path") if sub else None
+            if path and Path(path).is_file() and not isinstance(err, CheckpointError):
+                # the module's arguments came (in part) from the file: say so, naming it
+                raise CheckpointError(f"--ckpt_path {path}: its hyper-parameters do not build the module: {err}") \
+                    from err
+            raise
+
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI merges a ``--ckpt_path`` file's hyper-parameters into the model config; check them as
-        data first (registered heads only, no foreign class) and read the file safely."""
+        """LightningCLI merges a ``--ckpt_path`` file's hyper-parameters into the model config. Here the whole file
+        is checked as data first (:mod:`~iggt_lightning.stored_state`), the network its hyper-parameters build is
+        sized on the meta device against the file's tensors, and the values are set in the config directly:
+        jsonargparse never parses (nor instantiates) anything from the file."""
         sub = self.config.get("subcommand")
         if not sub:
             return
@@ -140,48 +250,11 @@ class IGGTCLI(LightningCLI):
         ckpt = load_tensor_file(ckpt_path)
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise CheckpointError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (no 'state_dict')")
-        hparams = dict(ckpt.get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
-        own = qualified_name(IGGTLitModule)
-        cls_path = hparams.pop("_class_path", own)
-        if cls_path != own:
-            raise CheckpointError(f"--ckpt_path {ckpt_path}: its hyper-parameters name the model class {cls_path!r}; "
-                                  f"iggt loads {own} only")
-        # the weights come from the checkpoint itself; a stored init_checkpoint names a file of the author's machine
-        hparams.pop("init_checkpoint", None)
-        accepted = set(inspect.signature(IGGTLitModule.__init__).parameters) - {"self"}
-        unknown = sorted(set(hparams) - accepted)
-        if unknown:
-            raise CheckpointError(f"--ckpt_path {ckpt_path}: unknown hyper-parameter(s) {unknown}; "
-                                  f"IGGTLitModule takes {sorted(accepted)}")
-        self._check_ckpt_plugins(ckpt_path, hparams, self.config[sub].get("model"))
-        if hparams:
-            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
-
-    def _check_ckpt_plugins(self, ckpt_path: str, hparams: dict, user_model) -> None:
-        """The heads and post-processors a ``--ckpt_path`` file's hyper-parameters name must be registered (or
-        named by the user's own config) unless ``--trust-checkpoint-code``."""
-        from .checkpoints import check_plugin_entries
-
-        def user_entries(field: str) -> dict:
-            got = (getattr(user_model, field, None) if not isinstance(user_model, dict) else user_model.get(field))
-            return dict(got or {})
-
-        for field in ("heads", "postprocess"):
-            entries = hparams.get(field)
-            if entries is None:
-                continue
-            if not isinstance(entries, dict):
-                raise CheckpointError(f"--ckpt_path {ckpt_path}: hyper-parameter {field} must be a mapping; got "
-                                      f"{entries!r}")
-            # classes the user's own config names are trusted already (the user asked for them)
-            trusted = {(spec or {}).get("class_path", name) for name, spec in user_entries(field).items()
-                       if spec is None or isinstance(spec, dict)}
-            try:
-                check_plugin_entries(entries, field, f"--ckpt_path {ckpt_path}", f"hyper-parameter {field}",
-                                     self.trust_checkpoint_code, trusted)
-            except UntrustedCodeError as err:
-                raise UntrustedCodeError(f"{err}; or name the same class in your own config") from None
+        self._stored_state_check()(ckpt, ckpt_path)
+        hparams = module_arguments(ckpt, ckpt_path, self.trust_checkpoint_code)
+        model_cfg = self.config[sub]["model"]
+        for key, value in hparams.items():
+            model_cfg[key] = value   # checked data, set as is: no parsing, no class_path resolution
 
     def instantiate_trainer(self, **kwargs):
         saver = self.save_config_callback
@@ -195,14 +268,16 @@ class IGGTCLI(LightningCLI):
         finally:
             self.save_config_callback = saver
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+            trainer.strategy.checkpoint_io = SafeCheckpointIO(self._stored_state_check(), trainer)
         for cb in trainer.callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
         # exact resumes (RNG states, the same logger version) and last.ckpt at the final step: training_callbacks.py
         add_resume_state(trainer)
         if self.subcommand == "fit":
-            reuse_logger_versions(trainer, self._get(self.config, "ckpt_path"))
+            reuse_logger_versions(trainer, self._get(self.config, "ckpt_path"),
+                                  read=trainer.strategy.checkpoint_io.load_checkpoint
+                                  if isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO) else None)
         return trainer
 
 

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,24 +110,35 @@ def resolve_ckpt_path(trainer, ckpt_path: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def reuse_logger_versions(trainer, ckpt_path: str | None) -> None:
+def reuse_logger_versions(trainer, ckpt_path: str | None, read=None) -> None:
     """Before ``trainer.fit(ckpt_path=...)``: loggers that were not given a version write into the version the
     checkpoint was written under (TensorBoard: its ``version_N`` folder, steps after the checkpoint purged).
-    A file that cannot be read is left to Lightning, which reports it when it loads it."""
+    ``read`` loads and checks the file as data (the CLI's checkpoint reader; default: the stored-state schema),
+    so a stored version is an integer or a plain folder name, never a path. Refusals name the file and field."""
+    from .checkpoints import load_tensor_file
+    from .stored_state import PLAIN_NAME, check_checkpoint
+
     path = resolve_ckpt_path(trainer, ckpt_path)
     if path is None:
         return
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return
+    if read is not None:
+        ckpt = read(str(path))
+    else:
+        ckpt = load_tensor_file(path)
+        if isinstance(ckpt, dict) and "state_dict" in ckpt:
+            check_checkpoint(ckpt, path)
     saved = (ckpt.get(KEY) or {}).get("loggers") if isinstance(ckpt, dict) else None
     if not saved:
         return
     step = _logging_step(ckpt)
     for logger, entry in zip(trainer.loggers, saved):
-        if entry.get("class") != type(logger).__qualname__ or entry.get("version") is None:
+        version = entry.get("version")
+        if entry.get("class") != type(logger).__qualname__ or version is None:
             continue
+        if not (isinstance(version, int) and not isinstance(version, bool) and version >= 0) and \
+                not (isinstance(version, str) and re.fullmatch(PLAIN_NAME, version)):
+            raise ValueError(f"{path}: iggt_resume.loggers: version {version!r} is neither a non-negative integer nor "
+                             "a plain folder name")
         if not hasattr(logger, "_version") or getattr(logger, "_version") is not None:
             continue  # a version the user chose stays
         if getattr(logger, "_experiment", None) is not None:
