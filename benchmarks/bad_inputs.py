@@ -6,6 +6,7 @@ Each case builds its inputs in a fresh temporary folder, runs one `iggt ...` com
 classified from what a user sees:
 
 * exec: a command named by a file ran (the marker file it creates appeared);
+* escape: a file appeared or changed beside the case folder (each case runs in ``<tmp>/case``, alone in ``<tmp>``);
 * data loss: a file that existed before the command (an input) vanished or changed, or a half-written
   output (``.partial``/``.old`` folder, temporary file) stayed behind;
 * clear: refused with a non-zero exit, one message naming the file or field (the expected words), no traceback;
@@ -691,6 +692,109 @@ def _(d):
     return ["parity", str(d / "fixture.pt")]
 
 
+# ------------------------------------------------------------------------------------------------ stored state
+def real_ckpt(d: Path, steps: int = 1) -> dict:
+    """A genuine checkpoint: ``iggt fit`` (the survey's tiny run) for ``steps`` steps; -> it loaded."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    subprocess.run([sys.executable, "-m", "iggt_lightning", "fit", *fit_args(d, steps)], cwd=d, env=env, check=True,
+                   capture_output=True)
+    path = d / "run" / "checkpoints" / "last.ckpt"
+    ckpt = _torch().load(path, map_location="cpu", weights_only=True)
+    shutil.rmtree(d / "run")
+    return ckpt
+
+
+def hostile_ckpt(d: Path, edit) -> str:
+    ckpt = real_ckpt(d)
+    edit(ckpt)
+    _torch().save(ckpt, d / "hostile.ckpt")
+    return str(d / "hostile.ckpt")
+
+
+def _popen(d: Path) -> dict:
+    return {"class_path": "subprocess.Popen", "init_args": {"args": f"touch {d / MARKER}", "shell": True}}
+
+
+@case("--ckpt_path metric_options.depth.clip_range names Popen (test)", "exec",
+      refuse=("hostile.ckpt", "metric_options.depth.clip_range"))
+def _(d):
+    path = hostile_ckpt(d, lambda c: c["hyper_parameters"].update(metric_options={"depth": {"clip_range": _popen(d)}}))
+    return ["test", *fit_args(d), "--ckpt_path", path]
+
+
+@case("--ckpt_path loss_options num_samples is a YAML string naming Popen (fit)", "exec",
+      refuse=("hostile.ckpt", "num_samples"))
+def _(d):
+    text = f"{{class_path: subprocess.Popen, init_args: {{args: 'touch {d / MARKER}', shell: true}}}}"
+    path = hostile_ckpt(d, lambda c: c["hyper_parameters"]["loss_options"]["contrastive"].update(num_samples=text))
+    return ["fit", *fit_args(d, 2), "--ckpt_path", path]
+
+
+def _keeps_documents(d: Path, err: str) -> str | None:
+    return None if (d / "Documents" / "thesis.txt").is_file() else "Documents/thesis.txt was deleted"
+
+
+@case("--ckpt_path ModelCheckpoint last_model_path points at ../../Documents (fit)", "data loss",
+      check=_keeps_documents)
+def _(d):
+    (d / "Documents").mkdir()
+    (d / "Documents" / "thesis.txt").write_text("four years of work")
+
+    def edit(c):
+        for key, state in c["callbacks"].items():
+            if key.startswith("ModelCheckpoint"):
+                state["dirpath"] = str(d / "run" / "checkpoints")
+                state["last_model_path"] = str(d / "run" / "checkpoints" / ".." / ".." / "Documents")
+    return ["fit", *fit_args(d, 2), "--ckpt_path", hostile_ckpt(d, edit)]
+
+
+@case("--ckpt_path logger version is ../../outside (fit)", "escape", refuse=("hostile.ckpt", "version"))
+def _(d):
+    def edit(c):
+        c["iggt_resume"]["loggers"] = [{"class": "TensorBoardLogger", "name": "tb", "version": "../../../outside"}]
+    return ["fit", *fit_args(d, 2), "--trainer.logger", "true", "--ckpt_path", hostile_ckpt(d, edit)]
+
+
+@case("--ckpt_path freeze is a catastrophic regex (test)", "resources", refuse=("hostile.ckpt", "freeze"))
+def _(d):
+    path = hostile_ckpt(d, lambda c: c["hyper_parameters"].update(freeze=["^([a-z_.0-9]+)+X$"]))
+    return ["test", *fit_args(d), "--ckpt_path", path]
+
+
+@case("--ckpt_path lr is a string (fit)", "checkpoint file", refuse=("hostile.ckpt", "hyper_parameters.lr"))
+def _(d):
+    return ["fit", *fit_args(d, 2), "--ckpt_path", hostile_ckpt(d, lambda c: c["hyper_parameters"].update(lr="fast"))]
+
+
+@case("--ckpt_path loop counter is a string (fit)", "checkpoint file", refuse=("hostile.ckpt", "loops.fit_loop"))
+def _(d):
+    def edit(c):
+        c["loops"]["fit_loop"]["epoch_progress"]["total"]["ready"] = "1"
+    return ["fit", *fit_args(d, 2), "--ckpt_path", hostile_ckpt(d, edit)]
+
+
+@case("604-byte safetensors asks for a 16384-wide, 64-deep model (predict)", "resources",
+      refuse=("huge.safetensors", "refusing to allocate"))
+def _(d):
+    from safetensors.torch import save_file
+
+    from iggt_lightning.checkpoints import FORMAT
+
+    photos(d)
+    cfg = {"backbone": {"embed_dim": 16384, "depth": 64, "num_heads": 16, "patch_embed": "conv"},
+           "heads": {"camera": {"num_heads": 16}}}
+    save_file({"x": _torch().zeros(1)}, str(d / "huge.safetensors"), metadata={"format": FORMAT, "config": json.dumps(cfg)})
+    return ["predict", str(d / "photos"), "-c", str(d / "huge.safetensors"), "-o", str(d / "out"), "--quiet"]
+
+
+@case("safetensors config is JSON nested 100 000 deep (predict)", "resources", refuse=("deep.safetensors", "config"))
+def _(d):
+    photos(d)
+    save_ours(d, "deep.safetensors", raw_config="[" * 100_000 + "]" * 100_000)
+    return ["predict", str(d / "photos"), "-c", str(d / "deep.safetensors"), "-o", str(d / "out"), "--quiet"]
+
+
 # ------------------------------------------------------------------------------------------------ runner
 def snapshot(d: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(d)): (p.stat().st_size, int(p.stat().st_mtime_ns)) for p in d.rglob("*") if p.is_file()}
@@ -703,9 +807,16 @@ def _message(err: str) -> str:
     return (hits[-1] if hits else lines[-1] if lines else "")[:200]
 
 
-def classify(c: Case, d: Path, before: dict, rc: int, err: str) -> tuple[str, str]:
+def outside(d: Path) -> dict[str, tuple[int, int]]:
+    """The files beside the case folder (its parent holds nothing else): what a path escape would write."""
+    return {k: v for k, v in snapshot(d.parent).items() if not k.startswith(d.name + "/")}
+
+
+def classify(c: Case, d: Path, before: dict, rc: int, err: str, before_outside: dict | None = None) -> tuple[str, str]:
     if (d / MARKER).exists():
         return "exec", "the command named by the file ran"
+    if before_outside is not None and outside(d) != before_outside:
+        return "escape", f"wrote outside the case folder: {sorted(set(outside(d)) ^ set(before_outside))[:3]}"
     after = snapshot(d)
     gone = [k for k in before if k not in after or after[k] != before[k]]
     # what a case expects to change: its outputs (a name, or a prefix ending in "-")
@@ -731,7 +842,9 @@ def classify(c: Case, d: Path, before: dict, rc: int, err: str) -> tuple[str, st
 
 
 def run_case(c: Case, code_root: Path, timeout: int) -> dict:
-    d = Path(tempfile.mkdtemp(prefix="iggt-bad-"))
+    top = Path(tempfile.mkdtemp(prefix="iggt-bad-"))
+    d = top / "case"
+    d.mkdir()
     try:
         sys.path.insert(0, str(code_root))
         cwd = os.getcwd()
@@ -741,7 +854,7 @@ def run_case(c: Case, code_root: Path, timeout: int) -> dict:
         finally:
             os.chdir(cwd)
             sys.path.remove(str(code_root))
-        before = snapshot(d)
+        before, before_outside = snapshot(d), outside(d)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
         env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                    PYTHONPATH=f"{code_root}{os.pathsep}{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
@@ -753,11 +866,11 @@ def run_case(c: Case, code_root: Path, timeout: int) -> dict:
         except subprocess.TimeoutExpired:
             rc, err = -9, "timeout"
         time.sleep(0.3)  # a shell payload runs asynchronously
-        verdict, detail = classify(c, d, before, rc, err)
+        verdict, detail = classify(c, d, before, rc, err, before_outside)
         return {"name": c.name, "group": c.group, "verdict": verdict, "rc": rc, "detail": detail,
                 "seconds": round(time.perf_counter() - t0, 1)}
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def main() -> None:
@@ -775,7 +888,7 @@ def main() -> None:
         rows.append(r)
         print(f"[{i:2d}/{len(cases)}] {r['verdict']:9s} {r['seconds']:5.1f}s  {c.name}  -- {r['detail']}", flush=True)
     counts = {k: sum(r["verdict"] == k for r in rows) for k in ("clear", "handled", "refused", "vague", "silent",
-                                                                 "data loss", "exec")}
+                                                                 "data loss", "escape", "exec")}
     print("\n| tried | " + " | ".join(counts) + " |\n|---|" + "---|" * len(counts))
     print(f"| {len(rows)} | " + " | ".join(str(v) for v in counts.values()) + " |")
     if a.json:
