@@ -8,12 +8,17 @@ classified from what a user sees:
 * exec: a command named by a file ran (the marker file it creates appeared);
 * escape: a file appeared or changed beside the case folder (each case runs in ``<tmp>/case``, alone in ``<tmp>``);
 * data loss: a file that existed before the command (an input) vanished or changed, or a half-written
-  output (``.partial``/``.old`` folder, temporary file) stayed behind;
+  output (``.partial``/``.old`` folder, temporary file, or a path of the case's ``absent`` after a refusal)
+  stayed behind;
 * clear: refused with a non-zero exit, one message naming the file or field (the expected words), no traceback;
 * handled: the command succeeded and the result is right (a case-specific check);
 * refused: refused an input it should have handled (the case expects success);
-* vague: refused, but with a traceback or without naming the file / field;
+* vague: refused, but with a traceback or without naming the file / field, or still running at the timeout
+  (``--timeout``, or the case's own ``timeout`` when shorter: a viewer that serves a folder it should refuse);
 * silent: succeeded although it should have refused or warned, or its result is wrong.
+
+Commands run with ``PYTHONWARNINGS=ignore`` (library noise), except cases with ``warnings=True``, whose check
+reads a warning a user sees.
 
 ``--code-root`` runs the cases against another checkout (e.g. an older commit in a git worktree), to compare.
 Prints a table and writes JSON (counts per class and per-case details).
@@ -23,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -33,6 +40,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "PWNED"
@@ -47,14 +56,18 @@ class Case:
     refuse: tuple[str, ...] = ()                 # a refusal is expected; these words must be in the message
     check: Callable[[Path, str], str | None] | None = None   # success expected: returns a problem or None
     outputs: tuple[str, ...] = ("out", "out.safetensors", "out.pt", "run", "report.json")  # may appear
+    absent: tuple[str, ...] = ()                 # a refusal must not leave these behind (an output begun)
+    timeout: int | None = None                   # seconds, at most the runner's --timeout (a served viewer)
+    warnings: bool = False                       # show Python warnings (the check reads one), as a user sees them
 
 
 CASES: list[Case] = []
 
 
-def case(name: str, group: str, refuse: tuple[str, ...] = (), check=None, outputs=None):
+def case(name: str, group: str, refuse: tuple[str, ...] = (), check=None, outputs=None, absent=(), timeout=None,
+         warnings=False):
     def add(fn):
-        CASES.append(Case(name, group, fn, refuse, check, outputs or Case.outputs))
+        CASES.append(Case(name, group, fn, refuse, check, outputs or Case.outputs, absent, timeout, warnings))
         return fn
     return add
 
@@ -693,12 +706,19 @@ def _(d):
 
 
 # ------------------------------------------------------------------------------------------------ stored state
+def run_iggt(d: Path, *args: str) -> None:
+    """``iggt ARGS`` run in the case folder during a case's setup, to make a genuine file the case then edits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    p = subprocess.run([sys.executable, "-m", "iggt_lightning", *args], cwd=d, env=env, capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(f"setup: iggt {args[0]} failed: {p.stderr[-1500:]}")
+
+
 def real_ckpt(d: Path, steps: int = 1) -> dict:
     """A genuine checkpoint: ``iggt fit`` (the survey's tiny run) for ``steps`` steps; -> it loaded."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
-    subprocess.run([sys.executable, "-m", "iggt_lightning", "fit", *fit_args(d, steps)], cwd=d, env=env, check=True,
-                   capture_output=True)
+    run_iggt(d, "fit", *fit_args(d, steps))
     path = d / "run" / "checkpoints" / "last.ckpt"
     ckpt = _torch().load(path, map_location="cpu", weights_only=True)
     shutil.rmtree(d / "run")
@@ -795,6 +815,368 @@ def _(d):
     return ["predict", str(d / "photos"), "-c", str(d / "deep.safetensors"), "-o", str(d / "out"), "--quiet"]
 
 
+# ------------------------------------------------------------------------------------------------ writers vs inputs
+# every writer (a dataset prediction, --overwrite, data check --json) keeps off its inputs and off files it did not
+# write; a path read from a dataset file never leads outside the dataset
+SIZE = (28, 42)          # (H, W) of the fixture datasets: multiples of nano's patch size
+
+
+def dataset(d: Path, scenes: int = 2, views: int = 2, size=SIZE):
+    """A scene-folder dataset at d/data; -> its root and the samples written."""
+    from iggt_lightning.data.fixtures import write_fixture
+
+    samples = write_fixture("scene_folder", d / "data", num_scenes=scenes, num_views=views, image_size=size)
+    return d / "data", samples
+
+
+def wrapper_config(d: Path, data: Path) -> str:
+    """`iggt predict --config`: a MixedScenes wrapping a SceneFolderScenes over ``data`` (the inputs sit one deep)."""
+    (d / "mixed.yaml").write_text(f"""
+trainer: {{accelerator: cpu, devices: 1, logger: false, enable_progress_bar: false, enable_model_summary: false}}
+model: {{preset: nano, drop_heads: [track], init_checkpoint: {save_ours(d)}}}
+data:
+  class_path: iggt_lightning.data.SceneDataModule
+  init_args:
+    predict:
+      class_path: iggt_lightning.data.MixedScenes
+      init_args:
+        datasets:
+          - class_path: iggt_lightning.data.SceneFolderScenes
+            init_args: {{root: {data}, split: all, num_views: 2, image_size: [{SIZE[0]}, {SIZE[1]}]}}
+""")
+    return str(d / "mixed.yaml")
+
+
+def real_prediction(d: Path, name: str = "pred") -> Path:
+    """A genuine prediction folder of the survey's photos, written by ``iggt predict``."""
+    photos(d)
+    run_iggt(d, "predict", str(d / "photos"), "-c", str(save_ours(d)), "-o", str(d / name), "--size", "56", "42",
+             "--quiet")
+    return d / name
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))          # NaN becomes the token a hand-edited file may hold
+
+
+@case("wrapper dataset predict: --out = the data, --overwrite true", "writers", refuse=("--out", "input data"))
+def _(d):
+    data, _ = dataset(d)
+    return ["predict", "--config", wrapper_config(d, data), "--out", str(data), "--overwrite", "true"]
+
+
+@case("wrapper dataset predict: --out inside the data", "writers", refuse=("--out", "inside the input"),
+      absent=("data/scene0000/preds",))
+def _(d):
+    data, _ = dataset(d)
+    return ["predict", "--config", wrapper_config(d, data), "--out", str(data / "scene0000" / "preds")]
+
+
+@case("--overwrite a folder whose manifest.json only copies our format", "writers", refuse=("thesis", "chapter1.tex"))
+def _(d):
+    from iggt_lightning.inference.output_folder import MANIFEST_FORMAT
+
+    photos(d)
+    (d / "thesis").mkdir()
+    (d / "thesis" / "chapter1.tex").write_text("years of work")
+    (d / "thesis" / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT}))
+    return predict(d, [str(d / "photos")], "--overwrite", out=str(d / "thesis"))
+
+
+@case("--overwrite an earlier prediction holding a user's file", "writers", refuse=("notes.txt", "manifest.json"))
+def _(d):
+    pred = real_prediction(d)                  # not among the outputs: any change to it is data loss
+    (pred / "notes.txt").write_text("added by hand after the prediction")
+    return predict(d, [str(d / "photos")], "--overwrite", out=str(pred))
+
+
+@case("data check --json names a file of the dataset", "writers", refuse=("--json", "dataset being checked"))
+def _(d):
+    data, _ = dataset(d)
+    return ["data", "check", str(data), "--json", str(data / "scene0000" / "cameras.json")]
+
+
+def _file_name_outside(d: Path) -> Path:
+    """views[0].file_name of scene0000 leads to a real photo beside the dataset."""
+    from PIL import Image
+
+    data, _ = dataset(d)
+    Image.new("RGB", (SIZE[1], SIZE[0]), (255, 0, 0)).save(d / "secret.png")
+    edit_json(data / "scene0000" / "cameras.json", lambda c: c["views"][0].update(file_name="../../../secret.png"))
+    return data
+
+
+@case("cameras.json file_name outside the dataset (data check)", "writers",
+      refuse=("cameras.json", "views[0].file_name", "outside the dataset"))
+def _(d):
+    return ["data", "check", str(_file_name_outside(d))]
+
+
+@case("cameras.json file_name outside the dataset (dataset predict)", "writers",
+      refuse=("cameras.json", "views[0].file_name", "outside the dataset"), absent=("preds",))
+def _(d):
+    data = _file_name_outside(d)
+    return ["predict", "--config", wrapper_config(d, data), "--out", str(d / "preds")]
+
+
+# ------------------------------------------------------------------------------------------------ viewer folders
+# `iggt view` on a genuine prediction folder made hostile: refused in one line before the server starts (a case that
+# runs into its timeout was served)
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+PLY_TYPES = {"char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4", "float": "f4",
+             "double": "f8"}
+
+
+def ply_first_instance(value: int):
+    """Point 0's ``instance`` property set to ``value`` (the header gives the record layout)."""
+    def edit(folder: Path) -> None:
+        path = folder / "points.ply"
+        raw = path.read_bytes()
+        body = raw.index(b"end_header\n") + len(b"end_header\n")
+        props = [ln.split()[1:] for ln in raw[:body].decode().splitlines() if ln.startswith("property ")]
+        dtype = np.dtype([(name, "<" + PLY_TYPES[kind]) for kind, name in props])
+        first = np.frombuffer(raw[body:body + dtype.itemsize], dtype).copy()
+        first["instance"] = value
+        path.write_bytes(raw[:body] + first.tobytes() + raw[body + dtype.itemsize:])
+    return edit
+
+
+def ply_vertex_count(count: int):
+    def edit(folder: Path) -> None:
+        path = folder / "points.ply"
+        path.write_bytes(re.sub(rb"element vertex \d+\n", b"element vertex %d\n" % count, path.read_bytes(), 1))
+    return edit
+
+
+def image_path_outside(folder: Path) -> None:
+    """views[0].image_path names a real photo beside the prediction folder."""
+    view = json.loads((folder / "cameras.json").read_text())["views"][0]
+    shutil.copy(folder / view["image_path"], folder.parent / "outside.png")
+    edit_json(folder / "cameras.json", lambda c: c["views"][0].update(image_path="../outside.png"))
+
+
+def set_view(key: str, value):
+    return lambda folder: edit_json(folder / "cameras.json", lambda c: c["views"][0].update({key: value}))
+
+
+def nan_extrinsic(folder: Path) -> None:
+    edit_json(folder / "cameras.json", lambda c: c["views"][0]["extrinsic"][0].__setitem__(0, float("nan")))
+
+
+for _name, _edit, _words in (
+        ("image_path ../outside.png", image_path_outside, ("cameras.json", "views[0].image_path")),
+        ("points.ply instance id 2e9", ply_first_instance(2_000_000_000), ("points.ply", "instance")),
+        ("points.ply element vertex -5", ply_vertex_count(-5), ("points.ply", "element vertex -5")),
+        ("cameras.json nested 100 000 deep",
+         lambda f: (f / "cameras.json").write_text("[" * 100_000 + "]" * 100_000), ("cameras.json", "nested")),
+        ("cameras.json width a string", set_view("width", "wide"), ("cameras.json", "views[0].width")),
+        ("cameras.json extrinsic NaN", nan_extrinsic, ("cameras.json", "views[0].extrinsic"))):
+    def _make(name, edit, words):
+        @case(f"view: {name}", "viewer", refuse=words, timeout=90)
+        def _(d):
+            folder = real_prediction(d, "scene")
+            edit(folder)
+            return ["view", str(folder), "--port", free_port()]
+    _make(_name, _edit, _words)
+
+
+# ------------------------------------------------------------------------------------------------ photo bits
+# photos reach the model by their significant bits: 10/12-bit data in 16-bit PNGs, 32-bit TIFFs of 8-bit values;
+# what cannot be read right is refused (multi-page TIFF, a strip --mode crop would shrink every view for)
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png16(path: Path, values, sbit: int | None = None) -> Path:
+    """A 16-bit RGB PNG of ``values`` [H, W, 3] (Pillow writes none), with an sBIT chunk stating ``sbit`` bits."""
+    h, w, _ = values.shape
+    rows = values.astype(">u2").reshape(h, w * 3)
+    body = b"".join(b"\0" + row.tobytes() for row in rows)          # filter 0 on every row
+    stated = _png_chunk(b"sBIT", bytes([sbit] * 3)) if sbit else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + stated + _png_chunk(b"IDAT", zlib.compress(body)) + _png_chunk(b"IEND", b""))
+    return path
+
+
+def _deep_photo(bits: int):
+    """A 56x42 photo of ``bits``-bit samples and its true 8-bit mean (full scale = white)."""
+    top = (1 << bits) - 1
+    values = np.zeros((42, 56, 3), np.int64)
+    values[...] = np.round(np.array([0.65, 0.3, 0.85]) * top)
+    values[5:20, 5:30] = top
+    return values, float(np.round(values * 255.0 / top).mean())
+
+
+def brightness(stem: str, true_mean: float, warning: tuple[str, ...] = ()):
+    """The exported view's mean is the photo's true 8-bit mean; the warning (if any) names the photo."""
+    def check(d, err):
+        a = np.asarray(out_image(d, stem).convert("RGB"), np.float64)
+        if abs(a.mean() - true_mean) > 3:
+            return f"saved view mean {a.mean():.1f}, the photo's is {true_mean:.1f}"
+        missing = [w for w in warning if w not in err]
+        return f"no warning naming {missing}" if missing else None
+    return check
+
+
+_values12, _mean12 = _deep_photo(12)
+
+
+@case("12-bit data in a 16-bit PNG with sBIT", "photo bits", check=brightness("deep12", _mean12))
+def _(d):
+    photos(d)
+    png16(d / "photos" / "deep12.png", _values12, sbit=12)
+    return predict(d, [str(d / "photos")])
+
+
+@case("10-bit data in a 16-bit PNG without sBIT (warned)", "photo bits", warnings=True,
+      check=lambda d, err: None if all(w in err for w in ("deep10.png", "sBIT")) else "no warning naming deep10.png")
+def _(d):
+    photos(d)
+    png16(d / "photos" / "deep10.png", _deep_photo(10)[0])
+    return predict(d, [str(d / "photos")])
+
+
+_grey32 = np.full((42, 56), 90, np.int32)
+_grey32[5:20, 5:30] = 255
+
+
+@case("32-bit integer TIFF holding 0..255 (warned)", "photo bits", warnings=True,
+      check=brightness("grey32", float(_grey32.mean()), ("grey32.tif", "32-bit")))
+def _(d):
+    from PIL import Image
+
+    photos(d)
+    Image.fromarray(_grey32).save(d / "photos" / "grey32.tif")
+    return predict(d, [str(d / "photos")])
+
+
+@case("multi-page TIFF", "photo bits", refuse=("stack.tif", "3 pages"))
+def _(d):
+    from PIL import Image
+
+    photos(d)
+    pages = [Image.new("RGB", (56, 42), (40 * k, 90, 200)) for k in range(3)]
+    pages[0].save(d / "photos" / "stack.tif", save_all=True, append_images=pages[1:])
+    return predict(d, [str(d / "photos")])
+
+
+@case("--mode crop with a 2000x3 photo among normal ones", "photo bits", refuse=("wide.png", "2000x3"))
+def _(d):
+    from PIL import Image
+
+    photos(d)
+    Image.new("RGB", (2000, 3), (200, 100, 50)).save(d / "photos" / "wide.png")
+    return predict(d, [str(d / "photos")], "--mode", "crop")
+
+
+# ------------------------------------------------------------------------------------------------ export options
+# each --export-option is typed: a misspelt key, a wrong type or range stops predict before any output exists
+for _option, _words in (("depth_png_scal=100", ("'depth_png_scal'",)), ("save_images=no", ("save_images",)),
+                        ("depth_png_scale=0", ("depth_png_scale",))):
+    def _make(option, words):
+        @case(f"export option {option}", "options", refuse=words, absent=("out",))
+        def _(d):
+            photos(d)
+            return predict(d, [str(d / "photos")], "--export-option", option)
+    _make(_option, _words)
+
+
+# ------------------------------------------------------------------------------------------------ data check units
+# `iggt data check` names what is actually wrong (exit 1, the problems on stdout): depth in another unit, float or
+# lossily compressed id maps, a pixel_center that is no number, poses stored camera-to-world
+def depth_times(d: Path, factor: float) -> Path:
+    """scene0000's depth as float .npy of metres x ``factor`` (100: centimetres) in place of the mm PNGs."""
+    root, samples = dataset(d, scenes=1, views=4, size=(56, 84))
+    for v, depth in enumerate(samples[0]["depth"].numpy()):
+        (root / "scene0000" / "depth" / f"view_{v:02d}.png").unlink()
+        np.save(root / "scene0000" / "depth" / f"view_{v:02d}.npy", (depth * factor).astype(np.float32))
+    return root
+
+
+@case("data check: depth in centimetres", "data check", refuse=("view_00.npy", "metres", "centimetres"))
+def _(d):
+    return ["data", "check", str(depth_times(d, 100.0))]
+
+
+@case("data check: depth in feet", "data check", refuse=("scene0000", "feet", "depth_scale"))
+def _(d):
+    return ["data", "check", str(depth_times(d, 1 / 0.3048))]
+
+
+@case("data check: float instance ids", "data check", refuse=("frame_000010.jpg.npy", "whole numbers"))
+def _(d):
+    from iggt_lightning.data.fixtures import write_fixture
+
+    write_fixture("scannetpp", d / "data", num_scenes=1, num_views=2, image_size=(56, 84))
+    path = d / "data" / "scene0000" / "refined_ins_ids" / "frame_000010.jpg.npy"
+    ids = np.load(path).astype(np.float32)
+    np.save(path, np.where(ids > 0, ids + 0.4, 0))         # a reader truncating to int merges instances
+    return ["data", "check", str(d / "data")]
+
+
+@case("data check: JPEG-compressed id map saved as .png", "data check", refuse=("view_01.png", "lossily"))
+def _(d):
+    import io
+
+    from PIL import Image
+
+    root, _ = dataset(d, scenes=1, views=4, size=(56, 84))
+    path = root / "scene0000" / "instances" / "view_01.png"
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(Image.open(path)).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    Image.fromarray(np.asarray(Image.open(buf))).save(path)
+    return ["data", "check", str(root)]
+
+
+@case("data check: pixel_center NaN", "data check", refuse=("cameras.json", "pixel_center"))
+def _(d):
+    root, _ = dataset(d, scenes=1, views=4, size=(56, 84))
+    edit_json(root / "scene0000" / "cameras.json", lambda c: c.update(pixel_center=float("nan")))
+    return ["data", "check", str(root)]
+
+
+def _inverted(extrinsic: list) -> list:
+    E = np.asarray(extrinsic, np.float64)
+    R, t = E[:, :3], E[:, 3]
+    return np.concatenate([R.T, (-R.T @ t)[:, None]], 1).tolist()
+
+
+@case("data check: camera-to-world poses stored as world-to-camera", "data check",
+      refuse=("cameras.json", "extrinsic", "camera-to-world"))
+def _(d):
+    root, _ = dataset(d, scenes=1, views=4, size=(56, 84))
+
+    def invert_all(c):
+        for view in c["views"]:
+            view["extrinsic"] = _inverted(view["extrinsic"])
+    edit_json(root / "scene0000" / "cameras.json", invert_all)
+    return ["data", "check", str(root)]
+
+
+# ------------------------------------------------------------------------------------------------ training options
+# the module's options, loss options included, are checked when it is built: before a step runs
+for _args, _words in (
+        (["--model.lr=-1e-4"], ("model.lr",)),
+        (["--model.warmup_steps=-1"], ("model.warmup_steps",)),
+        (["--model.loss_options", '{"contrastive": {"num_samples": 0}}'], ("loss_options.contrastive.num_samples",)),
+        (["--model.loss_options", '{"contrastive": {"num_sample": 64}}'],
+         ("loss_options.contrastive.num_sample", "unknown")),
+        (["--model.loss_weights", '{"camera": 0, "depth": 0, "point": 0, "contrastive": 0}'],
+         ("model.loss_weights", "weight 0"))):
+    def _make(args, words):
+        @case(f"fit option {' '.join(args)}", "training", refuse=words)
+        def _(d):
+            return ["fit", *fit_args(d), *args]
+    _make(_args, _words)
+
+
 # ------------------------------------------------------------------------------------------------ runner
 def snapshot(d: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(d)): (p.stat().st_size, int(p.stat().st_mtime_ns)) for p in d.rglob("*") if p.is_file()}
@@ -803,7 +1185,8 @@ def snapshot(d: Path) -> dict[str, tuple[int, int]]:
 def _message(err: str) -> str:
     """The line a user reads: the one with ``error``, else the last non-empty one."""
     lines = [ln.strip() for ln in err.strip().splitlines() if ln.strip()]
-    hits = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("(set IGGT_DEBUG")]
+    hits = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("(set IGGT_DEBUG")
+            and ln.lower() != "errors:"]         # jsonargparse's heading of a nested list, not a message
     return (hits[-1] if hits else lines[-1] if lines else "")[:200]
 
 
@@ -827,10 +1210,15 @@ def classify(c: Case, d: Path, before: dict, rc: int, err: str, before_outside: 
         return "data loss", f"input(s) changed or removed: {gone[:5]}"
     if junk:
         return "data loss", f"half-written output left: {junk[:3]}"
+    begun = [a for a in c.absent if (d / a).exists()]
+    if c.refuse and rc != 0 and begun:
+        return "data loss", f"refused, but left an output begun: {begun}"
     words_ok = all(w.lower() in err.lower() for w in c.refuse)
     if c.refuse:
         if rc == 0:
             return "silent", "succeeded; a refusal naming " + ", ".join(c.refuse) + " was expected"
+        if rc < 0:                      # killed at the timeout: it never refused (a viewer serving the input)
+            return "vague", f"{err.split(';')[0]}; last line: {_message(err.split('it printed: ', 1)[-1])}"
         if "Traceback" in err or not words_ok:
             return "vague", _message(err)
         return "clear", _message(err)
@@ -855,22 +1243,49 @@ def run_case(c: Case, code_root: Path, timeout: int) -> dict:
             os.chdir(cwd)
             sys.path.remove(str(code_root))
         before, before_outside = snapshot(d), outside(d)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-        env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST") and k != "PYTHONWARNINGS"}
+        env.update(OMP_NUM_THREADS="1",
                    PYTHONPATH=f"{code_root}{os.pathsep}{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
+        if not c.warnings:
+            env["PYTHONWARNINGS"] = "ignore"
+        limit = min(timeout, c.timeout or timeout)
         t0 = time.perf_counter()
         try:
             p = subprocess.run([sys.executable, "-m", "iggt_lightning", *args], cwd=d, env=env, capture_output=True,
-                               text=True, timeout=timeout)
+                               text=True, timeout=limit)
             rc, err = p.returncode, p.stderr + p.stdout[-2000:]
-        except subprocess.TimeoutExpired:
-            rc, err = -9, "timeout"
+        except subprocess.TimeoutExpired as ex:
+            # what it printed before it was killed (bytes here): a served viewer's URL says it got that far
+            said = [x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (ex.stderr, ex.output)]
+            rc, err = -9, f"timeout after {limit} s; it printed: {said[0] + said[1][-2000:]}"
         time.sleep(0.3)  # a shell payload runs asynchronously
         verdict, detail = classify(c, d, before, rc, err, before_outside)
         return {"name": c.name, "group": c.group, "verdict": verdict, "rc": rc, "detail": detail,
                 "seconds": round(time.perf_counter() - t0, 1)}
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def provenance(code_root: Path) -> dict:
+    """What a reader needs to tell whether a re-run is comparable: commit, CPU, package versions, load."""
+    import platform
+    from importlib import metadata
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=code_root, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    packages = {}
+    for name in ("torch", "lightning", "jsonargparse", "safetensors", "numpy", "pillow", "av", "viser", "pycolmap"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"commit": git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no")
+                                                   else ""),
+            "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "packages": packages}
 
 
 def main() -> None:
@@ -892,8 +1307,9 @@ def main() -> None:
     print("\n| tried | " + " | ".join(counts) + " |\n|---|" + "---|" * len(counts))
     print(f"| {len(rows)} | " + " | ".join(str(v) for v in counts.values()) + " |")
     if a.json:
-        payload = {"code_root": str(a.code_root), "tried": len(rows), "counts": counts, "cases": rows,
-                   "load_average": os.getloadavg()}
+        root = Path(a.code_root).resolve()
+        payload = {"code_root": "." if root == ROOT else str(root), "tried": len(rows), "counts": counts, "cases": rows,
+                   "load_average": os.getloadavg(), **provenance(Path(a.code_root))}
         Path(a.json).write_text(json.dumps(payload, indent=1) + "\n")
 
 

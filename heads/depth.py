@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from iggt_lightning.head import HeadInput
+from iggt_lightning.inference.options import ExportOption
 from iggt_lightning.losses import depth_loss
 from iggt_lightning.metrics import DepthMetrics
 from iggt_lightning.registry import register_head
@@ -15,6 +16,10 @@ from .dense import DenseHead
 class DepthHead(DenseHead):
     outputs = ("depth", "depth_conf")
     loss_terms = ("depth",)
+    loss_functions = {"depth": depth_loss}   # its options: conf_regression_loss's keyword parameters
+    export_options = (ExportOption("depth_png_scale", float, 1000.0, "depth/<view>.png value per depth unit "
+                                   "(1000: millimetres); 0 would make every pixel read as invalid", low=0,
+                                   low_open=True),)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, activation: str = "exp",
                  conf_activation: str = "expp1", features: int = 256,
@@ -67,7 +72,7 @@ class DepthHead(DenseHead):
 
         from iggt_lightning.inference import export
 
-        scale = float(scene.option("depth_png_scale", 1000.0))
+        scale = scene.option("depth_png_scale")
         depth = outputs["depth"][scene.index, ..., 0].detach().float().cpu()
         conf = outputs["depth_conf"][scene.index].detach().float().cpu()
         maps, clipped = {"depth": [], "confidence": [], "valid": []}, 0

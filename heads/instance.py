@@ -19,7 +19,7 @@ from iggt_lightning.layers.attention import CrossAttention
 from iggt_lightning.layers.dpt import interpolate, make_scratch
 from iggt_lightning.layers.fast_conv import Conv2d
 from iggt_lightning.layers.swin import SwinCA, SwinSA
-from iggt_lightning.losses import instance_contrastive_loss, instance_mean_contrastive_loss
+from iggt_lightning.losses import contrastive_loss
 from iggt_lightning.registry import register_head
 
 
@@ -105,6 +105,7 @@ class InstanceHead(Head):
     requires = ("point",)  # for the geometry fusion; an instance with fusion=False needs nothing
     outputs = ("part_feat",)
     loss_terms = ("contrastive",)
+    loss_functions = {"contrastive": contrastive_loss}   # variant + the chosen loss's keyword parameters
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, output_dim: int = 8, features: int = 256,
                  adaptor_channels: tuple[int, ...] = (256, 256, 256, 256), num_heads: int = 8,
@@ -156,10 +157,4 @@ class InstanceHead(Head):
         community's per-instance-mean loss; other options go to the chosen function."""
         if "contrastive" not in active:
             return {}
-        options = dict(active["contrastive"])
-        variant = options.pop("variant", "pairs")
-        if variant == "pairs":
-            return instance_contrastive_loss(outputs["part_feat"], batch["instance_ids"], **options)
-        if variant == "mean":
-            return instance_mean_contrastive_loss(outputs["part_feat"], batch["instance_ids"], **options)
-        raise ValueError(f"loss_options.contrastive.variant must be 'pairs' or 'mean'; got {variant!r}")
+        return contrastive_loss(outputs["part_feat"], batch["instance_ids"], **active["contrastive"])

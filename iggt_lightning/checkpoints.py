@@ -428,7 +428,9 @@ def size_check_stored_config(config: dict, sd: dict, path: str | os.PathLike, tr
 
     network = {k: v for k, v in config.items() if k != "postprocess"}
     model_size_check(lambda: IGGTModel(**network, trust_code=trust_code, source=f"checkpoint {path}"),
-                     state_numel(sd), str(path), "its stored model config")
+                     state_numel(sd), str(path), "its stored model config",
+                     match=lambda skeleton: match_state_dict(skeleton, sd, what=str(path),
+                                                             against="the model its own stored config builds"))
 
 
 def build_from_config(config: dict, path: str | os.PathLike, trust_code: bool = False) -> IGGTModel:

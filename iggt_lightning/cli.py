@@ -27,8 +27,10 @@ def _convert(argv: list[str]) -> int:
                    "classes that are not registered (runs code named by the file: only for files you trust)")
     a = p.parse_args(argv)
     from .checkpoints import convert
+    from .inference.output_folder import refuse_overlap
 
     try:
+        refuse_overlap(a.dst, [("input checkpoint", a.src)], "the output")
         model = convert(a.src, a.dst, a.preset, trust_code=a.trust_checkpoint_code)
     except (ValueError, FileNotFoundError, OSError) as err:  # CheckpointError, UntrustedCodeError, ...
         print(f"iggt convert: {err}", file=sys.stderr)
@@ -92,10 +94,13 @@ def _predict(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="iggt predict", description="Photos -> point cloud (PLY/GLB), cameras (JSON, "
                                 "COLMAP text), depth (16-bit PNG + npz), instance masks (16-bit PNG + COCO RLE) and "
                                 "what other plugins export. A dataset instead: iggt predict --config CFG.yaml "
-                                "[--data ...] [--ckpt_path CKPT] --out DIR (one folder per scene).")
+                                "[--data ...] [--ckpt_path CKPT] --out DIR (one folder per scene).",
+                                epilog=_export_options_help(), formatter_class=_EpilogAsIs)
     p.add_argument("inputs", nargs="+", help="a folder of images (jpg/png/webp, sorted by name), image paths, or "
                    "videos (mp4/mov/avi/mkv/webm; extra [video])")
-    p.add_argument("--video-frames", type=int, default=8, help="frames sampled evenly from each video")
+    p.add_argument("--video-frames", type=int, default=8, help="frames sampled evenly from each video (default 8); "
+                   "the video is decoded frame by frame and only these are kept, so memory holds at most N frames "
+                   "of the video's size (8 of 1920x1080: 50 MB), whatever the clip's length")
     p.add_argument("--no-images", action="store_true", help="do not save the input views under images/ (then the "
                    "output does not re-read as a scene folder on its own)")
     p.add_argument("--checkpoint", "-c", required=True, help="our .safetensors/.pt, a Lightning .ckpt, or an "
@@ -120,8 +125,9 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--global-attention", default=None, metavar="JSON", help="the backbone's global attention for this "
                    "run, e.g. '{\"kind\": \"merged\", \"ratio\": 0.9}' for many views (docs/many-view.md); "
                    "default: the checkpoint's")
-    p.add_argument("--export-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the "
-                   "plugins' exports, e.g. depth_png_scale=1000 (PNG value = depth x scale); repeatable")
+    p.add_argument("--export-option", action="append", default=[], metavar="KEY=VALUE", help="an export option "
+                   "(listed below), e.g. depth_png_scale=1000 (PNG value = depth x scale); repeatable; an unknown "
+                   "key or a value of the wrong type or range is an error")
     p.add_argument("--colmap-format", choices=["txt", "bin"], default=None, help="COLMAP model format (default txt)")
     p.add_argument("--colmap-max-points", type=int, default=None, help="3D points of the COLMAP model, thinned by "
                    "voxels keeping the most confident (default 100000); each with its track of observations")
@@ -161,12 +167,14 @@ def _predict(argv: list[str]) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             p.error(f"--export-option {item!r}: expected KEY=VALUE")
-        try:
-            export_options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            export_options[key] = value
-    for key, value in (("colmap_format", a.colmap_format), ("colmap_max_points", a.colmap_max_points),
-                       ("colmap_ba", a.ba or None)):
+        if key in export_options:
+            p.error(f"--export-option {key} is given twice")
+        export_options[key] = value          # text: each option's declaration reads it (inference/options.py)
+    for key, value, flag in (("colmap_format", a.colmap_format, "--colmap-format"),
+                             ("colmap_max_points", a.colmap_max_points, "--colmap-max-points"),
+                             ("colmap_ba", a.ba or None, "--ba")):
+        if value is not None and key in export_options:
+            p.error(f"{flag} and --export-option {key} are both given; give one")
         if value is not None:
             export_options[key] = value
     opts = PredictOptions(inputs=a.inputs, checkpoint=a.checkpoint, out=a.out, preset=a.preset, mode=a.mode,
@@ -206,6 +214,27 @@ def _predict(argv: list[str]) -> int:
     return 0
 
 
+class _EpilogAsIs(argparse.HelpFormatter):
+    """Wraps the description and arguments as usual but prints the epilog (the table of export options) as is."""
+
+    def add_text(self, text):
+        if text and text.startswith("export options"):
+            self._add_item(lambda t: t + "\n", [text])
+        else:
+            super().add_text(text)
+
+
+def _export_options_help() -> str:
+    """The export options --export-option takes: the writer's and every registered plugin's."""
+    from .inference.options import describe_options, registered_plugins
+
+    try:
+        plugins, note = registered_plugins(), ""
+    except ImportError as err:          # a broken third-party plugin: still list the writer's own
+        plugins, note = [], f"\n  (plugins' options not listed: {err})"
+    return "export options (--export-option KEY=VALUE):\n" + describe_options(plugins) + note
+
+
 def _data(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="iggt data", description="Dataset tools.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,10 +254,13 @@ def _data(argv: list[str]) -> int:
         p.error(f"--max-invalid-depth must be a fraction in [0, 1]; got {a.max_invalid_depth}")
     from .data.check import check_dataset, format_report
     from .data.frames import DatasetError
+    from .inference.output_folder import OutputFolderError, refuse_overlap
 
     try:
+        refuse_overlap(a.json, [("dataset being checked", a.path)], "--json")   # before anything is read
         report = check_dataset(a.path, a.layout, a.max_scenes, a.max_frames, max_invalid_depth=a.max_invalid_depth)
-    except DatasetError as err:
+        refuse_overlap(a.json, [("input", p) for p in report.inputs], "--json")
+    except (DatasetError, OutputFolderError) as err:
         print(f"iggt data check: {err}", file=sys.stderr)
         return 2
     print(format_report(report))
@@ -257,7 +289,8 @@ def _view(argv: list[str]) -> int:
                    "(iggt predict --config ... --data ...)")
     p.add_argument("--scene", default=None, help="the scene to open first, by folder name (default: the first)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
-                   "only; the viewer has no authentication, so 0.0.0.0 shows the scene to anyone on the network)")
+                   "only; the printed URL carries a secret token, but over plain HTTP, so 0.0.0.0 lets anyone who "
+                   "can read your network traffic see the scene)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if taken; 0: any)")
     p.add_argument("--colour", "--color", default="rgb", help="colour layer shown first: rgb, or a colour layer "
                    "of the folder such as instances or features (default rgb)")
@@ -298,12 +331,13 @@ def _view(argv: list[str]) -> int:
     server = None
     try:
         server = Viewer(scenes, scene, a.host, a.port, a.colour, a.max_points)
-        shown = "localhost" if a.host in ("0.0.0.0", "::") else f"[{a.host}]" if ":" in a.host else a.host
         others = f"; {len(scenes)} scenes, a selector switches" if len(scenes) > 1 else ""
-        print(f"iggt view: {scene.folder} at http://{shown}:{server.port} (Ctrl-C to stop{others})",
-              flush=True)
+        print(f"iggt view: {scene.folder} at {server.url} (Ctrl-C to stop{others})", flush=True)
         while True:
             time.sleep(3600)
+    except ViewerError as err:      # the server could not be secured (viser changed): nothing was served
+        print(f"iggt view: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     finally:
@@ -349,9 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # configuration, data and checkpoint errors name the field/file
         if os.environ.get("IGGT_DEBUG"):
             raise
-        print(f"iggt {argv[0]}: error: {err}\n(set IGGT_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"iggt {argv[0]}: error: {_own_error(err)}\n(set IGGT_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
     return 0
+
+
+def _own_error(err: BaseException) -> BaseException:
+    """The error a user should read: jsonargparse wraps an error raised while it builds a class from the config
+    (a dataset reader refusing a file) in a multi-line "Does not validate against any of the Union subtypes"
+    dump; the first error of ours in the chain names the file and field in one line."""
+    seen, item = set(), err
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        if type(item).__module__.startswith("iggt_lightning") and isinstance(item, (ValueError, FileNotFoundError)):
+            return item
+        item = item.__cause__ or item.__context__
+    return err
 
 
 if __name__ == "__main__":

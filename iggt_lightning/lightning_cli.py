@@ -106,7 +106,27 @@ def stored_state_check(trust_code: bool = False, user_model=None):
     return check
 
 
-def module_arguments(ckpt: dict, ckpt_path, trust_code: bool = False) -> dict:
+def _network_of(hparams: dict):
+    """The network IGGTLitModule builds from ``hparams`` (its layout migrations applied, silently: the module
+    itself warns). Every class path in them passed :func:`stored_state_check` already (registered, named by the
+    user's own config, or trusted by the opt-in), so it may be imported."""
+    import warnings
+
+    from .model import PRESETS, build_model
+    from .postprocessor import move_postprocessors_out_of_drop_heads, move_postprocessors_out_of_heads
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heads, _ = move_postprocessors_out_of_heads(hparams.get("heads"), "--ckpt_path")
+        drop, _ = move_postprocessors_out_of_drop_heads(hparams.get("drop_heads"), "--ckpt_path")
+    preset = hparams.get("preset")
+    # drop_heads may name heads of an init_checkpoint that the configuration does not build (IGGTLitModule)
+    configured = set(PRESETS[preset]["heads"] if preset in PRESETS else ()) | set(heads or ())
+    return build_model(preset, backbone=hparams.get("backbone"), heads=heads,
+                       drop_heads=[h for h in drop or () if h in configured])
+
+
+def module_arguments(ckpt: dict, ckpt_path) -> dict:
     """The IGGTLitModule arguments a checked ``--ckpt_path`` file's hyper-parameters give (the file's class must be
     ours; a stored ``init_checkpoint`` is dropped), after sizing the network they build on the meta device against
     the file's tensors."""
@@ -127,13 +147,8 @@ def module_arguments(ckpt: dict, ckpt_path, trust_code: bool = False) -> dict:
         raise CheckpointError(f"--ckpt_path {ckpt_path}: unknown hyper-parameter(s) {unknown}; "
                               f"IGGTLitModule takes {sorted(accepted)}")
     if hparams.get("heads") is not None or hparams.get("preset") is not None:
-        from .model import build_model
-
-        model_size_check(lambda: build_model(hparams.get("preset"), backbone=hparams.get("backbone"),
-                                             heads=hparams.get("heads"), drop_heads=hparams.get("drop_heads") or (),
-                                             trust_code=trust_code),
-                         state_numel(ckpt["state_dict"], "model."), f"--ckpt_path {ckpt_path}",
-                         "its hyper-parameters (preset, backbone, heads)")
+        model_size_check(lambda: _network_of(hparams), state_numel(ckpt["state_dict"], "model."),
+                         f"--ckpt_path {ckpt_path}", "its hyper-parameters (preset, backbone, heads)")
     return hparams
 
 
@@ -186,8 +201,9 @@ class IGGTCLI(LightningCLI):
         path = cfg.get("results")
         configs = [str(c) for c in (cfg.get("config") or [])]
         inputs = [*configs, *(str(x) for x in (cfg.get("ckpt_path"), cfg["model"].get("init_checkpoint")) if x)]
-        if path and any(os.path.abspath(path) == os.path.abspath(i) for i in inputs):
-            raise ValueError(f"--results {path} is one of this run's inputs; choose another file")
+        from .inference.output_folder import refuse_overlap
+
+        refuse_overlap(path, inputs, "--results")   # the one input-vs-output rule of every writer
 
     def _write_results(self, stage: str) -> None:
         cfg = self.config[self.subcommand]
@@ -251,7 +267,7 @@ class IGGTCLI(LightningCLI):
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise CheckpointError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (no 'state_dict')")
         self._stored_state_check()(ckpt, ckpt_path)
-        hparams = module_arguments(ckpt, ckpt_path, self.trust_checkpoint_code)
+        hparams = module_arguments(ckpt, ckpt_path)
         model_cfg = self.config[sub]["model"]
         for key, value in hparams.items():
             model_cfg[key] = value   # checked data, set as is: no parsing, no class_path resolution

@@ -16,6 +16,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
+from .losses.options import check_loss_options
 from .model import PRESETS, build_model
 from .postprocessor import build_postprocessing, move_postprocessors_out_of_drop_heads, move_postprocessors_out_of_heads
 from .visualize import pca_colours  # noqa: F401 (kept importable from here)
@@ -64,6 +65,9 @@ class IGGTLitModule(LightningModule):
                  metric_options: dict[str, dict[str, Any]] | None = None, log_images_every_n_steps: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
+        _check_training_fields(lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                               frames_chunk_size=frames_chunk_size,
+                               log_images_every_n_steps=log_images_every_n_steps)
         # configs written before post-processing was its own component name tracking / open_vocab as heads
         heads, moved = move_postprocessors_out_of_heads(heads, "model.heads")
         postprocess = {**moved, **dict(postprocess or {})}
@@ -186,6 +190,13 @@ class IGGTLitModule(LightningModule):
             except TypeError as err:
                 raise ValueError(f"model.metric_options.{name}: {type(plugins[name]).__name__}.build_metrics"
                                  f"{inspect.signature(build)} does not take {sorted(opts)}: {err}") from None
+            # typed by build_metrics' annotations (one rule for arguments read from configs and files)
+            from .stored_state import Arguments, StoredStateError, check
+
+            try:
+                check(opts, Arguments(build), "model.metric_options", name)
+            except StoredStateError as err:
+                raise ValueError(str(err).replace("model.metric_options: ", "model.metric_options.", 1)) from None
         return options
 
     def _build_metrics(self) -> torch.nn.ModuleDict:
@@ -235,15 +246,27 @@ class IGGTLitModule(LightningModule):
 
     # ------------------------------------------------------------------ losses
     def _check_loss_config(self, weights: dict, options: dict) -> tuple[dict[str, float], dict[str, dict]]:
-        owners = {t for h in self.model.heads.values() if h.trainable for t in h.loss_terms}
+        """Weights (numbers >= 0, not all 0) and options of the terms the trainable heads bring, each option
+        checked against the loss function the owning head names for its term (``Head.loss_functions``)."""
+        owners = {t: h for h in self.model.heads.values() if h.trainable for t in h.loss_terms}
         for field, given in (("loss_weights", weights), ("loss_options", options)):
             unknown = sorted(set(given) - set(owners))
             if unknown:
-                raise ValueError(f"{field}: unknown loss term(s) {unknown}; the configured heads "
+                raise ValueError(f"model.{field}: unknown loss term(s) {unknown}; the configured heads "
                                  f"{list(self.model.heads)} bring {sorted(owners)}")
+        for term, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"model.loss_weights.{term} must be a finite number >= 0 (0 switches the term "
+                                 f"off); got {w!r}")
+        if owners and not any(weights.get(t, 1.0) for t in owners):
+            raise ValueError(f"model.loss_weights: every loss term {sorted(owners)} has weight 0, so nothing would "
+                             "train; give at least one a weight > 0")
         for term, opts in options.items():
-            if not isinstance(opts, dict):
-                raise ValueError(f"loss_options.{term} must be a mapping of options; got {opts!r}")
+            declared = getattr(owners[term], "loss_functions", {}).get(term)
+            if declared is not None:
+                check_loss_options(declared, opts, f"model.loss_options.{term}")
+            elif not isinstance(opts, dict):
+                raise ValueError(f"model.loss_options.{term} must be a mapping of options; got {opts!r}")
         return ({t: float(weights.get(t, 1.0)) for t in owners}, {t: dict(options.get(t) or {}) for t in owners})
 
     def compute_losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
@@ -375,3 +398,21 @@ class IGGTLitModule(LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+
+def _check_training_fields(**values) -> None:
+    """The optimisation and logging arguments, before anything is built: one error naming ``model.<field>``."""
+    def number(name: str, ok, what: str, integer: bool = False, optional: bool = False) -> None:
+        v = values[name]
+        if v is None and optional:
+            return
+        kind = int if integer else (int, float)
+        if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or not ok(v):
+            raise ValueError(f"model.{name} must be {what}; got {v!r}")
+
+    number("lr", lambda v: v > 0, "a finite number > 0")
+    number("backbone_lr", lambda v: v > 0, "a finite number > 0, or null for lr", optional=True)
+    number("weight_decay", lambda v: v >= 0, "a finite number >= 0")
+    number("warmup_steps", lambda v: v >= 0, "an integer >= 0", integer=True)
+    number("frames_chunk_size", lambda v: v >= 1, "an integer >= 1 (frames a dense head decodes at once), or "
+           "null for all", integer=True, optional=True)
+    number("log_images_every_n_steps", lambda v: v >= 0, "an integer >= 0 (0: off)", integer=True)

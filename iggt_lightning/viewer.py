@@ -3,31 +3,60 @@
 What it reads from a scene folder: ``points.ply`` (positions, RGB, one int per vertex attribute such as
 ``instance``, confidence), the other colour layers (every ``*.glb`` but ``scene.glb``: only their point colours,
 which follow the PLY's point order), ``cameras.json`` with the photos it names, ``masks/instances.json`` (score,
-label and views of each instance) and ``manifest.json``. A folder of scene folders (``iggt predict --config ...
---data ...``) gets a scene selector.
+label and views of each instance) and ``manifest.json`` (only its ``labels``). A folder of scene folders
+(``iggt predict --config ... --data ...``) gets a scene selector.
+
+Files are data: every file read, and every path a file names (``image_path`` in ``cameras.json``), must lie
+inside the scene folder once links are resolved, or the folder is refused; every JSON field read is checked
+for its type and range (instance ids 0..:data:`MAX_INSTANCE_ID`, finite camera matrices with a rotation and
+positive focal lengths, ...), and a bad one is one :class:`ViewerError` naming the file and the field. A photo
+or a colour-layer GLB that cannot be decoded is a warning (the frustum is drawn without it, the layer skipped).
 
 Frames: the files are in the OpenCV world frame of camera 0 (x right, y down, z forward); viser's world is
 +z up. At this boundary, and only here, every position and camera pose is rotated by :data:`OPENCV_TO_VISER`
 (x -> x, z -> y, y -> -z): camera 0 looks along viser's +y with viser's +z up. It is a rotation (nothing is
 mirrored), and camera frusta keep OpenCV's camera axes, which is what viser's frustum expects.
 
-The server listens on 127.0.0.1 unless ``--host`` says otherwise: viser has no authentication, so anyone who
-can reach the port sees the scene.
+Access: viser itself checks no one, and browsers let any page open a WebSocket to 127.0.0.1 (the same-origin
+rule does not cover WebSockets), so listening on 127.0.0.1 alone would give the scene to every page open in
+the user's browser. Each run therefore draws a secret token (``secrets.token_urlsafe``, 256 bits) that is only
+printed, in the URL to open: ``http://127.0.0.1:PORT/TOKEN/`` (viser's page opens its WebSocket at the page's
+own path, ``ws://127.0.0.1:PORT/TOKEN``, so the token needs no cookie; the page then notes that address in its
+URL as ``?websocket=...``). :class:`AccessGate` sits in front of
+viser's request handling and answers HTTP 403, before any page byte or scene message, to every HTTP request
+and WebSocket upgrade whose path does not start with the token, or which carries an ``Origin`` header other
+than the server's own: ``http://HOST:PORT`` for the address and port the request came in on, plus
+``localhost``, ``127.0.0.1`` and ``[::1]`` when that address is a loopback one, plus ``--host`` itself. So a page
+of another origin in the user's browser (another site, another server on 127.0.0.1, a DNS-rebound name) gets
+nothing: no page, no WebSocket, no scene, no photo; at most it can tell that something answers 403 on the port.
+That holds even with the token. A request without ``Origin`` (a typed URL, curl) needs only the token.
+What the gate does not cover: anyone who sees the URL (the terminal, browser history, a screen share) has
+the token; a program running as the user can read it from the terminal; the server speaks plain HTTP, so on
+``--host 0.0.0.0`` anyone on the network path can read the token and the scene. Mechanism: while viser starts
+its server, ``websockets.asyncio.server.serve`` is wrapped so that the ``process_request`` viser passes (its page
+server) runs behind the gate; tested with viser 1.1.1 and websockets 16. Before printing the URL the viewer
+checks that the hook was taken and that a request without the token gets 403, and stops with an error if not.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import http.client
+import inspect
 import io
+import ipaddress
 import json
 import math
+import secrets
 import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from iggt_lightning.inference.export import camera_is_valid, instance_colours, rotation_to_quaternion
+from iggt_lightning.inference.export import instance_colours, rotation_to_quaternion
 
 DEFAULT_MAX_POINTS = 500_000
 REQUIRED = ("points.ply", "cameras.json")
@@ -35,6 +64,8 @@ REQUIRED = ("points.ply", "cameras.json")
 OPENCV_TO_VISER = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 FRUSTUM_COLOUR = (90, 90, 90)   # neutral: an instance colour on a frustum would read as an instance
 THUMBNAIL_SIDE = 256            # photos go to every browser over the websocket; a frustum is small on screen
+# Instance ids index tables (palette, point counts, shown flags): an id bounds their size.
+MAX_INSTANCE_ID = 1_000_000
 PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
@@ -51,7 +82,8 @@ class Camera:
     height: int
     extrinsic: np.ndarray          # [3,4] OpenCV world-to-camera
     intrinsic: np.ndarray          # [3,3] pixels
-    image: Path | None = None
+    image: Path | None = None      # inside the scene folder, links resolved
+    thumbnail: np.ndarray | None = None   # uint8 [h,w,3], at most THUMBNAIL_SIDE a side
 
 
 @dataclass
@@ -83,6 +115,88 @@ class Scene:
         return self.attributes.get("instance")
 
 
+# ---------------------------------------------------------------------------------------------- paths
+def check_inside(folder: Path, path: Path, what: str) -> None:
+    """Refuse ``path`` unless, every link resolved, it lies inside ``folder`` (resolved too). ``what`` names
+    where the path came from (a file, or a file and field) for the error."""
+    try:
+        root, real = folder.resolve(), path.resolve()
+    except (OSError, RuntimeError) as err:         # RuntimeError: a link loop (Python < 3.13)
+        raise ViewerError(f"{what}: cannot resolve {path} ({err})") from err
+    if real != root and root not in real.parents:
+        raise ViewerError(f"{what}: leads outside the scene folder {folder} (to {real}); expected a file inside it")
+
+
+# ---------------------------------------------------------------------------------------------- JSON fields
+def _shown(value) -> str:
+    """A found value for an error line: short, one line (repr escapes newlines)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bad(path: Path, where: str, expected: str, value) -> ViewerError:
+    return ViewerError(f"{path}: {where}: expected {expected}, found {_shown(value)}")
+
+
+def _integer(value, path: Path, where: str, lo: int, hi: int | None = None) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
+    if not ok:
+        raise _bad(path, where, f"an integer {lo}..{hi}" if hi is not None else f"an integer >= {lo}", value)
+    return value
+
+
+def _number(value, path: Path, where: str) -> float:
+    try:
+        x = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:          # an integer literal of hundreds of digits
+        x = math.inf
+    if not math.isfinite(x):
+        raise _bad(path, where, "a finite number", value)
+    return x
+
+
+def _text(value, path: Path, where: str, optional: bool = False) -> str | None:
+    if isinstance(value, str) or (optional and value is None):
+        return value
+    raise _bad(path, where, "a string or null" if optional else "a string", value)
+
+
+def _list(value, path: Path, where: str) -> list:
+    if not isinstance(value, list):
+        raise _bad(path, where, "a list", value)
+    return value
+
+
+def _object(value, path: Path, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _bad(path, where, "an object", value)
+    return value
+
+
+def _matrix(value, rows: int, cols: int, path: Path, where: str) -> np.ndarray:
+    if not (isinstance(value, list) and len(value) == rows
+            and all(isinstance(r, list) and len(r) == cols for r in value)):
+        raise _bad(path, where, f"a {rows}x{cols} list of numbers", value)
+    return np.array([[_number(x, path, f"{where}[{i}][{j}]") for j, x in enumerate(r)] for i, r in enumerate(value)])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError as err:  # the parser recurses once per nesting level
+        raise ViewerError(f"{path}: nested too deeply to read as JSON; expected the flat layout iggt predict "
+                          "writes") from err
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # ValueError: JSONDecodeError, an over-long int
+        raise ViewerError(f"{path}: not readable as JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ViewerError(f"{path}: expected a JSON object, found {_shown(data)}")
+    return data
+
+
 # ---------------------------------------------------------------------------------------------- reading
 def read_ply(path: Path) -> np.ndarray:
     """The vertex element of a binary PLY as a numpy structured array, memory-mapped (a big cloud is read only
@@ -100,11 +214,13 @@ def read_ply(path: Path) -> np.ndarray:
     body = head.index(b"\n", end) + 1
     try:
         dtype, count = _ply_vertex_dtype(head[:end].decode("ascii", "replace").splitlines()[1:], path)
+    except ViewerError:
+        raise
     except (ValueError, IndexError, TypeError) as err:
         raise ViewerError(f"{path}: malformed PLY header ({err})") from err
     if size - body < count * dtype.itemsize:
-        raise ViewerError(f"{path}: truncated: the header announces {count} vertices of {dtype.itemsize} bytes, "
-                          f"the file holds {size - body} bytes after it")
+        raise ViewerError(f"{path}: element vertex {count}: truncated: the header announces {count} vertices of "
+                          f"{dtype.itemsize} bytes, the file holds {size - body} bytes after it")
     missing = [k for k in ("x", "y", "z") if k not in dtype.names]
     if missing:
         raise ViewerError(f"{path}: vertices without {', '.join(missing)}")
@@ -130,9 +246,13 @@ def _ply_vertex_dtype(lines: list[str], path: Path) -> tuple[np.dtype, int]:
             if element != "vertex":
                 raise ViewerError(f"{path}: PLY element {element!r} before the vertices; expected vertices first")
             count = int(words[2])
+            if count < 0:
+                raise ViewerError(f"{path}: element vertex {count}: expected a vertex count >= 0")
         elif words[0] == "property" and element == "vertex":
             if words[1] == "list" or words[1] not in PLY_TYPES:
                 raise ViewerError(f"{path}: vertex property {' '.join(words[1:])!r}; expected scalar properties")
+            if order is None:
+                raise ViewerError(f"{path}: PLY header without a format line before the vertex properties")
             fields.append((words[2], order + PLY_TYPES[words[1]]))
     if order is None or count is None:
         raise ViewerError(f"{path}: PLY header without a format or a vertex element")
@@ -147,55 +267,105 @@ def subsample(n: int, max_points: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(0).choice(n, max_points, replace=False))
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ViewerError(f"{path}: not readable as JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ViewerError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
 def read_cameras(folder: Path) -> list[Camera]:
     path = folder / "cameras.json"
-    cams = []
-    for i, v in enumerate(_read_json(path).get("views", [])):
-        try:
-            E, K = np.asarray(v["extrinsic"], dtype=np.float64), np.asarray(v["intrinsic"], dtype=np.float64)
-            if E.shape != (3, 4) or K.shape != (3, 3):
-                raise ValueError(f"extrinsic {E.shape}, intrinsic {K.shape}")
-            if int(v["width"]) <= 0 or int(v["height"]) <= 0:
-                raise ValueError(f"size {v['width']}x{v['height']}")
-            image = folder / v["image_path"] if v.get("image_path") else None
-            cams.append(Camera(str(v.get("file_name", i)), int(v["width"]), int(v["height"]), E, K, image))
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ViewerError(f"{path}: view {i}: expected a positive width and height, a 3x4 extrinsic and a "
-                              f"3x3 intrinsic ({err})") from err
-    return cams
+    check_inside(folder, path, str(path))
+    views = _list(_read_json(path).get("views"), path, "views")
+    return [_read_camera(folder, path, i, v) for i, v in enumerate(views)]
 
 
-def read_instances(folder: Path, manifest: dict, ids: np.ndarray | None) -> list[Instance]:
+def _read_camera(folder: Path, path: Path, i: int, view) -> Camera:
+    where = f"views[{i}]"
+    v = _object(view, path, where)
+    width = _integer(v.get("width"), path, f"{where}.width", 1)
+    height = _integer(v.get("height"), path, f"{where}.height", 1)
+    E = _matrix(v.get("extrinsic"), 3, 4, path, f"{where}.extrinsic")
+    K = _matrix(v.get("intrinsic"), 3, 3, path, f"{where}.intrinsic")
+    R = E[:, :3]
+    if not (np.allclose(R @ R.T, np.eye(3), atol=1e-3) and np.linalg.det(R) > 0):
+        raise ViewerError(f"{path}: {where}.extrinsic: expected [R|t] with R a rotation (orthonormal, det +1)")
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ViewerError(f"{path}: {where}.intrinsic: expected positive focal lengths, found fx {K[0, 0]:g}, "
+                          f"fy {K[1, 1]:g}")
+    name = _text(v.get("file_name", str(i)), path, f"{where}.file_name")
+    image = v.get("image_path")
+    if image is not None:
+        if not isinstance(image, str) or not image or "\0" in image:
+            raise _bad(path, f"{where}.image_path", "a path relative to the scene folder", image)
+        check_inside(folder, folder / image, f"{path}: {where}.image_path {image!r}")
+        image = folder / image
+    return Camera(name, width, height, E, K, image)
+
+
+def read_thumbnail(cam: Camera, warnings: list[str]) -> np.ndarray | None:
+    """The camera's photo shrunk for its frustum; a missing or undecodable photo is a warning, not an error."""
+    if cam.image is None:
+        return None
+    if not cam.image.is_file():
+        warnings.append(f"{cam.image}: no such photo (camera {cam.name}); its frustum is drawn without it")
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(cam.image) as im:
+            im.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))   # JPEG: decode at a reduced size
+            im = im.convert("RGB")
+            im.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            return np.asarray(im)
+    except Exception as err:  # noqa: BLE001  PIL raises many kinds (and DecompressionBombError) on bad data
+        warnings.append(f"{cam.image}: not readable as a photo ({type(err).__name__}: {err}); camera {cam.name}'s "
+                        "frustum is drawn without it")
+        return None
+
+
+def read_labels(folder: Path) -> list[str | None]:
+    """``labels`` of ``manifest.json`` (open-vocabulary names, instance k -> labels[k-1]); [] without one."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return []
+    check_inside(folder, path, str(path))
+    labels = _read_json(path).get("labels")
+    if labels is None:
+        return []
+    return [_text(x, path, f"labels[{i}]", optional=True) for i, x in enumerate(_list(labels, path, "labels"))]
+
+
+def read_coco(folder: Path) -> dict[int, Instance]:
+    """Instances of ``masks/instances.json``: score, label and the views each appears in ({} without one)."""
+    path = folder / "masks" / "instances.json"
+    if not path.is_file():
+        return {}
+    check_inside(folder, path, str(path))
+    coco = _read_json(path)
+    names: dict[int, str] = {}
+    for i, im in enumerate(_list(coco.get("images", []), path, "images")):
+        im = _object(im, path, f"images[{i}]")
+        k = _integer(im.get("id"), path, f"images[{i}].id", 0)
+        names[k] = _text(im.get("file_name", str(k)), path, f"images[{i}].file_name")
+    rows = []
+    for i, ann in enumerate(_list(coco.get("annotations", []), path, "annotations")):
+        where = f"annotations[{i}]"
+        ann = _object(ann, path, where)
+        k = _integer(ann.get("track_id"), path, f"{where}.track_id", 1, MAX_INSTANCE_ID)
+        image = _integer(ann.get("image_id"), path, f"{where}.image_id", 0)
+        if image not in names:
+            raise _bad(path, f"{where}.image_id", "the id of one of images", image)
+        score = ann.get("score")
+        score = None if score is None else _number(score, path, f"{where}.score")
+        rows.append((image, k, score, _text(ann.get("label"), path, f"{where}.label", optional=True)))
+    found: dict[int, Instance] = {}
+    for image, k, score, label in sorted(rows, key=lambda r: r[0]):
+        inst = found.setdefault(k, Instance(k, score, label, []))
+        if names[image] not in inst.views:
+            inst.views.append(names[image])
+    return found
+
+
+def read_instances(folder: Path, ids: np.ndarray | None) -> list[Instance]:
     """One entry per instance: from ``masks/instances.json`` (score, label, the views it appears in), plus the
     ids only the cloud has (an instance whose mask vanished at photo resolution)."""
-    found: dict[int, Instance] = {}
-    coco_path = folder / "masks" / "instances.json"
-    if coco_path.is_file():
-        coco = _read_json(coco_path)
-        try:
-            names = {im["id"]: im.get("file_name", str(im["id"])) for im in coco.get("images", [])}
-            for ann in sorted(coco.get("annotations", []), key=lambda a: a.get("image_id", 0)):
-                k = int(ann.get("track_id", 0))
-                if k <= 0:
-                    continue
-                score = ann.get("score")
-                inst = found.setdefault(k, Instance(k, None if score is None else float(score), ann.get("label"), []))
-                view = names.get(ann.get("image_id"), str(ann.get("image_id")))
-                if view not in inst.views:
-                    inst.views.append(view)
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ViewerError(f"{coco_path}: expected COCO images and annotations with track_id ({err})") from err
-    labels = manifest.get("labels") or []
+    found = read_coco(folder)
+    labels = read_labels(folder)
     counts = np.bincount(ids[ids > 0]) if ids is not None and (ids > 0).any() else np.zeros(0, int)
     for k in np.flatnonzero(counts):
         found.setdefault(int(k), Instance(int(k), None, None, []))
@@ -220,6 +390,7 @@ def read_colour_layers(folder: Path, n: int, keep: np.ndarray | None, warnings: 
         return {}
     layers = {}
     for path in files:
+        check_inside(folder, path, str(path))
         try:
             geoms = trimesh.load(path, force="scene").geometry
         except Exception as err:  # noqa: BLE001  trimesh raises many kinds; one bad layer must not stop the viewer
@@ -278,17 +449,26 @@ def pick_scene(scenes: list[Path], name: str | None) -> Path:
                       f"{', '.join(s.name for s in scenes)}")
 
 
+def check_instance_ids(ids: np.ndarray, path: Path) -> None:
+    """Ids index tables (palette, counts): 0 (no instance) .. MAX_INSTANCE_ID, nothing negative."""
+    if len(ids) and (ids.min() < 0 or ids.max() > MAX_INSTANCE_ID):
+        raise ViewerError(f"{path}: property instance: ids {int(ids.min())}..{int(ids.max())}; expected "
+                          f"0 (no instance) to {MAX_INSTANCE_ID}")
+
+
 def load_scene(folder: Path, max_points: int = DEFAULT_MAX_POINTS) -> Scene:
     """Everything the viewer shows of one scene folder, subsampled to ``max_points`` (0: all)."""
     folder = Path(folder)
     check_scene_folder(folder)
-    vertex = read_ply(folder / "points.ply")
+    ply = folder / "points.ply"
+    check_inside(folder, ply, str(ply))
+    vertex = read_ply(ply)
     keep = subsample(len(vertex), max_points)
     v = vertex if keep is None else vertex[keep]
     xyz = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float32)
     finite = np.isfinite(xyz).all(1)
     if not finite.all():              # our writer never keeps such points; a hand-edited file might
-        raise ViewerError(f"{folder / 'points.ply'}: {int((~finite).sum())} non-finite vertices")
+        raise ViewerError(f"{ply}: {int((~finite).sum())} non-finite vertices")
     names = vertex.dtype.names
     warnings: list[str] = []
     layers = {}
@@ -299,13 +479,17 @@ def load_scene(folder: Path, max_points: int = DEFAULT_MAX_POINTS) -> Scene:
         warnings.append("points.ply has no red/green/blue: drawn grey")
     attributes = {k: np.asarray(v[k]).astype(np.int64) for k in names
                   if k not in ("x", "y", "z", "red", "green", "blue") and v.dtype[k].kind in "iu"}
-    layers.update(read_colour_layers(folder, len(vertex), keep, warnings))
     ids = attributes.get("instance")
+    if ids is not None:
+        check_instance_ids(ids, ply)
+    cameras = read_cameras(folder)
+    instances = read_instances(folder, ids)
+    layers.update(read_colour_layers(folder, len(vertex), keep, warnings))
     if ids is not None and "instances" not in layers:   # the writer's palette, so no GLB (or trimesh) is needed
-        layers["instances"] = instance_colours(int(max(ids.max(initial=0), 0)))[np.clip(ids, 0, None)]
-    manifest = _read_json(folder / "manifest.json") if (folder / "manifest.json").is_file() else {}
-    return Scene(folder, xyz, layers, attributes, len(vertex), read_cameras(folder),
-                 read_instances(folder, manifest, ids), warnings)
+        layers["instances"] = instance_colours(int(ids.max(initial=0)))[ids]
+    for cam in cameras:
+        cam.thumbnail = read_thumbnail(cam, warnings)
+    return Scene(folder, xyz, layers, attributes, len(vertex), cameras, instances, warnings)
 
 
 # ---------------------------------------------------------------------------------------------- geometry
@@ -348,20 +532,6 @@ def default_point_size(xyz: np.ndarray) -> float:
     return float(f"{size / math.sqrt(max(len(xyz), 1)) * 1.5:.3g}")
 
 
-def thumbnail(path: Path | None) -> np.ndarray | None:
-    if path is None or not path.is_file():
-        return None
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-            return np.asarray(im)
-    except OSError:
-        return None
-
-
 def visible_mask(ids: np.ndarray | None, shown: dict[int, bool], n: int) -> np.ndarray:
     """Points whose instance id is shown (id 0 = no instance); all points when the cloud has no ids."""
     if ids is None:
@@ -401,13 +571,11 @@ class SceneView:
     def _add_frusta(self) -> list:
         _, size = extent(self.scene.xyz)
         handles = []
-        for i, cam in enumerate(self.scene.cameras):
-            if not camera_is_valid(cam.extrinsic, cam.intrinsic):
-                continue
+        for i, cam in enumerate(self.scene.cameras):     # read_cameras refused non-finite cameras
             wxyz, position = camera_pose(cam)
             handles.append(self.server.scene.add_camera_frustum(
                 f"/cameras/{i:03d}", fov=frustum_fov(cam), aspect=cam.width / cam.height, scale=0.05 * size,
-                thickness=0.002 * size, color=FRUSTUM_COLOUR, image=thumbnail(cam.image), wxyz=wxyz,
+                thickness=0.002 * size, color=FRUSTUM_COLOUR, image=cam.thumbnail, wxyz=wxyz,
                 position=position))
         return handles
 
@@ -511,6 +679,111 @@ def frame_view(server, scene: Scene, clients: bool) -> None:
             client.camera.position, client.camera.look_at = position, look_at
 
 
+# ---------------------------------------------------------------------------------------------- access
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+FORBIDDEN = ("Forbidden: iggt view serves only the URL it printed (with its token), and only to pages of its "
+             "own origin.\n")
+
+
+def _address(host: str) -> str:
+    """An address as compared in Origin checks: an IP in its short form (IPv4-mapped IPv6 as IPv4), a name
+    lower-cased."""
+    bare = host.strip("[]").split("%")[0]
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return bare.lower()
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
+
+class AccessGate:
+    """The token and Origin check in front of viser's request handling (module docstring, Access): wraps the
+    ``process_request`` that viser gives the websockets server, which runs first for every HTTP request and
+    every WebSocket upgrade, and answers 403 unless the request may have the scene."""
+
+    def __init__(self, host: str) -> None:
+        self.token = secrets.token_urlsafe(32)
+        self.host = host
+        self.hooked = 0                # websockets servers started through :meth:`hook`
+
+    def allowed(self, path: str, origins: list[str], local) -> bool:
+        return self.has_token(path) and len(origins) <= 1 and all(self.own_origin(o, local) for o in origins)
+
+    def has_token(self, path: str) -> bool:
+        """The path is ``/TOKEN`` or ``/TOKEN/...`` (a query after it is fine)."""
+        parts = path.partition("?")[0].split("/", 2)
+        return len(parts) > 1 and secrets.compare_digest(parts[1].encode("utf-8", "surrogateescape"),
+                                                         self.token.encode("ascii"))
+
+    def own_origin(self, origin: str, local) -> bool:
+        """``origin`` is http://HOST:PORT for the address and port this request came in on (or --host; or a
+        loopback name when that address is a loopback one)."""
+        try:
+            url = urlsplit(origin)
+            port = url.port or 80
+            here, here_port = _address(str(local[0])), int(local[1])
+        except (ValueError, TypeError, IndexError):
+            return False
+        if url.scheme != "http" or not url.hostname or url.username or url.path or url.query or url.fragment:
+            return False
+        hosts = {here} | ({_address(self.host)} if self.host not in WILDCARD_HOSTS else set())
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(here).is_loopback:
+                hosts |= LOOPBACK_NAMES
+        return port == here_port and _address(url.hostname) in hosts
+
+    def wrap(self, inner):
+        """``inner`` (viser's page server, or None) behind the check; it sees the path without the token."""
+        async def process_request(connection, request):
+            if not self.allowed(request.path, request.headers.get_all("Origin"), connection.local_address):
+                return connection.respond(http.HTTPStatus.FORBIDDEN, FORBIDDEN)
+            if inner is None:
+                return None
+            head, sep, query = request.path.partition("?")
+            parts = head.split("/", 2)
+            response = inner(connection, dataclasses.replace(request, path="/" + (parts[2] if len(parts) > 2 else "")
+                                                             + sep + query))
+            if inspect.isawaitable(response):
+                response = await response
+            if response is not None:
+                response.headers["Referrer-Policy"] = "no-referrer"   # the token is in the page's URL
+            return response
+
+        return process_request
+
+    @contextlib.contextmanager
+    def hook(self):
+        """While inside: every ``websockets.asyncio.server.serve`` (viser starts its server so, from the thread
+        it starts and waits for) gets :meth:`wrap` around its ``process_request``."""
+        import websockets.asyncio.server as ws_server
+
+        original = ws_server.serve
+
+        def serve(*args, process_request=None, **kwargs):
+            self.hooked += 1
+            return original(*args, process_request=self.wrap(process_request), **kwargs)
+
+        ws_server.serve = serve
+        try:
+            yield
+        finally:
+            ws_server.serve = original
+
+    def refuses_strangers(self, host: str, port: int) -> bool:
+        """Whether a GET of ``/`` without the token gets 403 from the server now listening: the hook is live."""
+        target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        conn = http.client.HTTPConnection(target, port, timeout=10)
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            return response.status == http.HTTPStatus.FORBIDDEN and response.read() == FORBIDDEN.encode()
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+
 class Viewer:
     """The viser server with one scene shown (``view``) and, for several scenes, a selector switching them."""
 
@@ -518,8 +791,19 @@ class Viewer:
                  colour: str = "rgb", max_points: int = DEFAULT_MAX_POINTS) -> None:
         import viser
 
-        with contextlib.redirect_stdout(io.StringIO()):   # viser's banner; `iggt view` prints the URL itself
+        self.host, self.gate = host, AccessGate(host)
+        try:
+            hook = self.gate.hook()
+        except ImportError as err:
+            raise ViewerError(f"viser {viser.__version__}: no websockets.asyncio.server to hook the token and Origin "
+                              f"check into ({err}); not serving without them") from err
+        with hook, contextlib.redirect_stdout(io.StringIO()):   # viser's banner; `iggt view` prints the URL
             self.server = viser.ViserServer(host=host, port=port, label="iggt view", verbose=False)
+        if not (self.gate.hooked and self.gate.refuses_strangers(host, self.port)):
+            self.server.stop()          # a viser that serves otherwise than the gate expects: say so, serve nothing
+            raise ViewerError(f"viser {viser.__version__}: its server no longer goes through the hook that checks "
+                              "the token and Origin of every request (websockets.asyncio.server.serve's "
+                              "process_request; tested with viser 1.1.1); not serving without them")
         # Fog fades far points towards white: the colours here are data (instance ids), so they stay as they are.
         self.server.scene.configure_fog(0.0, 1.0, enabled=False)
         # No share button: it publishes the scene through viser's relay; this viewer stays on the host given.
@@ -537,6 +821,12 @@ class Viewer:
     def port(self) -> int:
         """The port bound: viser moves to the next free one if the one asked for is taken."""
         return self.server.get_port()
+
+    @property
+    def url(self) -> str:
+        """The URL to open, with the token: the only one the server answers."""
+        shown = "localhost" if self.host in WILDCARD_HOSTS else f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{shown}:{self.port}/{self.gate.token}/"
 
     def switch(self, name: str) -> None:
         """Show scene ``name`` instead (loaded now: only one scene's points are held at a time)."""

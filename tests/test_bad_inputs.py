@@ -204,7 +204,7 @@ def test_ckpt_hyper_parameters_with_an_unregistered_postprocessor_are_refused(tm
     args = ["test", *tiny_fit_args(tmp_path / "run"), "--model.drop_heads", "[track]", "--ckpt_path", str(ckpt)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "hyper-parameter postprocess.evil" in err and "os.system" in err and not marker.exists()
+    assert "hyper_parameters.postprocess.evil" in err and "os.system" in err and not marker.exists()
     old = write_lightning(tmp_path / "old.ckpt", nano, hparams={"preset": "nano", "drop_heads": ["track"],
                                                                 "heads": {"tracking": {}}})
     with pytest.warns(FutureWarning, match="post-processors, not heads"):
@@ -291,9 +291,9 @@ def test_damaged_last_checkpoint_names_the_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("field, value, message", [
     ("backbone", {"embed_dim": 32, "depth": 4, "num_heads": 2, "patch_embed": "conv", "widht": 3}, "widht"),
-    ("heads", ["depth"], "config.heads must be a mapping"),
+    ("heads", ["depth"], "config.heads: expected null or a mapping"),
     ("frames_chunk_size", -1, "frames_chunk_size"),
-    ("extra", 1, "unknown field(s) ['extra']"),
+    ("extra", 1, "config.extra: unknown field"),
 ])
 def test_bad_stored_config_fields_are_named(tmp_path, nano, field, value, message):
     cfg = json.loads(json.dumps(nano.config))

@@ -229,16 +229,17 @@ def test_missing_and_truncated_files_are_named(tmp_path):
 
 
 def test_data_check_detects_camera_to_world_given_as_world_to_camera(tmp_path, capsys):
-    write_fixture("scene_folder", tmp_path, num_scenes=1, num_views=4, image_size=SIZE)
-    assert main(["data", "check", str(tmp_path)]) == 0
+    root = tmp_path / "data"               # the --json report goes beside the dataset: never into it
+    write_fixture("scene_folder", root, num_scenes=1, num_views=4, image_size=SIZE)
+    assert main(["data", "check", str(root)]) == 0
     assert "no problems found" in capsys.readouterr().out
-    cams = tmp_path / "scene0000" / "cameras.json"
+    cams = root / "scene0000" / "cameras.json"
     data = json.loads(cams.read_text())
     for v in data["views"]:        # store the inverse (camera-to-world) where world-to-camera is expected
         E = np.array(v["extrinsic"])
         v["extrinsic"] = np.concatenate([E[:, :3].T, -E[:, :3].T @ E[:, 3:]], 1).tolist()
     cams.write_text(json.dumps(data))
-    assert main(["data", "check", str(tmp_path), "--json", str(tmp_path / "r.json")]) == 1
+    assert main(["data", "check", str(root), "--json", str(tmp_path / "r.json")]) == 1
     out = capsys.readouterr().out
     assert "camera-to-world where world-to-camera is expected" in out
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is False

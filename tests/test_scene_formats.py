@@ -107,7 +107,7 @@ def test_point_budget_keeps_the_model_small(sample, tmp_path):
     assert 100 <= small["points"] <= 200 < large["points"]
     assert (tmp_path / "small" / "colmap" / "points3D.txt").stat().st_size < \
         (tmp_path / "large" / "colmap" / "points3D.txt").stat().st_size / 5
-    with pytest.raises(ValueError, match="--colmap-max-points must be a positive integer"):
+    with pytest.raises(ValueError, match="export option colmap_max_points: expected an integer >= 1; got 0"):
         write(tmp_path / "bad", sample, colmap_max_points=0)
 
 

@@ -1,6 +1,9 @@
-"""`iggt view`: reading a prediction folder and refusing bad ones (no browser), then the viewer served on a free
-port and screenshotted in headless Chromium (WebGL on SwiftShader), driven over the DevTools protocol."""
+"""`iggt view`: reading a prediction folder and refusing bad and hostile ones (no browser); the server answering
+only the tokenised URL it prints, to its own origin (raw HTTP and WebSocket clients); then the viewer served on a
+free port and screenshotted in headless Chromium (WebGL on SwiftShader), driven over the DevTools protocol."""
 import base64
+import contextlib
+import http.client
 import importlib.util
 import inspect
 import io
@@ -9,12 +12,14 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -145,6 +150,138 @@ def test_bad_folders_are_refused_in_one_line(prediction, tmp_path, capsys):
     assert "scenes: s1" in refused(parent, "--scene", "s2")
 
 
+# ---------------------------------------------------------------------------------------------- hostile folders
+def edit_json(rel: str, change):
+    def apply(folder: Path) -> None:
+        path = folder / rel
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))          # NaN / Infinity become the tokens a hand-edited file may hold
+    return apply
+
+
+def nested(rel: str, depth: int = 100_000):
+    return lambda folder: (folder / rel).write_text("[" * depth + "]" * depth)
+
+
+def ply_instance(value: int):
+    """Point 0's instance id set to ``value`` (the PLY's int property)."""
+    def apply(folder: Path) -> None:
+        path = folder / "points.ply"
+        raw = path.read_bytes()
+        body = raw.index(b"end_header\n") + len(b"end_header\n")
+        vertex = np.frombuffer(raw[body:], viewer.read_ply(path).dtype).copy()
+        vertex["instance"][0] = value
+        path.write_bytes(raw[:body] + vertex.tobytes())
+    return apply
+
+
+def ply_count(count):
+    """The header's vertex count replaced by ``count(true count)``."""
+    def apply(folder: Path) -> None:
+        path = folder / "points.ply"
+        n = len(viewer.read_ply(path))
+        raw = path.read_bytes()
+        path.write_bytes(raw.replace(f"element vertex {n}\n".encode(), f"element vertex {count(n)}\n".encode(), 1))
+    return apply
+
+
+def linked_outside(rel: str):
+    """``rel`` replaced by a link to a copy of it beside the scene folder (a file that exists, outside)."""
+    def apply(folder: Path) -> None:
+        outside = folder.parent / f"outside-{Path(rel).name}"
+        shutil.copy(folder / rel, outside)
+        (folder / rel).unlink()
+        (folder / rel).symlink_to(outside)
+    return apply
+
+
+def photo_outside(absolute: bool):
+    """views[0].image_path naming a real photo beside the scene folder, by ``../`` or by absolute path."""
+    def apply(folder: Path) -> None:
+        outside = folder.parent / "outside.png"
+        shutil.copy(folder / "images" / "view_0.png", outside)
+        value = str(outside) if absolute else f"../{outside.name}"
+        edit_json("cameras.json", lambda d: d["views"][0].update(image_path=value))(folder)
+    return apply
+
+
+def set_view(key, value):
+    return edit_json("cameras.json", lambda d: d["views"][0].update({key: value}))
+
+
+def set_annotation(key, value):
+    return edit_json("masks/instances.json", lambda d: d["annotations"][0].update({key: value}))
+
+
+def set_matrix(key, row, col, value):
+    return edit_json("cameras.json", lambda d: d["views"][0][key][row].__setitem__(col, value))
+
+
+# id: (how the real prediction folder is made hostile, the file named, the field named)
+HOSTILE = {
+    "image_path ../": (photo_outside(False), "cameras.json", "views[0].image_path"),
+    "image_path absolute": (photo_outside(True), "cameras.json", "views[0].image_path"),
+    "photo linked outside": (linked_outside("images/view_0.png"), "cameras.json", "views[0].image_path"),
+    "points.ply linked outside": (linked_outside("points.ply"), "points.ply", "leads outside"),
+    "instances.json linked outside": (linked_outside("masks/instances.json"), "masks/instances.json",
+                                      "leads outside"),
+    "image_path a number": (set_view("image_path", 5), "cameras.json", "views[0].image_path"),
+    "ply instance 2e9": (ply_instance(2_000_000_000), "points.ply", "property instance"),
+    "ply instance negative": (ply_instance(-3), "points.ply", "property instance"),
+    "track_id 2e9": (set_annotation("track_id", 2_000_000_000), "masks/instances.json", "annotations[0].track_id"),
+    "track_id negative": (set_annotation("track_id", -1), "masks/instances.json", "annotations[0].track_id"),
+    "track_id a string": (set_annotation("track_id", "1"), "masks/instances.json", "annotations[0].track_id"),
+    "element vertex -5": (ply_count(lambda n: -5), "points.ply", "element vertex -5"),
+    "vertex count past the file": (ply_count(lambda n: n + 1), "points.ply", "element vertex"),
+    "vertex count 1e15": (ply_count(lambda n: 10 ** 15), "points.ply", "element vertex"),
+    "cameras.json nested 1e5 deep": (nested("cameras.json"), "cameras.json", "nested too deeply"),
+    "instances.json nested 1e5 deep": (nested("masks/instances.json"), "masks/instances.json", "nested too deeply"),
+    "manifest.json nested 1e5 deep": (nested("manifest.json"), "manifest.json", "nested too deeply"),
+    "width a string": (set_view("width", "wide"), "cameras.json", "views[0].width"),
+    "height a float": (set_view("height", 98.5), "cameras.json", "views[0].height"),
+    "views an object": (edit_json("cameras.json", lambda d: d.update(views={"0": {}})), "cameras.json", "views"),
+    "a view a list": (edit_json("cameras.json", lambda d: d["views"].__setitem__(0, [1, 2])), "cameras.json",
+                      "views[0]"),
+    "extrinsic NaN": (set_matrix("extrinsic", 0, 0, float("nan")), "cameras.json", "views[0].extrinsic[0][0]"),
+    "intrinsic Infinity": (set_matrix("intrinsic", 1, 1, float("inf")), "cameras.json",
+                           "views[0].intrinsic[1][1]"),
+    "intrinsic a string": (set_matrix("intrinsic", 0, 0, "50"), "cameras.json", "views[0].intrinsic[0][0]"),
+    "extrinsic 2x4": (set_view("extrinsic", [[1, 0, 0, 0], [0, 1, 0, 0]]), "cameras.json", "views[0].extrinsic"),
+    "extrinsic not a rotation": (set_view("extrinsic", [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]]), "cameras.json",
+                                 "views[0].extrinsic"),
+    "focal length negative": (set_matrix("intrinsic", 0, 0, -50.0), "cameras.json", "views[0].intrinsic"),
+    "score a string": (set_annotation("score", "high"), "masks/instances.json", "annotations[0].score"),
+    "label a list": (set_annotation("label", ["chair"]), "masks/instances.json", "annotations[0].label"),
+    "image_id unknown": (set_annotation("image_id", 99), "masks/instances.json", "annotations[0].image_id"),
+    "annotations an object": (edit_json("masks/instances.json", lambda d: d.update(annotations={"a": 1})),
+                              "masks/instances.json", "annotations"),
+    "an image a list": (edit_json("masks/instances.json", lambda d: d["images"].__setitem__(0, [1])),
+                        "masks/instances.json", "images[0]"),
+    "labels a number": (edit_json("manifest.json", lambda d: d.update(labels=5)), "manifest.json", "labels"),
+    "a label an object": (edit_json("manifest.json", lambda d: d.update(labels=[{"a": 1}])), "manifest.json",
+                          "labels[0]"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_folders_are_refused_in_one_line(case, prediction, tmp_path, capsys, monkeypatch):
+    make_hostile, file, field = HOSTILE[case]
+    folder = tmp_path / "scene"
+    shutil.copytree(prediction, folder, symlinks=True)
+    make_hostile(folder)
+
+    def served(*args, **kwargs):
+        raise AssertionError(f"{case}: the viewer started on a hostile folder")
+
+    monkeypatch.setattr(viewer, "Viewer", served)      # `iggt view` imports it when it gets that far
+    rc = main(["view", str(folder), "--port", "0"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and not out, (rc, out, err)
+    assert err.startswith("iggt view: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{folder / file}:" in err and field in err, err
+
+
 @pytest.mark.skipif(not HAS_VISER, reason="viser is not installed (pip install 'iggt-lightning[viewer]')")
 def test_controls_change_what_is_sent(prediction, tmp_path):
     for name in ("a", "b"):
@@ -253,6 +390,140 @@ def start_viewer(folder: Path, *args: str) -> tuple[subprocess.Popen, str, "queu
             return proc, line.split(" at ", 1)[1].split()[0], lines
     proc.kill()
     raise AssertionError(f"iggt view printed no URL in 60 s: {''.join(seen)}")
+
+
+def stop_viewer(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)                   # handled like Ctrl-C: a clean stop
+    return proc.wait(30)
+
+
+def ws_attempt(url: str, origin: str | None, listen: float = 2.0) -> tuple[int, int, bytes]:
+    """Open the WebSocket at ``url`` as viser's page does (its subprotocol), with ``origin`` as the Origin header,
+    and keep every byte the server sends for ``listen`` seconds or until it closes: (HTTP status, WebSocket
+    messages, the bytes). websockets' own protocol (sans I/O) over a plain socket, so nothing is hidden."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame
+    from websockets.http11 import Response
+    from websockets.uri import parse_uri
+
+    import viser
+
+    protocol = ClientProtocol(parse_uri(url), origin=origin, subprotocols=[f"viser-v{viser.__version__}"],
+                              max_size=None)
+    protocol.send_request(protocol.connect())
+    received = bytearray()
+    split = urlsplit(url)
+    with socket.create_connection((split.hostname, split.port), timeout=10) as sock:
+        for chunk in protocol.data_to_send():
+            sock.sendall(chunk)
+        end = time.monotonic() + listen
+        with contextlib.suppress(TimeoutError):
+            while (left := end - time.monotonic()) > 0:
+                sock.settimeout(left)
+                chunk = sock.recv(1 << 16)
+                if not chunk:                              # the server closed the connection
+                    break
+                received += chunk
+    protocol.receive_data(bytes(received))
+    events = protocol.events_received()
+    assert events and isinstance(events[0], Response), bytes(received[:200])
+    messages = sum(isinstance(e, Frame) and e.opcode.name in ("BINARY", "TEXT") for e in events[1:])
+    return events[0].status_code, messages, bytes(received)
+
+
+def http_get(port: int, path: str, origin: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)     # no proxy, whatever the environment
+    try:
+        conn.request("GET", path, headers={"Origin": origin} if origin else {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def refused(got: bytes) -> bool:
+    """The bytes are one HTTP 403 with the gate's text, and nothing else (no upgrade, no scene message)."""
+    return got.startswith(b"HTTP/1.1 403 ") and got.endswith(viewer.FORBIDDEN.encode()) and len(got) < 1000
+
+
+@pytest.mark.skipif(not HAS_VISER, reason="viser is not installed (pip install 'iggt-lightning[viewer]')")
+def test_only_the_printed_url_from_its_own_origin_gets_the_scene(prediction):
+    server, url, output = start_viewer(prediction)
+    try:
+        split = urlsplit(url)
+        port, token = split.port, split.path.strip("/")
+        assert url == f"http://127.0.0.1:{port}/{token}/" and len(token) >= 43       # 256 bits, base64
+        own, page_ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/{token}"  # the page's own socket
+        wrong = "A" * len(token)
+        # the page and the socket it opens: the scene comes (so the refusals below are not a dead server)
+        status, page = http_get(port, split.path)
+        assert status == 200 and b"<html" in page
+        for origin in (own, f"http://localhost:{port}", None):
+            status, messages, got = ws_attempt(page_ws, origin, listen=1.0)
+            assert status == 101 and messages > 0 and len(got) > 100_000, (origin, status, messages, len(got))
+        # everything else: one 403 and the connection closed, before any scene byte
+        for ws, origin in ((page_ws, "https://evil.example"),                  # another site, with the token
+                           (page_ws, f"http://127.0.0.1:{port + 1}"),           # another local server's page
+                           (page_ws, f"https://127.0.0.1:{port}"),
+                           (page_ws, "null"),
+                           (f"ws://127.0.0.1:{port}/", own),                     # no token
+                           (f"ws://127.0.0.1:{port}/{wrong}", own),              # a wrong token
+                           (f"ws://127.0.0.1:{port}/{token[:-1]}", own)):
+            status, messages, got = ws_attempt(ws, origin, listen=5.0)
+            assert status == 403 and messages == 0 and refused(got), (ws, origin, got[:300])
+        for path, origin in (("/", None), (f"/{wrong}/", None), ("/index.html", None),
+                             (split.path, "https://evil.example")):
+            status, body = http_get(port, path, origin)
+            assert status == 403 and body == viewer.FORBIDDEN.encode(), (path, origin, status, body[:200])
+    finally:
+        rc = stop_viewer(server)
+    assert rc == 0, "".join(iter_queue(output))
+
+
+def test_origin_is_the_servers_own():
+    gate = viewer.AccessGate("127.0.0.1")
+    here = ("127.0.0.1", 8080)
+    for origin in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "http://LOCALHOST:8080"):
+        assert gate.own_origin(origin, here), origin
+    for origin in ("http://127.0.0.1:8081", "https://127.0.0.1:8080", "http://evil.example:8080", "null", "",
+                   "http://127.0.0.1", "http://127.0.0.1:8080/x", "http://user@127.0.0.1:8080",
+                   "http://127.0.0.1:99999"):
+        assert not gate.own_origin(origin, here), origin
+    assert gate.own_origin("http://localhost:8080", ("::ffff:127.0.0.1", 8080))       # IPv4 on a dual-stack socket
+    lan = viewer.AccessGate("0.0.0.0")                   # --host 0.0.0.0, reached at the machine's LAN address
+    assert lan.own_origin("http://192.168.1.5:8080", ("192.168.1.5", 8080))
+    assert not lan.own_origin("http://localhost:8080", ("192.168.1.5", 8080))
+    assert not lan.own_origin("http://192.168.1.6:8080", ("192.168.1.5", 8080))
+    token = gate.token
+    assert gate.has_token(f"/{token}") and gate.has_token(f"/{token}/") and gate.has_token(f"/{token}/?x=1")
+    for path in ("/", f"/{token}x/", f"/x/{token}/", f"/?token={token}", "/é/", f"//{token}/"):
+        assert not gate.has_token(path), path
+    assert viewer.AccessGate("127.0.0.1").token != token
+
+
+@pytest.mark.skipif(not HAS_VISER, reason="viser is not installed (pip install 'iggt-lightning[viewer]')")
+@pytest.mark.parametrize("break_it", ["no hook", "hook without effect"])
+def test_a_viser_the_gate_cannot_hold_is_refused(break_it, prediction, monkeypatch):
+    """A future viser that starts its server otherwise: the viewer stops with one error and serves nothing."""
+    import viser
+
+    if break_it == "no hook":
+        monkeypatch.setattr(viewer.AccessGate, "hook", lambda self: contextlib.nullcontext())
+    else:
+        monkeypatch.setattr(viewer.AccessGate, "wrap", lambda self, inner: inner)
+    stopped = []
+    real_stop = viser.ViserServer.stop
+
+    def stop(self):
+        stopped.append(self.get_port())
+        real_stop(self)
+
+    monkeypatch.setattr(viser.ViserServer, "stop", stop)
+    with pytest.raises(viewer.ViewerError, match="not serving without them"):
+        viewer.Viewer([prediction], viewer.load_scene(prediction, max_points=1000), port=0)
+    assert len(stopped) == 1                           # the server it started is gone
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", stopped[0]), timeout=2).close()
 
 
 def measure(shot: np.ndarray, colours: np.ndarray) -> tuple[float, float]:

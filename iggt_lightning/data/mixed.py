@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from .paths import input_roots_of
 from .resumable import with_epoch
 
 
@@ -56,6 +57,10 @@ class MixedScenes(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def input_roots(self) -> list:
+        """The union of the members' input folders and files (writers keep their outputs apart from all)."""
+        return list(dict.fromkeys(p for d in self.datasets for p in input_roots_of(d)))
 
     def locate(self, index: int) -> tuple[int, int]:
         """(dataset number, index inside it) of a slot."""

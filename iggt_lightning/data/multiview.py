@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .frames import DatasetError, Frame, resize_nearest
+from .paths import in_dataset
 from .resumable import epoch_of
 from .transforms import ColorJitter, Compose, CropResize
 
@@ -170,6 +171,14 @@ class MultiViewScenes(Dataset):
         self.labels_file = [labels_file] if isinstance(labels_file, str) else list(labels_file or [])
         self.label_map = read_label_map(Path(label_map), *label_map_columns) if label_map else None
         self._labels: dict[str, dict[int, str]] = {}
+        # files the options name beside root: writers keep their outputs apart from them too (input_roots)
+        self._option_inputs = [Path(p) for p in (scenes if isinstance(scenes, (str, os.PathLike)) else None,
+                                                  label_map) if p]
+
+    def input_roots(self) -> list[Path]:
+        """The folders and files this dataset reads: ``root`` and any file an option names (a reader with
+        inputs elsewhere, such as RE10K's ``mask_root``, adds them)."""
+        return [self.root, *self._option_inputs]
 
     def _select_scenes(self, records: list[SceneRecord], scenes: list[str] | str) -> list[SceneRecord]:
         if isinstance(scenes, (str, os.PathLike)):
@@ -214,7 +223,8 @@ class MultiViewScenes(Dataset):
         if not self.labels_file:
             return None
         if record.name not in self._labels:
-            tried = [self.scene_dir(record) / f.format(scene=record.name) for f in self.labels_file]
+            tried = [in_dataset(self.root, f.format(scene=record.name), "labels_file",
+                                f"{f!r} (scene {record.name})", base=self.scene_dir(record)) for f in self.labels_file]
             path = next((p for p in tried if p.is_file()), None)
             if path is None:
                 raise DatasetError(f"{record.name}: no labels file; looked for {[str(p) for p in tried]} "

@@ -22,6 +22,7 @@ import numpy as np
 
 from .frames import DatasetError, Frame, as_extrinsics, check_intrinsics, read_rgb
 from .multiview import MultiViewScenes, SceneRecord
+from .paths import in_dataset
 
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 
@@ -63,8 +64,17 @@ class _AnnotatedScenes(MultiViewScenes):
     def read_pose(self, record: SceneRecord, key: str) -> np.ndarray:
         return self._camera(record, key, None)[0]
 
+    def input_roots(self) -> list[Path]:
+        return [*super().input_roots(), self.annotations]
+
+    def _record(self, name: str, keys: list[str], entries: list[dict], path: Path, seq: str) -> SceneRecord:
+        """A sequence whose frames' ``filepath`` s are checked to stay inside ``root``."""
+        files = {k: in_dataset(self.root, k, path, f"sequence {seq!r}, frames[{i}].filepath")
+                 for i, k in enumerate(keys)}
+        return SceneRecord(name, keys, {"entries": dict(zip(keys, entries)), "files": files, "dir": self.root})
+
     def read_frame(self, record: SceneRecord, key: str) -> Frame:
-        image = read_rgb(self.root / key)
+        image = read_rgb(record.info["files"][key])
         E, K = self._camera(record, key, image.shape[:2])
         return Frame(image=image, intrinsics=K, extrinsics=E, name=key)
 
@@ -121,8 +131,7 @@ class CO3DScenes(_AnnotatedScenes):
                     self.skipped_large_t.append(f"{category}/{seq}")
                     continue
                 keys = [str(e["filepath"]) for e in entries]
-                records.append(SceneRecord(f"{category}/{seq}", keys, {"entries": dict(zip(keys, entries)),
-                                                                        "dir": self.root}))
+                records.append(self._record(f"{category}/{seq}", keys, entries, path, seq))
         return records
 
     def _camera(self, record, key, size):
@@ -161,7 +170,7 @@ class PoseListScenes(_AnnotatedScenes):
                 raise DatasetError(f"{where}: expected [[frame, ...]] or [frame, ...]")
             entries = [self._entry(f, where, ("filepath", "extri", "intri")) for f in frames]
             keys = [str(e["filepath"]) for e in entries]
-            records.append(SceneRecord(seq, keys, {"entries": dict(zip(keys, entries)), "dir": self.root}))
+            records.append(self._record(seq, keys, entries, self.annotations, seq))
         return records
 
     def _camera(self, record, key, size):

@@ -75,6 +75,9 @@ class RE10KScenes(MultiViewScenes):
         self._masklet: tuple[str, tuple[list, dict[str, int]]] | None = None   # the last sequence's, parsed
         super().__init__(root, **kwargs)
 
+    def input_roots(self) -> list[Path]:
+        return [*super().input_roots(), self.mask_root]
+
     def scan(self) -> list[SceneRecord]:
         records = []
         for rgb in sorted(p for p in self.root.glob("*/rgb") if p.is_dir()):

@@ -19,6 +19,7 @@ import numpy as np
 from .frames import DatasetError, Frame, check_intrinsics, pose_to_extrinsics, read_depth_png, read_npy, read_npz
 from .frames import read_rgb
 from .multiview import MultiViewScenes, SceneRecord
+from .paths import in_dataset
 
 METADATA = "scene_iphone_metadata.npz"
 
@@ -45,18 +46,24 @@ class ScanNetPPScenes(MultiViewScenes):
             scene = meta_path.parent
             extr = np.stack([pose_to_extrinsics(traj[i], f"trajectories[{i}]", meta_path) for i in keep]) \
                 if keep else np.zeros((0, 3, 4))
+            files = {names[i]: self._frame_files(scene, meta_path, i, names[i]) for i in keep}
             records.append(SceneRecord(scene.name, [names[i] for i in keep],
-                                       {"dir": scene, "K": {names[i]: K[i] for i in keep},
+                                       {"dir": scene, "K": {names[i]: K[i] for i in keep}, "files": files,
                                         "E": {names[i]: extr[j] for j, i in enumerate(keep)}}, poses=extr))
         return records
+
+    def _frame_files(self, scene: Path, meta_path: Path, i: int, name: str) -> tuple[Path, Path]:
+        """(image, instance ids) of a frame the metadata names: refused when the name leads out of the dataset."""
+        return (in_dataset(self.root, name, meta_path, f"images[{i}]", base=scene / "images"),
+                in_dataset(self.root, f"{name}.npy", meta_path, f"images[{i}]", base=scene / self.ids_folder))
 
     def read_frame(self, record: SceneRecord, key: str) -> Frame:
         d: Path = record.info["dir"]
         stem = Path(key).stem
-        image = read_rgb(d / "images" / key)
+        image_path, ids_path = record.info["files"][key]
+        image = read_rgb(image_path)
         depth_path = d / "depth" / f"{stem}.png"
         depth = read_depth_png(depth_path, self.depth_scale)
-        ids_path = d / self.ids_folder / f"{key}.npy"
         ids = read_npy(ids_path, "instance id map").astype(np.int64)
         if ids.ndim != 2:
             raise DatasetError(f"instance id map {ids_path} has shape {ids.shape}; expected [H,W]")

@@ -495,6 +495,10 @@ class SyntheticScenes(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def input_roots(self) -> list:
+        """None: the scenes are rendered, no file is read."""
+        return []
+
     def sample_shape(self, index: int) -> tuple[int, int, int]:
         """(views, H, W) of sample ``index`` without rendering it (batch samplers group by it)."""
         rng = np.random.default_rng([self.seed, int(index)])

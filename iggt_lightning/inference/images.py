@@ -11,7 +11,9 @@ Modes (``preprocess(..., mode=)``):
   aspect ratio ignored.
 * ``crop``: scaled to width ``size[0]`` (default 518), height rounded to the patch size and centre-cropped
   to at most ``size[0]``; photos of different aspect ratios are cropped to the smallest height, so
-  regions outside the crop come back as invalid (depth 0, id 0).
+  regions outside the crop come back as invalid (depth 0, id 0). A photo longer than 4:1 either way
+  (:data:`CROP_MAX_ASPECT`) is refused, naming it and its size: a wide one would cut every view down to a
+  thin strip, a tall one would keep only its middle (``pad`` takes both whole).
 * ``pad``: long side scaled to ``size[0]`` (default 518), short side to a multiple of the patch size, padded
   with white to a square.
 """
@@ -29,6 +31,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 MODES = ("resize", "crop", "pad")
 DEFAULT_SIZE = {"resize": (504, 336), "crop": (518, 518), "pad": (518, 518)}
+CROP_MAX_ASPECT = 4.0      # --mode crop: the longest photo side at most 4x the shortest
 
 
 class InputError(ValueError):
@@ -60,8 +63,17 @@ def is_video(path: Path) -> bool:
 
 
 def load_video_frames(path: Path, frames: int = 8) -> tuple[list[np.ndarray], list[str]]:
-    """``frames`` frames evenly spaced over a video (RGB uint8) and their names (``<stem>_<index>``).
-    Needs PyAV (``pip install 'iggt-lightning[video]'``)."""
+    """``frames`` frames evenly spaced over a video (RGB uint8) and their names (``<stem>_<index>.png``): the same
+    frames as decoding the whole clip and picking from it, without holding the clip. Needs PyAV
+    (``pip install 'iggt-lightning[video]'``).
+
+    Memory is bounded by the picked frames, not the clip's length: the video is decoded frame by frame and only
+    the picked ones are kept, at most ``frames`` RGB arrays of W x H x 3 bytes (8 frames of 1920x1080: 50 MB)
+    plus the decoder's few working frames, for a 10-second clip as for a 10-minute one. The frame count that
+    places the picks comes from the stream's header (or, when it states none, from counting the packets without
+    decoding them); the picking pass counts what it decodes, and where the header was wrong it decodes once more
+    with the picks of the true count, so the picks always match a full decode.
+    """
     try:
         import av
     except ImportError as err:
@@ -69,21 +81,70 @@ def load_video_frames(path: Path, frames: int = 8) -> tuple[list[np.ndarray], li
     if frames < 1:
         raise InputError(f"--video-frames must be >= 1; got {frames}")
     try:
-        with av.open(str(path)) as container:
-            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        count = _frame_count_hint(av, path)
+        kept, decoded = _decode_picks(av, path, _picks(count, frames))
+        if decoded != count:            # the header (or packet count) was wrong: pick from the true count
+            count = decoded
+            kept, decoded = _decode_picks(av, path, _picks(count, frames))
+            if decoded != count:
+                raise InputError(f"cannot read video {path}: it decoded to {count} and then {decoded} frames "
+                                 "(did it change while it was read?)")
     except (av.FFmpegError, OSError, ValueError) as err:
+        if isinstance(err, InputError):
+            raise
         raise InputError(f"cannot read video {path}: {err}") from err
-    if not decoded:
+    if not kept:
         raise InputError(f"video {path} has no frames")
-    picks = np.unique(np.linspace(0, len(decoded) - 1, min(frames, len(decoded))).round().astype(int))
-    return [decoded[i] for i in picks], [f"{Path(path).stem}_{i:05d}.png" for i in picks]
+    picks = sorted(kept)
+    return [kept[i] for i in picks], [f"{Path(path).stem}_{i:05d}.png" for i in picks]
+
+
+def _picks(count: int, frames: int) -> list[int]:
+    """Indices of ``frames`` frames evenly spaced over ``count`` (first and last included)."""
+    if count < 1:
+        return []
+    return np.unique(np.linspace(0, count - 1, min(frames, count)).round().astype(int)).tolist()
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise InputError(f"video {path} has no video stream")
+    return container.streams.video[0]
+
+
+def _frame_count_hint(av, path: Path) -> int:
+    """The video stream's frame count from its header, else its packets counted without decoding (0: none)."""
+    with av.open(str(path)) as container:
+        stream = _video_stream(container, path)
+        if stream.frames > 0:
+            return int(stream.frames)
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def _decode_picks(av, path: Path, picks: list[int]) -> tuple[dict[int, np.ndarray], int]:
+    """({index: RGB uint8} of the picked frames, the number of frames decoded): one decoding pass keeping only the
+    picked frames (every other frame is released as soon as it is decoded)."""
+    wanted, kept, count = set(picks), {}, 0
+    with av.open(str(path)) as container:
+        stream = _video_stream(container, path)
+        stream.codec_context.thread_type = "AUTO"     # frame threads: the same frames, decoded faster
+        for frame in container.decode(stream):
+            if count in wanted:
+                kept[count] = _frame_rgb(frame)
+            count += 1
+    return kept, count
+
+
+def _frame_rgb(frame) -> np.ndarray:
+    """A decoded frame as an RGB uint8 array that owns its memory (PyAV's array is a view into a frame)."""
+    return np.array(frame.to_ndarray(format="rgb24"), copy=True)
 
 
 def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 [H,W,3] as a viewer shows the photo: EXIF orientation applied, 16-bit / float / palette / CMYK
-    / bilevel pixels converted properly, transparency composited on white (as the official demo). Unreadable,
-    empty, truncated and oversized (decompression-bomb) files raise :class:`InputError` naming the file
-    (:mod:`iggt_lightning.imageio`, shared with the dataset readers)."""
+    """RGB uint8 [H,W,3] as a viewer shows the photo: EXIF orientation applied, 16-bit (by their significant bits)
+    / 32-bit / float / palette / CMYK / bilevel pixels converted properly, transparency composited on white (as
+    the official demo). Unreadable, empty, truncated, multi-page and oversized (decompression-bomb) files raise
+    :class:`InputError` naming the file (:mod:`iggt_lightning.imageio`, shared with the dataset readers)."""
     from iggt_lightning.imageio import read_image_rgb
 
     return read_image_rgb(path, InputError, "image")
@@ -137,9 +198,25 @@ def _fit(size: int, patch: int) -> int:
     return max(patch, int(round(size / patch)) * patch)
 
 
+def check_crop_aspect(photos: list[np.ndarray], width: int, patch: int, names: list[str] | None = None) -> None:
+    """``crop`` mode refuses a photo longer than :data:`CROP_MAX_ASPECT`:1 either way, naming it and its size."""
+    for i, photo in enumerate(photos):
+        h0, w0 = photo.shape[:2]
+        if max(w0, h0) <= CROP_MAX_ASPECT * min(w0, h0):
+            continue
+        name = names[i] if names is not None and i < len(names) else f"view {i}"
+        h = _fit(h0 * width / w0, patch)
+        why = (f"every view would be cut to {width}x{h} px" if w0 > h0 else
+               f"only its middle {width} of {h} rows would be kept ({100 * width / h:.2g} %)")
+        raise InputError(f"--mode crop: photo {name} is {w0}x{h0} px, longer than {CROP_MAX_ASPECT:g}:1: crop mode "
+                         f"scales every photo to the model width and crops all to the shortest, so {why}; use "
+                         "--mode pad (every photo whole) or leave this one out")
+
+
 def preprocess(photos: list[np.ndarray], mode: str = "resize", size: tuple[int, int] | None = None,
-               patch: int = 14) -> tuple[torch.Tensor, list[ViewTransform]]:
-    """Photos (uint8 [H,W,3], any sizes) -> images [S,3,H,W] in [0,1] and one ViewTransform per view."""
+               patch: int = 14, names: list[str] | None = None) -> tuple[torch.Tensor, list[ViewTransform]]:
+    """Photos (uint8 [H,W,3], any sizes) -> images [S,3,H,W] in [0,1] and one ViewTransform per view; ``names``
+    (one per photo) name a refused photo."""
     from PIL import Image
 
     if mode not in MODES:
@@ -155,6 +232,7 @@ def preprocess(photos: list[np.ndarray], mode: str = "resize", size: tuple[int, 
         plans = [((W, H), (0, 0), (W, H)) for _ in photos]
     elif mode == "crop":
         W = _fit(size[0], patch)
+        check_crop_aspect(photos, W, patch, names)
         heights = [_fit(p.shape[0] * W / p.shape[1], patch) for p in photos]
         H = min(min(heights), _fit(size[0], patch))
         plans = [((W, h), (0, (h - H) // 2), (W, H)) for h in heights]

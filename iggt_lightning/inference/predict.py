@@ -9,7 +9,8 @@ half-written, and an existing folder is replaced only with ``overwrite``.
 
 Safety: :func:`validate` runs the same checks for ``dry_run`` and the real run before anything is read or
 written; the output folder's rules (never an input, ``overwrite`` only of a previous prediction, leftovers of
-dead runs, free space) live in :mod:`.output_folder`. Views with non-finite predictions are reported per view and
+dead runs, free space) live in :mod:`.output_folder`. SIGTERM / SIGINT stop a run with exit status 143 / 130 and
+leave nothing behind (:class:`StopOnSignal`). Views with non-finite predictions are reported per view and
 recorded in ``manifest.json`` (``invalid_views``).
 
 Resolution: per-pixel maps are resampled by the plugins to each photo's own size, intrinsics are rescaled to it;
@@ -21,7 +22,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ from .images import is_video, list_images, load_image, load_video_frames, prepro
 from .output_folder import (MANIFEST_FORMAT, check_existing, check_free_space,  # noqa: F401 (MANIFEST_FORMAT: API)
                             check_output_folder, clean_leftovers, find_leftovers)
 from ..layers.token_merge import parse_global_attention
+from .options import resolve_export_options
 from .scene import View
 from .writer import PredictError, PredictionWriter, ViewList, scene_file_names
 
@@ -56,7 +62,7 @@ class PredictOptions:
     conf_mode: str = "percentile"        # "percentile": drop the lowest p %; "absolute": keep confidence >= value
     points_from: str | None = None       # a source of points the heads offer; None: the one they rank first
     postprocess: dict | None = None      # merged over the checkpoint's post-processing (e.g. another clusterer)
-    export_options: dict = field(default_factory=dict)   # read by the plugins' export hooks (docs/predict.md)
+    export_options: dict = field(default_factory=dict)   # declared in .options (writer's) or by the plugins
     video_frames: int = 8                # frames sampled evenly from each input video
     save_images: bool = True             # images/<name>.png: the input views, so the folder re-reads as a dataset
     overwrite: bool = False
@@ -78,6 +84,7 @@ class Plan:
     remove: list[Path] = field(default_factory=list)   # leftovers of dead runs
     restore: Path | None = None          # an ``.old-<pid>`` of a dead run whose replacement never arrived
     replaces: bool = False               # the output exists (or is restored) and will be replaced
+    export_options: dict = field(default_factory=dict)   # every export option of the run, checked, with defaults
 
 
 @dataclass
@@ -123,9 +130,6 @@ def check_options(o: PredictOptions) -> None:
         raise ValueError(f"--points-from must name a source of points; got {o.points_from!r}")
     if not isinstance(o.video_frames, int) or o.video_frames < 1:
         raise ValueError(f"--video-frames must be >= 1; got {o.video_frames}")
-    for key, value in o.export_options.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"export option {key} must be finite; got {value}")
     if o.size is not None and (len(o.size) != 2 or any(int(v) != v for v in o.size)):
         raise ValueError(f"--size must be two integers W H; got {o.size}")
     _check_device(o.device)
@@ -198,7 +202,15 @@ def validate(o: PredictOptions) -> Plan:
     if o.size is not None and min(o.size) < patch:
         raise ValueError(f"--size {o.size[0]} {o.size[1]}: the model input must be at least the checkpoint's "
                          f"patch size, {patch} px, on each side")
-    return Plan(out, paths, patch, plugins, remove, restore, replaces)
+    return Plan(out, paths, patch, plugins, remove, restore, replaces, run_export_options(o, plugins))
+
+
+def run_export_options(o: PredictOptions, plugins: list) -> dict:
+    """The run's export options: the flags (--conf-threshold, --no-images, ...) with ``export_options`` over them,
+    checked against the writer's and ``plugins``' declarations (:mod:`.options`)."""
+    flags = {"conf_threshold": o.conf_threshold, "conf_mode": o.conf_mode, "points_from": o.points_from,
+             "save_images": o.save_images}
+    return resolve_export_options({**flags, **o.export_options}, plugins)
 
 
 def estimate_output_bytes(model_size: tuple[int, int], photo_sizes: list[tuple[int, int]], files: list[str],
@@ -267,11 +279,100 @@ def _warn(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the run
+class PredictInterrupted(SystemExit):
+    """SIGTERM or SIGINT stopped ``iggt predict`` before its output was in place, and nothing was written. A
+    ``SystemExit`` with the shell's status for the signal, 128 + its number (SIGTERM 143, SIGINT 130), which the
+    CLI exits with."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class StopOnSignal:
+    """For one run: SIGTERM and SIGINT raise :class:`PredictInterrupted` (Lightning alone notes a SIGTERM and
+    carries on, exit 0, and turns Ctrl-C into exit 1). The exception unwinds through the writer, which removes its
+    temporary folder (and puts back an output a replace had moved aside); on the way out any ``.partial-<pid>``
+    of this process is removed too, and one line says the run was interrupted. Once the new output folder has
+    been renamed into place the run is complete: a signal from then on is reported, not raised, so a non-zero
+    exit always means no new output. Only in the main thread (Python delivers signals there)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, out: str) -> None:
+        self.display, self.out = out, Path(os.path.realpath(out))
+        self.mark()
+        self.late: int | None = None          # a signal that arrived once the output was in place
+        self.raised = False
+        self.previous: dict = {}
+
+    def mark(self) -> None:
+        """Note the output folder as it stands (absent, or the one being replaced) before this run writes it; the
+        run calls it again once leftovers of dead runs are dealt with (one may have been put back)."""
+        self.before = _identity(self.out)
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if isinstance(err, PredictInterrupted):
+            self._remove_own_partials()
+            name = signal.Signals(err.signum).name
+            print(f"iggt predict: interrupted by {name}; nothing was written ({self.display} is as it was before the "
+                  "run)", file=sys.stderr, flush=True)
+        elif err is None and self.late is not None:
+            _warn(f"{signal.Signals(self.late).name} arrived after the output {self.display} was complete; the run "
+                  "finished")
+        return False
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.raised:                     # already stopping: let the clean-up finish
+            return
+        now = _identity(self.out)
+        if now is not None and now != self.before:    # the new output is in place: the run is done
+            self.late = signum
+            return
+        self.raised = True
+        raise PredictInterrupted(signum)
+
+    def _remove_own_partials(self) -> None:
+        """The writer removes its temporary folder; this also catches one made just as the signal arrived."""
+        prefix = f".{self.out.name}.partial-{os.getpid()}-"
+        try:
+            entries = [e for e in os.scandir(self.out.parent) if e.name.startswith(prefix)]
+        except OSError:
+            return
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+
+
 def run_predict(o: PredictOptions) -> dict:
-    """Run the pipeline; returns the summary (also written into manifest.json)."""
+    """Run the pipeline; returns the summary (also written into manifest.json). SIGTERM / SIGINT stop it with
+    :class:`PredictInterrupted` and leave nothing behind (:class:`StopOnSignal`)."""
+    with StopOnSignal(o.out) as stop:
+        return _run_predict(o, stop)
+
+
+def _run_predict(o: PredictOptions, stop: StopOnSignal) -> dict:
     plan = validate(o)
     if not o.dry_run:
         clean_leftovers(plan)
+        stop.mark()
     st = Stages(o.progress, total=2 if o.dry_run else 4)
     try:
         return _run(o, plan, st)
@@ -319,12 +420,12 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
     photos, names = _read_photos(plan.paths, o.video_frames)
     st.done()
     st.start("preprocess")
-    images, transforms = preprocess(photos, o.mode, o.size, plan.patch_size)
+    images, transforms = preprocess(photos, o.mode, o.size, plan.patch_size, names)
     S, _, H, W = images.shape
     photo_sizes = [t.photo_size for t in transforms]
-    view_names = _view_names(names, o.save_images)
-    files = planned_files(names, plan.plugins, o.save_images, view_names,
-                          str(o.export_options.get("colmap_format", "txt")))
+    options = plan.export_options
+    view_names = _view_names(names, options["save_images"])
+    files = planned_files(names, plan.plugins, options["save_images"], view_names, options["colmap_format"])
     need = estimate_output_bytes((W, H), photo_sizes, files, [Path(n).stem for n in names])
     free = check_free_space(o, plan.out, need)
     st.done()
@@ -346,8 +447,6 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
         st.start("inference and export")
         t0 = time.perf_counter()
         views = [View(n, Path(n).stem, i, t, p) for n, i, t, p in zip(names, view_names, transforms, photos)]
-        options = {"conf_threshold": o.conf_threshold, "conf_mode": o.conf_mode, "points_from": o.points_from,
-                   "save_images": o.save_images, **o.export_options}
         writer = PredictionWriter(str(plan.out), overwrite=o.overwrite, options=options, one_folder=True,
                                   display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds)})
         batch = {"images": images[None], "scene_id": ["photos"], "views": [ViewList(views)]}

@@ -66,8 +66,8 @@ class PointSource:
 @dataclass
 class SceneExport:
     """One scene being written. ``index``: the scene's position in the batch (``outputs[key][scene.index]``).
-    ``images``: the model input [S,3,H,W] (CPU, float in [0,1]); ``options``: export options
-    (``scene.option(name, default)``)."""
+    ``images``: the model input [S,3,H,W] (CPU, float in [0,1]); ``options``: the export options, checked
+    against their declarations and complete (:mod:`.options`; ``scene.option(name)``)."""
 
     folder: Path
     index: int
@@ -90,6 +90,7 @@ class SceneExport:
         return int(self.images.shape[-1]), int(self.images.shape[-2])
 
     def option(self, name: str, default: Any = None) -> Any:
+        """A declared option's value (its declared default when not given); ``default`` for an undeclared name."""
         return self.options.get(name, default)
 
     def path(self, rel: str) -> Path:

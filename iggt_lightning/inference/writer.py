@@ -29,12 +29,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from iggt_lightning.fileio import write_json
 
 from . import colmap, export
-from .output_folder import MANIFEST_FORMAT, OutputFolderError, check_existing, host_tag, overlap, replace_dir
+from .output_folder import (MANIFEST_FORMAT, OutputFolderError, check_existing, folder_files, host_tag, refuse_overlap,
+                            replace_dir)
+from .options import DEFAULT_COLMAP_POINTS, registered_plugins, resolve_export_options  # noqa: F401 (DEFAULT_COLMAP_POINTS: API)
 from .scene import SceneError, SceneExport, View, identity_transform
-
-
-
-DEFAULT_COLMAP_POINTS = 100_000   # a COLMAP model of ~10 MB with tracks; more with --colmap-max-points
 
 
 class PredictError(OutputFolderError):
@@ -83,8 +81,8 @@ def _keep_mask(scene: SceneExport, points: torch.Tensor, conf: torch.Tensor, fro
         detail = "; ".join(f"{scene.views[v].name}: {', '.join(p)}" for v, p in list(scene.invalid.items())[:5])
         detail += f"; and {len(scene.invalid) - 5} more view(s)" if len(scene.invalid) > 5 else ""
         raise SceneError(f"no view has a usable prediction (non-finite {detail or 'points'})")
-    threshold = float(scene.option("conf_threshold", 5.0))
-    if scene.option("conf_mode", "percentile") == "percentile":
+    threshold = scene.option("conf_threshold")
+    if scene.option("conf_mode") == "percentile":
         return finite & (flat_conf >= np.percentile(flat_conf[finite], threshold))
     return finite & (flat_conf >= threshold)
 
@@ -107,7 +105,7 @@ def _write_scene_files(scene: SceneExport, cloud) -> dict:
     else:
         xyz = rgb = np.zeros((0, 3))
     image_paths = None
-    if scene.option("save_images", True) and all(v.photo is not None for v in scene.views):
+    if scene.option("save_images") and all(v.photo is not None for v in scene.views):
         image_paths = [f"images/{v.image_name}" for v in scene.views]   # as the model read them (EXIF-rotated, RGB)
         for rel, v in zip(image_paths, scene.views):
             export.write_png_rgb(scene.path(rel), np.asarray(v.photo))
@@ -126,20 +124,10 @@ def _write_scene_files(scene: SceneExport, cloud) -> dict:
 
 
 def colmap_options(scene: SceneExport) -> dict:
-    """The COLMAP export options, checked: format, size budget, the tracks' visibility tolerance, bundle adjustment."""
-    fmt = scene.option("colmap_format", "txt")
-    if fmt not in colmap.FORMATS:
-        raise SceneError(f"--colmap-format must be one of {list(colmap.FORMATS)}; got {fmt!r}")
-    budget = scene.option("colmap_max_points", DEFAULT_COLMAP_POINTS)
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise SceneError(f"--colmap-max-points must be a positive integer; got {budget!r}")
-    tol = scene.option("colmap_depth_tolerance", 0.03)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise SceneError(f"colmap_depth_tolerance must be a number in (0, 1) (relative to the distance from the view); got {tol!r}")
-    ba = scene.option("colmap_ba", False)
-    if not isinstance(ba, bool):
-        raise SceneError(f"--ba (colmap_ba) must be true or false; got {ba!r}")
-    return {"format": fmt, "max_points": budget, "depth_tolerance": float(tol), "bundle_adjust": ba}
+    """The COLMAP export options (checked with the others, :mod:`.options`): format, size budget, the tracks'
+    visibility tolerance, bundle adjustment."""
+    return {"format": scene.option("colmap_format"), "max_points": scene.option("colmap_max_points"),
+            "depth_tolerance": scene.option("colmap_depth_tolerance"), "bundle_adjust": scene.option("colmap_ba")}
 
 
 def _write_colmap(scene: SceneExport, cloud, ok: list[int], sizes: list[tuple[int, int]]) -> dict:
@@ -182,9 +170,11 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
                  images: torch.Tensor, options: dict | None = None, manifest: dict | None = None,
                  state: dict | None = None) -> dict:
     """Write scene ``index`` of ``outputs`` into the (empty) ``folder``; returns its manifest. ``state["scene"]``
-    is set to the :class:`SceneExport` (whose ``current`` names the file being written, for errors)."""
+    is set to the :class:`SceneExport` (whose ``current`` names the file being written, for errors). ``options``
+    are checked against the plugins' table (:func:`~.options.resolve_export_options`), the rest at defaults."""
     plugins = list(plugins)
-    scene = SceneExport(Path(folder), index, views, images.detach().float().cpu(), dict(options or {}))
+    options = resolve_export_options(options, plugins)
+    scene = SceneExport(Path(folder), index, views, images.detach().float().cpu(), options)
     if state is not None:
         state["scene"] = scene
     for _, plugin in plugins:
@@ -195,10 +185,11 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
         plugin.export(outputs, scene)
     scene.current = None
     info = _write_scene_files(scene, cloud)
-    body = {"format": MANIFEST_FORMAT, "views": len(views), "files": [*scene.files, "manifest.json"],
+    # every file in the folder, so that --overwrite can later delete exactly these (a plugin may write extras)
+    files = [*scene.files, *(f for f in folder_files(Path(folder)) if f not in scene.files and f != "manifest.json")]
+    body = {"format": MANIFEST_FORMAT, "views": len(views), "files": [*files, "manifest.json"],
             **info, "photo_sizes": [list(v.photo_size) for v in views], "model_input": list(scene.model_size),
-            "confidence_filter": {"mode": scene.option("conf_mode", "percentile"),
-                                  "threshold": scene.option("conf_threshold", 5.0)},
+            "confidence_filter": {"mode": scene.option("conf_mode"), "threshold": scene.option("conf_threshold")},
             "invalid_views": {views[v].name: list(p) for v, p in sorted(scene.invalid.items())},
             "colmap_names": {v.name: v.image_name for v in views}, "convention": export.CONVENTION,
             "glb_convention": export.GLB_CONVENTION,
@@ -293,22 +284,48 @@ class PredictionWriter(BasePredictionWriter):
     """Writes every scene of every predict batch into a folder of its own under ``out_dir`` (named after its
     ``scene_id``), or with ``one_folder=True`` the single scene into ``out_dir`` itself (``iggt predict`` on
     photos). A scene folder that exists is refused unless ``overwrite`` (and then only a previous prediction is
-    replaced). ``options``: the export options plugins read (``conf_threshold``, ``conf_mode``, ``points_from``,
-    ``save_images``, ``depth_png_scale``, ...); ``manifest``: entries added to every manifest."""
+    replaced). ``options``: the export options (:mod:`.options`: ``conf_threshold``, ``conf_mode``, ``points_from``,
+    ``save_images``, the plugins' own such as ``depth_png_scale``), checked here against every registered plugin's
+    and again, at :meth:`setup`, against the model's; ``manifest``: entries added to every manifest."""
 
     def __init__(self, out_dir: str, overwrite: bool = False, options: dict | None = None,
                  manifest: dict | None = None, one_folder: bool = False, display: str | None = None,
                  inputs: list[str] | None = None) -> None:
         super().__init__(write_interval="batch")
         self.out_dir, self.overwrite, self.one_folder = Path(out_dir), overwrite, one_folder
-        for given in inputs or ():       # e.g. the dataset's root: predictions never go into (or around) an input
-            if overlap(Path(os.path.realpath(out_dir)), given) is not None:
-                raise PredictError(f"--out {out_dir} is, contains or lies inside the input {given}; write the "
-                                   "predictions to a folder apart from the data")
+        self.check_inputs([("input", str(p)) for p in inputs or ()])   # e.g. the dataset's roots
+        # a misspelt key or a bad value stops the run here, before the model is even loaded
+        resolve_export_options(options, registered_plugins())
         self.options, self.manifest, self.display = dict(options or {}), dict(manifest or {}), display
         self.written: list[dict] = []
         self.seconds = 0.0
         self._taken: set[str] = set()
+
+    def check_inputs(self, inputs: list[tuple[str, str]]) -> None:
+        """Predictions never go into, onto or around an input (:func:`~.output_folder.refuse_overlap`)."""
+        try:
+            refuse_overlap(self.out_dir, inputs, "--out" if not self.one_folder else "output directory")
+        except OutputFolderError as err:
+            raise PredictError(str(err)) from None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Before anything is predicted: the options against this model's plugins (an option another model's
+        plugin declares is unknown here)."""
+        self.options = resolve_export_options(self.options, pl_module.plugins())
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        """Before any scene is written: the output is apart from every file the datasets read, whatever their
+        nesting (each dataset's ``input_roots()``; wrappers give their members')."""
+        from iggt_lightning.data.paths import input_roots_of
+
+        datasets = [d for d in (getattr(trainer.datamodule, "datasets", None) or {}).values() if d is not None]
+        loaders = trainer.predict_dataloaders
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            dataset = getattr(loader, "dataset", None)
+            if dataset is not None and not isinstance(dataset, (list, tuple)):   # a list: batches in memory (photos)
+                datasets.append(dataset)
+        roots = list(dict.fromkeys(p for d in datasets for p in input_roots_of(d)))
+        self.check_inputs([("input data", str(p)) for p in roots])
 
     def _folder(self, scene_id: Any) -> tuple[Path, str]:
         if self.one_folder:

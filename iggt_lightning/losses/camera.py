@@ -7,9 +7,12 @@ terms averaged over iterations by dividing the weighted sum by ``n`` (not by the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from .options import NonNegative, Positive
 
 __all__ = ["camera_loss"]
 
@@ -59,8 +62,9 @@ def _frame_mask(valid: torch.Tensor | None, gt: torch.Tensor) -> torch.Tensor:
 
 
 def camera_loss(pred_pose_enc_list: Sequence[torch.Tensor] | torch.Tensor, gt_pose_enc: torch.Tensor,
-                valid: torch.Tensor | None = None, gamma: float = 0.6, loss_type: str = "l1",
-                weight_trans: float = 1.0, weight_rot: float = 1.0, weight_fov: float = 0.5) -> dict[str, torch.Tensor]:
+                valid: torch.Tensor | None = None, gamma: Positive = 0.6, loss_type: Literal["l1", "huber"] = "l1",
+                weight_trans: NonNegative = 1.0, weight_rot: NonNegative = 1.0,
+                weight_fov: NonNegative = 0.5) -> dict[str, torch.Tensor]:
     """Iteration-weighted pose-encoding loss.
 
     For ``n`` iterations with predictions ``g_hat_i`` and per-iteration terms ``L_X^i`` (see

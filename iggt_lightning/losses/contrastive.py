@@ -8,10 +8,14 @@ Instance id 0 is background and is ignored by both; ids are consistent across th
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["instance_contrastive_loss", "instance_mean_contrastive_loss"]
+from .options import NonNegative, Positive, Range, forwards_options
+
+__all__ = ["contrastive_loss", "instance_contrastive_loss", "instance_mean_contrastive_loss"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -109,8 +113,9 @@ def _scene_pair_terms(f: torch.Tensor, ids: torch.Tensor, view: torch.Tensor, ma
     return pull, push
 
 
-def instance_contrastive_loss(features: torch.Tensor, instance_ids: torch.Tensor, num_samples: int = 4096,
-                              margin: float = 1.0, lambda_pull: float = 2.0, lambda_push: float = 1.0,
+def instance_contrastive_loss(features: torch.Tensor, instance_ids: torch.Tensor,
+                              num_samples: Annotated[int, Range(2)] = 4096, margin: Positive = 1.0,
+                              lambda_pull: NonNegative = 2.0, lambda_push: NonNegative = 1.0,
                               cross_view: bool = True, balanced: bool = False,
                               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """IGGT's 3D-consistent contrastive loss (PAPER.md §2, Eq. 4)::
@@ -201,10 +206,11 @@ def _mean_consistency(means: torch.Tensor, present: torch.Tensor, delta: float) 
     return c[pairs.any(dim=(1, 2))]
 
 
-def instance_mean_contrastive_loss(features: torch.Tensor, instance_ids: torch.Tensor, min_pixels: int = 16,
-                                   delta_pull: float = 0.25, delta_push: float = 1.0, delta_cons: float = 0.5,
-                                   lambda_pull: float = 2.0, lambda_push: float = 1.0, lambda_cons: float = 2.0,
-                                   normalize: bool = False) -> dict[str, torch.Tensor]:
+def instance_mean_contrastive_loss(features: torch.Tensor, instance_ids: torch.Tensor,
+                                   min_pixels: Annotated[int, Range(1)] = 16, delta_pull: NonNegative = 0.25,
+                                   delta_push: Positive = 1.0, delta_cons: NonNegative = 0.5,
+                                   lambda_pull: NonNegative = 2.0, lambda_push: NonNegative = 1.0,
+                                   lambda_cons: NonNegative = 2.0, normalize: bool = False) -> dict[str, torch.Tensor]:
     """The reproduction's discriminative multi-view loss (TRAINING-AND-DATA.md §5.1 "MVC").
 
     With ``mu_{b,s,k}`` the mean feature of instance k != 0 in view s (only instances with >= ``min_pixels``
@@ -239,3 +245,16 @@ def instance_mean_contrastive_loss(features: torch.Tensor, instance_ids: torch.T
     loss_cons = _mean_or_zero(conss, features)
     total = lambda_pull * loss_pull + lambda_push * loss_push + lambda_cons * loss_cons
     return {"loss_contrastive": total, "loss_pull": loss_pull, "loss_push": loss_push, "loss_cons": loss_cons}
+
+
+VARIANTS = {"pairs": instance_contrastive_loss, "mean": instance_mean_contrastive_loss}
+
+
+@forwards_options(VARIANTS, by="variant")
+def contrastive_loss(features: torch.Tensor, instance_ids: torch.Tensor, variant: Literal["pairs", "mean"] = "pairs",
+                     **options) -> dict[str, torch.Tensor]:
+    """The instance head's ``contrastive`` term: the paper's pixel-pair loss (``pairs``) or the per-instance-mean
+    one (``mean``); the other options go to the chosen function."""
+    if variant not in VARIANTS:
+        raise ValueError(f"loss_options.contrastive.variant must be one of {list(VARIANTS)}; got {variant!r}")
+    return VARIANTS[variant](features, instance_ids, **options)

@@ -15,8 +15,11 @@ reg values (not to the gradient term).
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
+
+from .options import Count, NonNegative, Positive, Range, forwards_options
 
 __all__ = ["conf_regression_loss", "depth_loss", "point_loss", "filter_by_quantile", "gradient_matching_loss"]
 
@@ -108,9 +111,9 @@ def _flatten_frames(x: torch.Tensor) -> torch.Tensor:
 
 
 def conf_regression_loss(pred: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
-                         gamma: float = 1.0, alpha: float = 0.2, gradient_weight: float = 1.0,
-                         quantile: float | None = 0.98, gradient_scales: int = 4, min_elements: int = 1000,
-                         hard_max: float = 100.0) -> dict[str, torch.Tensor]:
+                         gamma: Positive = 1.0, alpha: NonNegative = 0.2, gradient_weight: NonNegative = 1.0,
+                         quantile: Annotated[float, Range(0, 1)] | None = 0.98, gradient_scales: Count = 4,
+                         min_elements: Count = 1000, hard_max: Positive = 100.0) -> dict[str, torch.Tensor]:
     """Confidence-weighted regression of ``pred`` ``[B,S,H,W,C]`` against ``gt`` ``[B,S,H,W,C]``.
 
     ``conf`` ``[B,S,H,W]`` (>0; the heads give >= 1), ``valid`` ``[B,S,H,W]`` bool. Per valid pixel
@@ -150,6 +153,7 @@ def _prefixed(terms: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tens
     return out
 
 
+@forwards_options(conf_regression_loss)
 def depth_loss(pred_depth: torch.Tensor, depth_conf: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Tensor,
                **kwargs) -> dict[str, torch.Tensor]:
     """Depth: ``pred_depth`` ``[B,S,H,W,1]``, ``depth_conf`` ``[B,S,H,W]``, ``gt_depth`` ``[B,S,H,W]``.
@@ -162,6 +166,7 @@ def depth_loss(pred_depth: torch.Tensor, depth_conf: torch.Tensor, gt_depth: tor
     return _prefixed(conf_regression_loss(pred_depth, depth_conf, gt_depth, valid, **kwargs), "depth")
 
 
+@forwards_options(conf_regression_loss)
 def point_loss(pred_points: torch.Tensor, points_conf: torch.Tensor, gt_points: torch.Tensor, valid: torch.Tensor,
                **kwargs) -> dict[str, torch.Tensor]:
     """World points: ``[B,S,H,W,3]`` predictions and GT, ``[B,S,H,W]`` confidence and mask.
