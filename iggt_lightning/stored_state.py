@@ -729,6 +729,3 @@ SIZE_SLACK = 1_000_000
 def state_numel(sd: dict, prefix: str = "") -> int:
     return sum(v.numel() for k, v in sd.items() if isinstance(v, torch.Tensor) and k.startswith(prefix))
 
-
-def file_label(path: str | os.PathLike) -> str:
-    return str(Path(path))

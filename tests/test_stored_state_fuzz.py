@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -224,6 +222,15 @@ def _tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if "run" not in p.relative_to(folder).parts[:1]}
 
 
+def _workplace(tmp_path: Path, steps: int) -> Path:
+    """A user's folder: the run's config (``steps`` steps) and a Documents folder nothing may touch."""
+    work = tmp_path / "work"
+    (work / "Documents").mkdir(parents=True)
+    (work / "Documents" / "thesis.txt").write_text("four years")
+    (work / "fit.yaml").write_text(CONFIG.replace("max_steps: 2", f"max_steps: {steps}"))
+    return work
+
+
 @pytest.mark.parametrize("field, value, command", [
     # the red team's exec: a class_path in an Any-typed option, under test and fit
     (("hyper_parameters", "metric_options"), {"depth": {"clip_range": {
@@ -239,11 +246,7 @@ def _tree(folder: Path) -> dict[str, str]:
 ])
 def test_the_cli_refuses_through_the_same_check(written, tmp_path, field, value, command):
     folder, path, ckpt = written
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "fit.yaml").write_text(CONFIG.replace("max_steps: 2", "max_steps: 3"))
-    (work / "Documents").mkdir()
-    (work / "Documents" / "thesis.txt").write_text("four years")
+    work = _workplace(tmp_path, steps=3)
     torch.save(_set(ckpt, field, value), work / FILE)
     before = _tree(work)
     args = ["--trainer.logger", "false"] if command == "test" else []
@@ -259,11 +262,7 @@ def test_the_cli_refuses_through_the_same_check(written, tmp_path, field, value,
 def test_a_stored_last_model_path_outside_the_run_deletes_nothing(written, tmp_path):
     """The red team's recursive delete: a genuine last.ckpt whose ModelCheckpoint state points at ../Documents."""
     folder, path, ckpt = written
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "fit.yaml").write_text(CONFIG.replace("max_steps: 2", "max_steps: 4"))
-    (work / "Documents").mkdir()
-    (work / "Documents" / "thesis.txt").write_text("four years")
+    work = _workplace(tmp_path, steps=4)
     key = next(k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint"))
     bad = copy.deepcopy(ckpt)
     bad["callbacks"][key]["last_model_path"] = "run/checkpoints/../../Documents"
