@@ -79,3 +79,29 @@ def test_pairs_are_chosen_by_rotation_not_by_order():
     views = [View([1, 0, 0.05 * i]) if i % 2 == 0 else View([-1, 0, 0.05 * i]) for i in range(6)]
     pairs = overlap_pairs(views, 4)
     assert pairs and all((a - b) % 2 == 0 for a, b in pairs)       # same-wall views only, never consecutive
+
+
+def test_a_camera_to_world_layout_holding_world_to_camera_poses_is_named_with_its_files(tmp_path):
+    from iggt_lightning.data.fixtures import write_fixture
+
+    write_fixture("scannet", tmp_path, num_scenes=1, num_views=4, image_size=(56, 84))
+    scene = tmp_path / "scene0000"
+    assert check_dataset(tmp_path).ok
+    for path in (scene / "pose").glob("*.txt"):
+        pose = np.loadtxt(path)
+        if np.isfinite(pose).all():                       # the lost-tracking frame (-inf) stays as it is
+            np.savetxt(path, np.linalg.inv(pose))
+    problems = check_dataset(tmp_path).problems
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"scene scene0000: {scene / 'pose/*.txt'}: the poses look world-to-camera where "
+                                  "camera-to-world is expected: "), problems[0]
+
+
+def test_the_inverted_hypothesis_must_win_by_the_margin():
+    from iggt_lightning.data.check import inverted_fits
+
+    assert inverted_fits((0.046, 0.95), (0.010, 0.98))          # the red team's sequence: 4.6 % vs 1.0 %
+    assert not inverted_fits((0.046, 0.95), (0.020, 0.98))      # under a third is needed
+    assert not inverted_fits((0.015, 0.98), (0.001, 0.99))      # and 2 points fewer: noise at little motion
+    assert not inverted_fits((0.30, 0.60), (0.01, 0.20))        # fewer points on the surfaces: behind them
+    assert not inverted_fits((0.30, 0.60), None)

@@ -16,6 +16,7 @@ Conventions of a Frame:
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -68,6 +69,7 @@ def pose_to_extrinsics(pose: np.ndarray, what: str, where: str | os.PathLike) ->
         raise DatasetError(f"{where}: {what} has shape {pose.shape}; expected a 4x4 or 3x4 matrix")
     if not np.isfinite(pose).all():
         raise DatasetError(f"{where}: {what} contains NaN or inf (an invalid/untracked frame)")
+    check_last_row(pose, what, where)
     R, t = pose[:3, :3], pose[:3, 3]
     check_rotation(R, what, where)
     return np.concatenate([R.T, (-R.T @ t)[:, None]], 1)
@@ -79,9 +81,17 @@ def as_extrinsics(matrix: np.ndarray, what: str, where: str | os.PathLike) -> np
     if m.shape not in ((4, 4), (3, 4)):
         raise DatasetError(f"{where}: {what} has shape {m.shape}; expected a 4x4 or 3x4 matrix")
     if not np.isfinite(m).all():
-        raise DatasetError(f"{where}: {what} contains NaN or inf")
+        raise DatasetError(f"{where}: {what} contains NaN or inf; expected finite numbers")
+    check_last_row(m, what, where)
     check_rotation(m[:3, :3], what, where)
     return m[:3].copy()
+
+
+def check_last_row(m: np.ndarray, what: str, where: str | os.PathLike) -> None:
+    """A 4x4 rigid transform ends in [0, 0, 0, 1]; anything else would be dropped unread (only [R|t] is used)."""
+    if m.shape == (4, 4) and not np.allclose(m[3], [0, 0, 0, 1], atol=1e-4):
+        raise DatasetError(f"{where}: {what} has last row {np.array2string(m[3], precision=4)}; expected [0, 0, 0, 1] "
+                           "(a 4x4 rigid transform)")
 
 
 def check_rotation(R: np.ndarray, what: str, where: str | os.PathLike, tol: float = 1e-3) -> None:
@@ -92,14 +102,62 @@ def check_rotation(R: np.ndarray, what: str, where: str | os.PathLike, tol: floa
                            f"det = {det:.3g}); expected an orthonormal R with det +1")
 
 
-def check_intrinsics(K: np.ndarray, where: str | os.PathLike) -> np.ndarray:
+def check_intrinsics(K: np.ndarray, where: str | os.PathLike, what: str = "intrinsics") -> np.ndarray:
+    """A pinhole matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]] (a 4x4 one, as ScanNet writes, gives its top-left
+    3x3); the zeros and the 1 are checked too, since nothing would read them."""
     K = np.asarray(K, dtype=np.float64)
     if K.shape == (4, 4):       # ScanNet writes 4x4 intrinsics
         K = K[:3, :3]
-    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise DatasetError(f"{where}: intrinsics must be a finite 3x3 matrix with positive focal lengths; got "
-                           f"{np.array2string(K, precision=3)}")
+    pinhole = K.shape == (3, 3) and bool(np.isfinite(K).all()) and K[0, 0] > 0 and K[1, 1] > 0 \
+        and abs(K[1, 0]) < 1e-9 and np.allclose(K[2], [0, 0, 1], atol=1e-6)
+    if not pinhole:
+        raise DatasetError(f"{where}: {what} is {np.array2string(K, precision=3)}; expected a finite 3x3 matrix "
+                           "[[fx, s, cx], [0, fy, cy], [0, 0, 1]] with positive focal lengths")
     return K
+
+
+def describe_json(value) -> str:
+    """What a value read from a JSON file is, for an error message: 'a string ('abc')', 'an object (dict)', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return "NaN" if value != value else ("Infinity" if math.isinf(value) else f"the number {value!r}")
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({text!r})"
+    if isinstance(value, dict):
+        return f"an object (dict) with {len(value)} key(s)"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    return f"a {type(value).__name__}"
+
+
+def json_matrix(value, field: str, where: str | os.PathLike, shapes: tuple[tuple[int, int], ...],
+                expected: str) -> np.ndarray:
+    """A matrix read from a JSON file (a list of rows of finite numbers) -> float64 array; otherwise a
+    :class:`DatasetError` naming ``where``, the ``field`` (down to the entry: ``extrinsic[1][2]``) and what was
+    ``expected``. A string, an object, a number, a ragged or wrongly sized matrix, a non-number or a
+    NaN/Infinity entry: each is named as such, never passed to numpy (which would raise or misread it)."""
+    def refuse(path: str, what: str):
+        raise DatasetError(f"{where}: {path} is {what}; expected {expected}")
+
+    if not isinstance(value, list):
+        refuse(field, describe_json(value))
+    for r, row in enumerate(value):
+        if not isinstance(row, list):
+            refuse(f"{field}[{r}]", describe_json(row) + " instead of a row of numbers")
+        for c, x in enumerate(row):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                refuse(f"{field}[{r}][{c}]", describe_json(x))
+    rows, cols = len(value), {len(row) for row in value}
+    if len(cols) > 1:
+        refuse(field, f"ragged (rows of {sorted(cols)} numbers)")
+    shape = (rows, cols.pop() if cols else 0)
+    if shape not in shapes:
+        refuse(field, f"a {shape[0]}x{shape[1]} matrix")
+    return np.array(value, dtype=np.float64)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -119,6 +177,7 @@ def read_png_array(path: Path, what: str) -> np.ndarray:
     arr = np.asarray(open_image(path, DatasetError, what, orient=False))
     if arr.ndim != 2:
         raise DatasetError(f"{what} {path} has shape {arr.shape}; expected a single-channel image")
+    _log_map(path, what, arr)
     return arr
 
 
@@ -126,9 +185,11 @@ def read_npy(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"missing {what} {path}")
     try:
-        return np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise DatasetError(f"cannot read {what} {path}: {err}") from err
+    _log_map(path, what, arr)
+    return arr
 
 
 def read_npz(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -187,6 +248,25 @@ def pct(fraction: float) -> str:
 
 
 _depth_log: ContextVar[list | None] = ContextVar("iggt_depth_log", default=None)
+_map_log: ContextVar[list | None] = ContextVar("iggt_map_log", default=None)
+
+
+@contextmanager
+def collect_map_reads() -> Iterator[list[tuple[Path, str, np.ndarray]]]:
+    """Inside the block, :func:`read_npy` and :func:`read_png_array` append ``(path, what, array as stored)`` to
+    the yielded list: ``iggt data check`` looks at id maps before a reader casts them (float ids truncated)."""
+    log: list = []
+    token = _map_log.set(log)
+    try:
+        yield log
+    finally:
+        _map_log.reset(token)
+
+
+def _log_map(path: Path, what: str, arr: np.ndarray) -> None:
+    log = _map_log.get()
+    if log is not None:
+        log.append((Path(path), what, arr))
 _depth_warned: set[str] = set()
 
 

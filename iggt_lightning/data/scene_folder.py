@@ -15,21 +15,54 @@
 ``root`` is one scene folder, or a folder of scene folders. The intrinsics are in pixels of the stored image;
 ``pixel_center`` in cameras.json (or the reader's ``pixel_center``; default 0.5, OpenCV/COLMAP) says where
 pixel j's centre lies. A view's image is ``images/<file_name>``, else its ``image_path`` (absolute, or
-relative to the scene folder).
+relative to the scene folder); either must stay inside ``root`` (a path leading out of it is refused, naming
+the file, the field and the value). Every field of cameras.json is checked for its kind, shape and finite
+numbers (matrices as lists of rows; a 4x4 extrinsic ends in 0 0 0 1, an intrinsic's last row is 0 0 1): a wrong
+one is refused in one line naming the file, the view and the field, and what was expected.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
-from .frames import DatasetError, Frame, as_extrinsics, check_depth, check_intrinsics, pose_to_extrinsics
+from .frames import DatasetError, Frame, as_extrinsics, check_depth, check_intrinsics, describe_json, json_matrix
+from .frames import pose_to_extrinsics
 from .frames import read_depth_png, read_npy, read_npz, read_png_array, read_rgb
 from .multiview import MultiViewScenes, SceneRecord
+from .paths import in_dataset
 from .re10k import IMAGE_SUFFIXES, natural_key
 
 INSTANCE_DIRS = ("instances", "masks")
+CAMERAS_JSON = "an object {\"pixel_center\": 0.5, \"views\": [view, ...]}"
+VIEW = "{file_name, extrinsic, intrinsic[, width, height, image_path]}"
+VIEW_FIELDS = {"file_name": "the image's file name in images/ (a string)",
+               "extrinsic": "a 4x4 or 3x4 world-to-camera matrix [R|t] (a list of rows of finite numbers)",
+               "intrinsic": "a 3x3 matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]] in pixels (rows of finite numbers)"}
+PIXEL_CENTER = "a finite number (0.5: pixel j's centre at j + 0.5, OpenCV/COLMAP; 0: at j)"
+
+
+def _pixel_center(path: Path, value) -> float:
+    """cameras.json's pixel_center: a number. NaN/inf pass as read: ``iggt data check`` names them (and the reader's
+    intrinsics would be non-finite, which the batch check refuses)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DatasetError(f"{path}: pixel_center is {describe_json(value)}; expected {PIXEL_CENTER}")
+    return float(value)
+
+
+def _pixels(where: str, view: dict, key: str) -> int | None:
+    """A view's optional width / height: a positive whole number (84.0 is read as 84), or absent / null."""
+    value = view.get(key)
+    if value is None:
+        return None
+    whole = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+        and value == int(value) and value > 0
+    if not whole:
+        raise DatasetError(f"{where}: {key} is {describe_json(value)}; expected a positive whole number of pixels "
+                           f"(the image's {key})")
+    return int(value)
 
 
 def is_scene_folder(path: Path) -> bool:
@@ -61,28 +94,7 @@ class SceneFolderScenes(MultiViewScenes):
     def _scan_scene(self, d: Path) -> SceneRecord:
         info: dict = {"dir": d, "views": {}}
         if (d / "cameras.json").is_file():
-            path = d / "cameras.json"
-            try:
-                data = json.loads(path.read_text())
-                views = data["views"]
-                if not isinstance(views, list):
-                    raise TypeError("'views' is not a list")
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise DatasetError(f"cannot read {path}: {err} (expected {{'views': [{{file_name, extrinsic, "
-                                   "intrinsic}}, ...]}})") from err
-            if "pixel_center" in data:
-                info["pixel_center"] = float(data["pixel_center"])
-            keys = []
-            for i, v in enumerate(views):
-                missing = [k for k in ("file_name", "extrinsic", "intrinsic") if k not in v]
-                if missing:
-                    raise DatasetError(f"{path}: views[{i}] lacks {missing}")
-                where = f"{path} (views[{i}], {v['file_name']})"
-                info["views"][v["file_name"]] = {
-                    "E": as_extrinsics(v["extrinsic"], "extrinsic (world-to-camera)", where),
-                    "K": check_intrinsics(v["intrinsic"], where), "size": (v.get("height"), v.get("width")),
-                    "image_path": v.get("image_path")}
-                keys.append(v["file_name"])
+            keys = self._read_cameras_json(d, info)
         else:
             stems = sorted((p.stem for p in (d / "cam").glob("*.npz")), key=natural_key)
             images = {p.stem: p.name for p in (d / "images").iterdir()
@@ -96,6 +108,58 @@ class SceneFolderScenes(MultiViewScenes):
         depth_npz = d / "depth" / "depth.npz"
         info["depth_npz"] = depth_npz if depth_npz.is_file() else None
         return SceneRecord(d.name, keys, info)
+
+    def _read_cameras_json(self, d: Path, info: dict) -> list[str]:
+        """cameras.json's views into ``info`` (every field checked for type, shape and finiteness, one
+        :class:`DatasetError` naming the file, the view and the field otherwise); -> the views' file names."""
+        path = d / "cameras.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as err:     # invalid JSON, not UTF-8, nested too deep
+            raise DatasetError(f"cannot read {path}: {err} (expected {CAMERAS_JSON})") from err
+        if not isinstance(data, dict):
+            raise DatasetError(f"{path} holds {describe_json(data)}; expected {CAMERAS_JSON}")
+        if "views" not in data:
+            raise DatasetError(f"{path} lacks 'views'; expected {CAMERAS_JSON}")
+        if not isinstance(data["views"], list):
+            raise DatasetError(f"{path}: views is {describe_json(data['views'])}; expected a list of views {VIEW}")
+        if "pixel_center" in data:
+            info["pixel_center"] = _pixel_center(path, data["pixel_center"])
+        keys = []
+        for i, v in enumerate(data["views"]):
+            name, view = self._read_view(d, path, i, v)
+            if name in info["views"]:
+                raise DatasetError(f"{path}: views[{i}].file_name {name!r} is also the file_name of an earlier view; "
+                                   "expected one view per image")
+            info["views"][name] = view
+            keys.append(name)
+        return keys
+
+    def _read_view(self, d: Path, path: Path, i: int, v) -> tuple[str, dict]:
+        if not isinstance(v, dict):
+            raise DatasetError(f"{path}: views[{i}] is {describe_json(v)}; expected a view {VIEW}")
+        name = v.get("file_name")
+        where = f"{path} (views[{i}], {name})" if isinstance(name, str) else f"{path} (views[{i}])"
+        missing = [k for k in VIEW_FIELDS if k not in v]
+        if missing:
+            raise DatasetError(f"{where} lacks {', '.join(missing)}; expected "
+                               + "; ".join(f"{k}: {VIEW_FIELDS[k]}" for k in missing))
+        if not isinstance(name, str) or not name:
+            raise DatasetError(f"{where}: file_name is {describe_json(name)}; expected {VIEW_FIELDS['file_name']}")
+        E = json_matrix(v["extrinsic"], "extrinsic", where, ((4, 4), (3, 4)), VIEW_FIELDS["extrinsic"])
+        K = json_matrix(v["intrinsic"], "intrinsic", where, ((3, 3),), VIEW_FIELDS["intrinsic"])
+        size = tuple(_pixels(where, v, key) for key in ("height", "width"))
+        return name, {"E": as_extrinsics(E, "extrinsic (world-to-camera)", where),
+                      "K": check_intrinsics(K, where, "intrinsic"), "size": size, **self._view_paths(d, path, i, v)}
+
+    def _view_paths(self, d: Path, path: Path, i: int, v: dict) -> dict:
+        """A view's image files named by cameras.json, refused when they lead outside the dataset folder:
+        ``images/<file_name>`` and ``image_path`` (absolute, or relative to the scene folder)."""
+        local = in_dataset(self.root, v["file_name"], path, f"views[{i}].file_name", base=d / "images")
+        other = v.get("image_path")
+        if other is not None:
+            other = in_dataset(self.root, other, path, f"views[{i}].image_path", base=d)
+        return {"image": local, "image_path": other}
 
     # -- one view ------------------------------------------------------------------------------------------
     def _camera(self, record: SceneRecord, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -123,12 +187,11 @@ class SceneFolderScenes(MultiViewScenes):
         return self._camera(record, key)[0]
 
     def _image_path(self, record: SceneRecord, key: str) -> Path:
-        d = record.info["dir"]
-        local = d / "images" / key
-        other = record.info["views"].get(key, {}).get("image_path")
-        if local.is_file() or not other:
-            return local
-        return Path(other) if Path(other).is_absolute() else d / other
+        view = record.info["views"].get(key)
+        if view is None:                        # cam/*.npz scenes: keys come from the images/ listing
+            return record.info["dir"] / "images" / key
+        local, other = view["image"], view["image_path"]
+        return local if local.is_file() or other is None else other
 
     def _depth(self, record: SceneRecord, key: str) -> np.ndarray | None:
         d, stem = record.info["dir"] / "depth", Path(key).stem
@@ -171,9 +234,10 @@ class SceneFolderScenes(MultiViewScenes):
         image = read_rgb(self._image_path(record, key))
         E, K = self._camera(record, key)
         size = record.info["views"].get(key, {}).get("size", (None, None))
-        if size[0] is not None and tuple(size) != image.shape[:2]:
+        if any(n is not None and n != m for n, m in zip(size, image.shape[:2])):     # width or height may be absent
             swapped = tuple(size) == image.shape[:2][::-1]
-            raise DatasetError(f"{record.info['dir'] / 'cameras.json'}: view {key} says {size[1]}x{size[0]} but the "
+            h, w = ("?" if n is None else n for n in size)
+            raise DatasetError(f"{record.info['dir'] / 'cameras.json'}: view {key} says {w}x{h} but the "
                                f"image is {image.shape[1]}x{image.shape[0]}" + (
                                    " (width and height swapped: images are read with their EXIF orientation applied, "
                                    "as viewers show them; the camera must describe the upright image)" if swapped
