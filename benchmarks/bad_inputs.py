@@ -556,7 +556,7 @@ def _(d):
 
 
 def _colmap_names(d, err):
-    text = (d / "out" / "colmap" / "images.txt").read_text()
+    text = (d / "out" / "sparse" / "0" / "images.txt").read_text()
     rows = [ln for ln in text.splitlines() if not ln.startswith("#")][::2]   # pose line, then its 2D points
     names = [r.split()[-1] for r in rows]
     bad = [n for n in names if not (d / "out" / "images" / n).is_file()]
@@ -1292,11 +1292,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "bad_inputs.json"))
     ap.add_argument("--only", nargs="*", default=None, help="substrings of case names to run")
+    ap.add_argument("--names", default=None, help="a file of exact case names, one per line (names may start with --)")
     ap.add_argument("--code-root", default=str(ROOT), help="checkout whose iggt_lightning is tried")
     ap.add_argument("--timeout", type=int, default=240)
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    cases = [c for c in CASES if not a.only or any(s in c.name for s in a.only)]
+    names = set(Path(a.names).read_text().splitlines()) if a.names else None
+    cases = [c for c in CASES if (not a.only or any(s in c.name for s in a.only)) and (names is None or c.name in names)]
     rows = []
     for i, c in enumerate(cases, 1):
         r = run_case(c, Path(a.code_root).resolve(), a.timeout)

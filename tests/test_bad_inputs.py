@@ -1073,11 +1073,11 @@ def test_non_finite_views_are_reported_and_not_written(ckpt, tmp_path, capsys, m
     assert [v["file_name"] for v in cams["views"]] == ["p0.png", "p2.png"]
     assert all(np.isfinite(v["intrinsic"]).all() and v["intrinsic"][0][0] > 0 for v in cams["views"])
     # images.txt: two lines per image (the pose, then its 2D points)
-    lines = [ln.split() for ln in (out / "colmap" / "images.txt").read_text().splitlines() if not ln.startswith("#")][::2]
+    lines = [ln.split() for ln in (out / "sparse" / "0" / "images.txt").read_text().splitlines() if not ln.startswith("#")][::2]
     assert [ln[9] for ln in lines] == ["p0.png", "p2.png"]
-    cam_lines = [ln for ln in (out / "colmap" / "cameras.txt").read_text().splitlines() if ln and ln[0] != "#"]
+    cam_lines = [ln for ln in (out / "sparse" / "0" / "cameras.txt").read_text().splitlines() if ln and ln[0] != "#"]
     assert len(cam_lines) == 2 and "inf" not in " ".join(cam_lines).lower() and "nan" not in " ".join(cam_lines).lower()
-    pts = (out / "colmap" / "points3D.txt").read_text().lower()
+    pts = (out / "sparse" / "0" / "points3D.txt").read_text().lower()
     assert "nan" not in pts and "inf" not in pts
     assert 0 < manifest["points"] <= 2 * W * H               # view 1's points (a degenerate camera) are left out
     depth = np.load(out / "depth" / "depth.npz")
@@ -1112,7 +1112,7 @@ def test_colmap_names_hold_spaces_and_match_the_saved_images(save_images, ckpt, 
     capsys.readouterr()
     manifest = strict_json(out / "manifest.json")
     names = manifest["colmap_names"]
-    lines = [ln for ln in (out / "colmap" / "images.txt").read_text().splitlines() if not ln.startswith("#")][::2]
+    lines = [ln for ln in (out / "sparse" / "0" / "images.txt").read_text().splitlines() if not ln.startswith("#")][::2]
     colmap = [ln.split()[9] for ln in lines]
     assert all(len(ln.split()) == 10 for ln in lines)        # COLMAP's reader splits on spaces
     assert len(set(colmap)) == 3 and sorted(colmap) == sorted(names.values())

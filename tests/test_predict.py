@@ -1,5 +1,10 @@
-"""`iggt predict` end to end on synthetic photos with a tiny checkpoint; every output reopened by its own library."""
+"""`iggt predict` end to end on synthetic photos with a tiny checkpoint; every output reopened by its own library;
+the default outputs need no optional package, and an option that needs one stops before inference naming its extra."""
 import json
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +14,7 @@ from PIL import Image
 
 from iggt_lightning.cli import main
 from iggt_lightning.inference.images import ViewTransform, list_images, preprocess
-
-trimesh = pytest.importorskip("trimesh")
+from iggt_lightning.inference.writer import OPTIONAL_PACKAGES
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,8 @@ def predict(assets, out, *extra):
 
 
 def read_colmap(folder: Path):
+    from scipy.spatial.transform import Rotation
+
     cams, imgs, pts = {}, {}, []
     for line in (folder / "cameras.txt").read_text().splitlines():
         if line and not line.startswith("#"):
@@ -46,7 +52,7 @@ def read_colmap(folder: Path):
     for line in lines[::2]:
         f = line.split()
         qw, qx, qy, qz, tx, ty, tz = map(float, f[1:8])
-        R = trimesh.transformations.quaternion_matrix([qw, qx, qy, qz])[:3, :3]
+        R = Rotation.from_quat([qx, qy, qz, qw]).as_matrix()     # scipy: scalar last
         imgs[int(f[0])] = (R, np.array([tx, ty, tz]), int(f[8]), f[9])
     for line in (folder / "points3D.txt").read_text().splitlines():
         if line and not line.startswith("#"):
@@ -56,6 +62,8 @@ def read_colmap(folder: Path):
 
 def test_predict_writes_files_other_tools_open(assets, tmp_path):
     from pycocotools import mask as mask_utils
+
+    trimesh = pytest.importorskip("trimesh")      # an independent reader of our PLY and GLB
 
     out = tmp_path / "out"
     assert predict(assets, out) == 0
@@ -74,6 +82,8 @@ def test_predict_writes_files_other_tools_open(assets, tmp_path):
     # 16-bit id maps at photo resolution + COCO RLE that decodes to the same masks
     coco = json.loads((out / "masks" / "instances.json").read_text())
     assert [im["file_name"] for im in coco["images"]] == ["view_0.png", "view_1.png", "view_2.png"]
+    assert coco["info"]["image_root"] == "images" and all((out / "images" / im["file_name"]).is_file()
+                                                          for im in coco["images"])
     for im in coco["images"]:
         ids = np.asarray(Image.open(out / "masks" / (Path(im["file_name"]).stem + ".png")))
         assert ids.shape == (98, 154) and ids.dtype == np.uint16 and (ids > 0).all()
@@ -83,7 +93,7 @@ def test_predict_writes_files_other_tools_open(assets, tmp_path):
             assert 0 <= ann["score"] <= 1
     assert max(a["track_id"] for a in coco["annotations"]) == manifest["instances"]
     # COLMAP: the cameras reproject every exported point onto the depth map of the view it came from
-    cams, imgs, pts = read_colmap(out / "colmap")
+    cams, imgs, pts = read_colmap(out / "sparse" / "0")
     assert len(pts) == n
     depth = np.load(out / "depth" / "depth.npz")["depth"]
     assert depth.shape == (3, 98, 154)
@@ -110,8 +120,12 @@ def test_predict_refuses_bad_input_and_leaves_nothing(assets, tmp_path, capsys):
     assert predict(assets, out) == 0
     assert predict(assets, out) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert predict(assets, out, "--overwrite", "--mode", "pad") == 0
+    assert predict(assets, out, "--overwrite", "--mode", "pad", "--no-images") == 0
     assert json.loads((out / "manifest.json").read_text())["mode"] == "pad"
+    assert not list(out.glob("images*"))                 # no views saved: COCO names the photos, no image root
+    coco = json.loads((out / "masks" / "instances.json").read_text())
+    assert coco["info"]["image_root"] is None and [im["file_name"] for im in coco["images"]] == \
+        sorted(p.name for p in (assets / "photos").iterdir())
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["predict", str(empty), "-c", str(assets / "nano.safetensors"), "-o", str(tmp_path / "o2")]) == 2
@@ -247,3 +261,84 @@ def test_predict_with_merged_global_attention_for_many_views(assets, tmp_path, c
         assert predict(assets, tmp_path / "bad", "--global-attention", spec) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
+
+
+# ---------------------------------------------------------------------------- what a plain install can write
+def _canon(name: str) -> str:
+    return name.replace("_", "-").replace(".", "-").lower()
+
+
+def optional_packages() -> tuple[set[str], list[str]]:
+    """(distributions, their top-level modules) installed here that only an extra of iggt-lightning requires, i.e.
+    what a plain `pip install iggt-lightning` lacks (from the installed metadata; pytest, the runner, stays)."""
+    from packaging.requirements import Requirement
+
+    core, extra = set(), set()
+    for text in metadata.requires("iggt-lightning") or []:
+        req = Requirement(text)
+        (extra if req.marker is not None and "extra" in str(req.marker) else core).add(_canon(req.name))
+    optional = extra - core - {"pytest"}
+    modules = sorted(m for m, dists in metadata.packages_distributions().items()
+                     if {_canon(d) for d in dists} & optional and not {_canon(d) for d in dists} & core)
+    return optional, modules
+
+
+# a fresh interpreter in which the optional packages are not installed as far as Python can tell: the path finder
+# neither finds their modules (import fails, importlib.util.find_spec gives None) nor lists their distributions
+# (importlib.metadata, which lightning's and torchmetrics' availability checks read); runs `iggt` per argument list
+BLOCKED_RUN = textwrap.dedent("""
+    import importlib.machinery, json, sys
+    dists, modules = set(sys.argv[1].split(",")), set(sys.argv[2].split(","))
+
+    class NotInstalled(importlib.machinery.PathFinder):
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            return None if name.partition(".")[0] in modules else super().find_spec(name, path, target)
+
+        @classmethod
+        def find_distributions(cls, *args, **kwargs):
+            return (d for d in super().find_distributions(*args, **kwargs)
+                    if (d.metadata["Name"] or "").replace("_", "-").replace(".", "-").lower() not in dists)
+
+    sys.meta_path[:] = [NotInstalled if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+    assert not modules & set(sys.modules), "imported before the finder was replaced"
+    from iggt_lightning.cli import main
+    print(json.dumps([main(argv) for argv in json.loads(sys.argv[3])]))
+""")
+
+
+def test_default_outputs_need_no_optional_package(assets, tmp_path):
+    dists, modules = optional_packages()
+    assert {"trimesh", "pycolmap"} <= set(modules)        # installed here (dev extra): really taken away below
+    out = tmp_path / "out"
+    args = ["predict", str(assets / "photos"), "-c", str(assets / "nano.safetensors"), "-o", str(out),
+            "--size", "112", "84", "--quiet"]
+    runs = json.dumps([[*args, "--dry-run"], args])
+    run = subprocess.run([sys.executable, "-c", BLOCKED_RUN, ",".join(dists), ",".join(modules), runs],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and json.loads(run.stdout.splitlines()[-1]) == [0, 0], run.stderr[-3000:]
+    planned = [ln.strip() for ln in run.stdout.splitlines() if ln.startswith("  ")]
+    assert {"scene.glb", "instances.glb", "sparse/0/points3D.txt", "images_4/view_0.png"} <= set(planned)
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert set(planned) == set(listed) and all((out / f).is_file() for f in listed)
+
+
+@pytest.mark.parametrize("option, module, extra", [entry[:3] for entry in OPTIONAL_PACKAGES])
+def test_an_output_needing_a_missing_package_stops_before_inference(assets, tmp_path, capsys, monkeypatch,
+                                                                    option, module, extra):
+    import iggt_lightning.checkpoints as checkpoints
+    from iggt_lightning.inference.writer import PredictError, PredictionWriter
+
+    def no_inference(*a, **k):
+        raise AssertionError("the model was loaded: the missing package was found only after inference started")
+
+    monkeypatch.setitem(sys.modules, module, None)          # import <module> now raises ModuleNotFoundError
+    monkeypatch.setattr(checkpoints, "load_module", no_inference)
+    for dry in (["--dry-run"], []):
+        assert predict(assets, tmp_path / "out", "--export-option", f"{option}=true", *dry) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"pip install 'iggt-lightning[{extra}]'" in err and module in err, err
+        assert list(tmp_path.iterdir()) == []                # no output folder, no temporary one
+    # the dataset path (iggt predict --config ... --data ...) refuses it when its writer is made, before the model
+    with pytest.raises(PredictError, match=rf"pip install 'iggt-lightning\[{extra}\]'"):
+        PredictionWriter(str(tmp_path / "preds"), options={option: True})

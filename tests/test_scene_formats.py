@@ -38,6 +38,7 @@ class ExactGeometry(Plugin):
             K_photo.append(scene.views[v].transform.intrinsics_to_photo(torch.from_numpy(centred)).numpy())
         scene.cameras = SceneCameras(E, np.stack(K_photo), K_model, [True] * len(E))
         scene.add_points("exact", s["world_points"], torch.where(s["valid_mask"], 1.0, 0.0), priority=1)
+        scene.add_colour_layer("bgr.glb", s["images"].permute(0, 2, 3, 1).flip(-1))   # a layer: RGB reversed
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def reprojection_errors(rec) -> np.ndarray:
 
 def test_colmap_model_has_tracks_that_reproject(sample, tmp_path):
     manifest = write(tmp_path / "txt", sample, colmap_max_points=3000)
-    rec = pycolmap.Reconstruction(str(tmp_path / "txt" / "colmap"))
+    rec = pycolmap.Reconstruction(str(tmp_path / "txt" / "sparse" / "0"))
     assert rec.num_reg_images() == 3 and 0 < rec.num_points3D() <= 3000
     assert all(len(p.track.elements) >= 1 for p in rec.points3D.values())
     assert rec.compute_mean_track_length() > 1.25   # seen from more than their own view (these views overlap ~40 %)
@@ -92,9 +93,9 @@ def test_colmap_model_has_tracks_that_reproject(sample, tmp_path):
     assert info["mean_track_length"] == pytest.approx(rec.compute_mean_track_length())
 
     write(tmp_path / "bin", sample, colmap_max_points=3000, colmap_format="bin")
-    assert sorted(p.name for p in (tmp_path / "bin" / "colmap").iterdir()) == ["cameras.bin", "images.bin",
-                                                                                "points3D.bin"]
-    binary = pycolmap.Reconstruction(str(tmp_path / "bin" / "colmap"))
+    assert sorted(p.name for p in (tmp_path / "bin" / "sparse" / "0").iterdir()) == ["cameras.bin", "images.bin",
+                                                                                       "points3D.bin"]
+    binary = pycolmap.Reconstruction(str(tmp_path / "bin" / "sparse" / "0"))
     assert binary.num_points3D() == rec.num_points3D()
     assert binary.compute_num_observations() == rec.compute_num_observations()
     for pid, p in rec.points3D.items():
@@ -105,8 +106,8 @@ def test_point_budget_keeps_the_model_small(sample, tmp_path):
     small = write(tmp_path / "small", sample, colmap_max_points=200)["colmap"]
     large = write(tmp_path / "large", sample, colmap_max_points=10 ** 6)["colmap"]
     assert 100 <= small["points"] <= 200 < large["points"]
-    assert (tmp_path / "small" / "colmap" / "points3D.txt").stat().st_size < \
-        (tmp_path / "large" / "colmap" / "points3D.txt").stat().st_size / 5
+    assert (tmp_path / "small" / "sparse" / "0" / "points3D.txt").stat().st_size < \
+        (tmp_path / "large" / "sparse" / "0" / "points3D.txt").stat().st_size / 5
     with pytest.raises(ValueError, match="export option colmap_max_points: expected an integer >= 1; got 0"):
         write(tmp_path / "bad", sample, colmap_max_points=0)
 
@@ -115,7 +116,7 @@ def test_bundle_adjustment_runs_and_reports(sample, tmp_path):
     info = write(tmp_path / "ba", sample, colmap_max_points=500, colmap_ba=True)["colmap"]["bundle_adjustment"]
     assert info["reprojection_error_after"] <= info["reprojection_error_before"] + 1e-6
     assert info["reprojection_error_before"] < 1.0
-    pycolmap.Reconstruction(str(tmp_path / "ba" / "colmap"))       # still a readable model
+    pycolmap.Reconstruction(str(tmp_path / "ba" / "sparse" / "0"))       # still a readable model
 
 
 def _glb_json(path) -> dict:
@@ -125,7 +126,7 @@ def _glb_json(path) -> dict:
 
 
 def test_glb_is_y_up_with_the_first_camera_looking_down_minus_z(sample, tmp_path):
-    import trimesh
+    trimesh = pytest.importorskip("trimesh")     # an independent glTF reader (the viewer's)
 
     manifest = write(tmp_path / "glb", sample, colmap_max_points=100)
     assert "y-up" in manifest["glb_convention"]
@@ -144,6 +145,75 @@ def test_glb_is_y_up_with_the_first_camera_looking_down_minus_z(sample, tmp_path
     m, g = scene.graph[cloud_node]
     pts = trimesh.transform_points(scene.geometry[g].vertices, m)
     assert np.median(pts[:, 2]) < 0                              # the scene lies in front of camera 0: -z
+
+
+COMPONENTS = {5126: np.dtype("<f4"), 5125: np.dtype("<u4"), 5121: np.dtype("u1")}
+WIDTH = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
+
+
+def read_glb(path) -> tuple[dict, dict]:
+    """(glTF JSON, mesh name -> {attribute: array}) of a GLB, checking the glTF 2.0 binary rules a strict reader
+    (Khronos' validator) enforces: header and chunk lengths, 4-byte alignment, accessors inside their views,
+    POSITION bounds equal to the data. Written from the spec, independent of our writer and of trimesh."""
+    data = path.read_bytes()
+    magic, version, total = struct.unpack("<4sII", data[:12])
+    assert (magic, version, total) == (b"glTF", 2, len(data))
+    n_json, kind = struct.unpack("<I4s", data[12:20])
+    assert kind == b"JSON" and n_json % 4 == 0
+    gltf = json.loads(data[20:20 + n_json])
+    rest = data[20 + n_json:]
+    if not gltf.get("buffers"):
+        return gltf, {}
+    n_bin, kind = struct.unpack("<I4s", rest[:8])
+    assert kind == b"BIN\0" and n_bin % 4 == 0 and len(rest) == 8 + n_bin and n_bin >= gltf["buffers"][0]["byteLength"]
+    binary = rest[8:]
+
+    def array(i: int) -> np.ndarray:
+        acc = gltf["accessors"][i]
+        view = gltf["bufferViews"][acc["bufferView"]]
+        dtype, width = COMPONENTS[acc["componentType"]], WIDTH[acc["type"]]
+        start = view["byteOffset"] + acc.get("byteOffset", 0)
+        assert start % 4 == 0 and acc["count"] >= 1
+        assert acc["count"] * width * dtype.itemsize <= view["byteLength"]
+        assert view["byteOffset"] + view["byteLength"] <= gltf["buffers"][0]["byteLength"]
+        return np.frombuffer(binary, dtype, acc["count"] * width, start).reshape(acc["count"], width)
+
+    meshes = {}
+    for mesh in gltf["meshes"]:
+        prim = mesh["primitives"][0]
+        arrays = {k: array(i) for k, i in prim["attributes"].items()}
+        pos = gltf["accessors"][prim["attributes"]["POSITION"]]
+        assert pos["min"] == arrays["POSITION"].min(0).tolist() and pos["max"] == arrays["POSITION"].max(0).tolist()
+        if "indices" in prim:
+            arrays["indices"] = array(prim["indices"])
+            assert arrays["indices"].max() < len(arrays["POSITION"])
+        meshes[mesh["name"]] = dict(arrays, mode=prim["mode"])
+    return gltf, meshes
+
+
+def test_glb_files_follow_the_binary_format_and_match_the_ply(sample, tmp_path):
+    """scene.glb and a colour layer read with the spec alone (no trimesh: GLB needs no extra package): the cloud
+    is the PLY's points, in its order, with its colours; one triangle frustum per camera under the root node."""
+    from iggt_lightning.viewer import read_ply
+
+    scene = write(tmp_path / "glb", sample, colmap_max_points=100)
+    ply = read_ply(tmp_path / "glb" / "points.ply")
+    gltf, meshes = read_glb(tmp_path / "glb" / "scene.glb")
+    root = gltf["nodes"][gltf["scenes"][gltf["scene"]]["nodes"][0]]
+    assert root["name"] == "opencv_to_gltf" and sorted(gltf["nodes"][c]["name"] for c in root["children"]) == \
+        ["camera_000", "camera_001", "camera_002", "points"]
+    points = meshes["points"]
+    assert points["mode"] == 0 and len(points["POSITION"]) == scene["points"] == len(ply)
+    assert np.array_equal(points["POSITION"], np.stack([ply["x"], ply["y"], ply["z"]], 1))
+    assert np.array_equal(points["COLOR_0"], np.stack([ply["red"], ply["green"], ply["blue"],
+                                                       np.full(len(ply), 255, np.uint8)], 1))
+    assert gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"]]["normalized"] is True
+    for v in range(3):
+        frustum = meshes[f"camera_{v:03d}"]
+        assert frustum["mode"] == 4 and frustum["POSITION"].shape == (5, 3) and frustum["indices"].shape == (18, 1)
+    _, layer = read_glb(tmp_path / "glb" / "bgr.glb")                # same points, in the same order
+    assert np.array_equal(layer["points"]["POSITION"], points["POSITION"])
+    assert np.array_equal(layer["points"]["COLOR_0"][:, :3], np.stack([ply["blue"], ply["green"], ply["red"]], 1))
 
 
 def test_transforms_json_projects_like_the_opencv_cameras(sample, tmp_path):
@@ -182,8 +252,9 @@ def test_iggt_predict_writes_a_binary_model_with_tracks(tmp_path):
     assert main(["predict", str(tmp_path / "photos"), "-c", str(tmp_path / "nano.safetensors"), "-o", str(out),
                  "--size", "112", "84", "--quiet", "--colmap-format", "bin", "--colmap-max-points", "500"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {"colmap/cameras.bin", "colmap/images.bin", "colmap/points3D.bin", "transforms.json"} <= set(manifest["files"])
-    rec = pycolmap.Reconstruction(str(out / "colmap"))
+    assert {"sparse/0/cameras.bin", "sparse/0/images.bin", "sparse/0/points3D.bin", "transforms.json"} <= \
+        set(manifest["files"])
+    rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
     assert 0 < rec.num_points3D() <= 500 and all(len(p.track.elements) >= 1 for p in rec.points3D.values())
     assert {img.name for img in rec.images.values()} == {"v0.png", "v1.png", "v2.png"}
     assert manifest["colmap"]["observations"] == rec.compute_num_observations()

@@ -119,7 +119,8 @@ class InstanceTracking(PostProcessor):
 
     def export(self, outputs: dict, scene) -> None:
         """``masks/<view>.png`` (16-bit ids at photo resolution, 0 = none) and ``masks/instances.json`` (COCO RLE,
-        ``track_id`` shared across views; with labels, the vocabulary as categories)."""
+        ``track_id`` shared across views; with labels, the vocabulary as categories; ``file_name``: the view's file
+        under ``images/``)."""
         found = scene.shared.get("instances")
         if found is None:
             return
@@ -128,8 +129,9 @@ class InstanceTracking(PostProcessor):
             ids, _ = scene.to_photo(v, found["ids"][v], nearest=True, fill=0)
             photo_ids.append(ids)
             export.write_png16(scene.path(f"masks/{view.stem}.png"), ids)
-        coco = export.coco_instances(photo_ids, found["scores"].numpy(), [v.name for v in scene.views],
-                                     found["labels"])
+        saved = export.saved_image_names(scene)    # COCO tools join file_name to an image root: images/ when saved
+        coco = export.coco_instances(photo_ids, found["scores"].numpy(), saved or [v.name for v in scene.views],
+                                     found["labels"], "images" if saved else None, [v.name for v in scene.views])
         write_json(scene.path("masks/instances.json"), coco, strict=True)   # a non-finite score: refused, not NaN
 
     @classmethod

@@ -1,5 +1,7 @@
 """Writers for prediction files other tools open: PLY, GLB (glTF y-up), 16-bit PNG id/depth maps, COCO RLE
-instances, cameras JSON and nerfstudio's transforms.json (the COLMAP model: :mod:`.colmap`). Every writer goes through ``fileio.atomic_write`` (temp file + rename).
+instances, cameras JSON, nerfstudio's transforms.json and the views downscaled for gsplat / nerfstudio (the COLMAP
+model: :mod:`.colmap`). Every writer goes through ``fileio.atomic_write`` (temp file + rename); none needs a
+package outside the core install.
 
 Conventions where data leaves the program: cameras are OpenCV world-to-camera ``[R|t]`` (x right, y down,
 z forward) in the predicted world frame (the first camera's), in the model's normalised scale; pixel
@@ -10,14 +12,14 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-from pathlib import Path
+import struct
 
 import numpy as np
 
 from iggt_lightning.fileio import atomic_write
 
 CONVENTION = "OpenCV world-to-camera; world = first camera; pixel centres at i + 0.5; id 0 = none"
-CAMERAS_OMITTED = {"from": ["cameras.json", "colmap/", "GLB camera frustums"],
+CAMERAS_OMITTED = {"from": ["cameras.json", "sparse/0/", "transforms.json", "GLB camera frustums"],
                    "why": "non-finite or non-positive predicted camera"}
 
 
@@ -85,19 +87,16 @@ GLB_CONVENTION = ("glTF y-up, right-handed: the root node 'opencv_to_gltf' (matr
 
 def write_glb(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, extrinsics: np.ndarray | None = None,
               intrinsics: np.ndarray | None = None, sizes: list[tuple[int, int]] | None = None) -> None:
-    """A GLB with the coloured point cloud and, when cameras are given, one frustum mesh per camera.
+    """A GLB with the coloured point cloud (mesh ``points``, glTF POINTS) and, when cameras are given, one
+    frustum mesh per camera (``camera_<i>``); written with numpy and struct (glTF 2.0 binary, no extra package).
 
     The geometry keeps the OpenCV world coordinates; a root node ``opencv_to_gltf`` turns them into glTF's
     y-up frame (:data:`GLB_CONVENTION`), so every glTF viewer shows the scene upright and the first camera
     looks down glTF's -z."""
-    import trimesh
-
-    scene = trimesh.Scene()
-    root = "opencv_to_gltf"
-    scene.graph.update(frame_from=scene.graph.base_frame, frame_to=root, matrix=OPENCV_TO_GLTF)
-    colours = np.concatenate([to_uint8(rgb), np.full((len(rgb), 1), 255, np.uint8)], 1)
-    scene.add_geometry(trimesh.PointCloud(xyz.astype(np.float64), colors=colours), geom_name="points",
-                       parent_node_name=root)
+    glb = _GLB()
+    if len(xyz):        # glTF forbids empty accessors: a cloud with no point is left out
+        colours = np.concatenate([to_uint8(rgb), np.full((len(rgb), 1), 255, np.uint8)], 1)
+        glb.mesh("points", 0, xyz, colours)
     if extrinsics is not None:
         extent = np.percentile(xyz, 95, axis=0) - np.percentile(xyz, 5, axis=0) if len(xyz) else np.ones(3)
         depth = max(float(np.linalg.norm(extent)) * 0.05, 1e-3)
@@ -106,16 +105,75 @@ def write_glb(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, extrins
             if not camera_is_valid(E, K):   # a degenerate camera has no frustum (it would be inf/nan vertices)
                 continue
             v, f = camera_frustum(E, K, size, depth)
-            mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
-            mesh.visual.face_colors = np.concatenate([palette[i], [200]]).astype(np.uint8)
-            scene.add_geometry(mesh, geom_name=f"camera_{i:03d}", parent_node_name=root)
+            colour = np.tile(np.concatenate([palette[i], [200]]).astype(np.uint8), (len(v), 1))
+            glb.mesh(f"camera_{i:03d}", 4, v, colour, f)
+    root = {"name": "opencv_to_gltf", "matrix": OPENCV_TO_GLTF.T.reshape(-1).tolist()}   # glTF: column-major
+    if glb.nodes:       # the meshes' nodes follow the root
+        root["children"] = list(range(1, len(glb.nodes) + 1))
+    glb.nodes = [root, *glb.nodes]
+    atomic_write(path, glb.write)
 
-    def write(tmp: str) -> None:
-        data = scene.export(file_type="glb")
+
+class _GLB:
+    """The parts of a glTF 2.0 binary: meshes with float32 positions, normalised uint8 RGBA vertex colours and
+    uint32 triangle indices, every piece 4-byte aligned in one buffer (the spec's alignment rules)."""
+
+    ARRAY, ELEMENTS = 34962, 34963              # bufferView targets: vertex attributes, indices
+    FLOAT, UBYTE, UINT = 5126, 5121, 5125       # accessor component types
+
+    def __init__(self) -> None:
+        self.blobs: list[bytes] = []
+        self.size = 0
+        self.views: list[dict] = []
+        self.accessors: list[dict] = []
+        self.meshes: list[dict] = []
+        self.nodes: list[dict] = []
+
+    def _accessor(self, data: np.ndarray, component: int, kind: str, target: int, **extra) -> int:
+        raw = np.ascontiguousarray(data).tobytes()
+        self.views.append({"buffer": 0, "byteOffset": self.size, "byteLength": len(raw), "target": target})
+        pad = -len(raw) % 4
+        self.blobs += [raw, b"\0" * pad]
+        self.size += len(raw) + pad
+        self.accessors.append({"bufferView": len(self.views) - 1, "componentType": component,
+                               "count": int(len(data)), "type": kind, **extra})
+        return len(self.accessors) - 1
+
+    def mesh(self, name: str, mode: int, vertices: np.ndarray, rgba: np.ndarray,
+             faces: np.ndarray | None = None) -> None:
+        """A mesh and its node; ``mode`` 0 = points, 4 = triangles."""
+        v = np.asarray(vertices, dtype="<f4")
+        if not np.isfinite(v).all():
+            raise ValueError(f"GLB mesh {name!r}: non-finite vertex coordinates")
+        # POSITION must carry its bounds (glTF 2.0, 5.1.1 accessor min/max): of the float32 values written
+        attributes = {"POSITION": self._accessor(v, self.FLOAT, "VEC3", self.ARRAY,
+                                                 min=v.min(0).tolist(), max=v.max(0).tolist()),
+                      "COLOR_0": self._accessor(np.asarray(rgba, dtype=np.uint8), self.UBYTE, "VEC4", self.ARRAY,
+                                                normalized=True)}
+        primitive = {"attributes": attributes, "mode": mode}
+        if faces is not None:
+            primitive["indices"] = self._accessor(np.asarray(faces, dtype="<u4").reshape(-1), self.UINT, "SCALAR",
+                                                  self.ELEMENTS)
+        self.meshes.append({"name": name, "primitives": [primitive]})
+        self.nodes.append({"name": name, "mesh": len(self.meshes) - 1})
+
+    def write(self, tmp: str) -> None:
+        gltf = {"asset": {"version": "2.0", "generator": "iggt-lightning"}, "scene": 0,
+                "scenes": [{"nodes": [0]}], "nodes": self.nodes}
+        if self.meshes:
+            gltf.update(meshes=self.meshes, accessors=self.accessors, bufferViews=self.views,
+                        buffers=[{"byteLength": self.size}])
+        text = json.dumps(gltf, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        text += b" " * (-len(text) % 4)         # the JSON chunk is padded with spaces, the BIN chunk with zeros
+        total = 12 + 8 + len(text) + (8 + self.size if self.size else 0)
         with open(tmp, "wb") as f:
-            f.write(data)
-
-    atomic_write(path, write)
+            f.write(struct.pack("<4sII", b"glTF", 2, total))
+            f.write(struct.pack("<I4s", len(text), b"JSON"))
+            f.write(text)
+            if self.size:
+                f.write(struct.pack("<I4s", self.size, b"BIN\0"))
+                for blob in self.blobs:
+                    f.write(blob)
 
 
 def write_png16(path: str | os.PathLike, values: np.ndarray) -> None:
@@ -141,6 +199,37 @@ def write_png_rgb(path: str | os.PathLike, rgb: np.ndarray) -> None:
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
+# gsplat's trainer (data_factor, default 4) and nerfstudio (auto-downscale of photos over 1600 px) read a view's
+# copy downscaled N times from images_N/<the same name>, with the intrinsics divided by N
+DOWNSCALE_FACTORS = (2, 4, 8)
+DOWNSCALE_RULE = ("images_N/<name>: the view's top-left (W//N*N) x (H//N*N) pixels averaged over N x N blocks, so "
+                  "the image is (W//N) x (H//N) and its intrinsics are exactly the photo's divided by N")
+
+
+def downscale_factors(sizes: list[tuple[int, int]]) -> list[int]:
+    """The factors of :data:`DOWNSCALE_FACTORS` that leave every view (W, H) at least one pixel on each side."""
+    return [n for n in DOWNSCALE_FACTORS if all(w // n >= 1 and h // n >= 1 for w, h in sizes)]
+
+
+def write_png_downscaled(path: str | os.PathLike, rgb: np.ndarray, factor: int) -> None:
+    """An RGB uint8 [H,W,3] image reduced ``factor`` times by :data:`DOWNSCALE_RULE` (a box average over whole
+    blocks: the pixel grid scales exactly, which a resize to a rounded size would not)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB")
+    w, h = (img.width // factor) * factor, (img.height // factor) * factor
+    small = img.reduce(factor, box=(0, 0, w, h))
+    atomic_write(path, lambda tmp: small.save(tmp, format="PNG"))
+
+
+def saved_image_names(scene) -> list[str] | None:
+    """Per view of ``scene`` (a :class:`~.scene.SceneExport`) its file under ``images/``, or None when the views are
+    not saved (``save_images`` off, or views without their photo): what COLMAP, COCO and transforms.json name."""
+    if scene.option("save_images") and all(v.photo is not None for v in scene.views):
+        return [v.image_name for v in scene.views]
+    return None
+
+
 def write_npz(path: str | os.PathLike, **arrays) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -157,18 +246,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, write)
 
 
-def coco_instances(ids: np.ndarray, scores: np.ndarray, file_names: list[str], labels: dict | None = None) -> dict:
-    """COCO results + dataset in one dict: ``images`` (one per view), ``annotations`` (one per instance per
-    view where its mask is non-empty; RLE mask, bbox, area, ``score``, ``track_id`` = the multi-view instance
-    id), ``categories`` (a single class-agnostic ``object``, or with open-vocabulary ``labels`` = {"names",
-    "labels", "scores"} the vocabulary, each annotation carrying ``label`` and ``label_score``). ``ids``
-    [S,H,W] at photo resolution; views of different sizes are given as a list of [H,W] arrays."""
+def coco_instances(ids: np.ndarray, scores: np.ndarray, file_names: list[str], labels: dict | None = None,
+                   image_root: str | None = None, input_names: list[str] | None = None) -> dict:
+    """COCO results + dataset in one dict: ``images`` (one per view; ``file_name`` relative to ``image_root``, a
+    folder of the prediction that ``info`` names, as COCO tools join them; ``input_name``: the photo it came
+    from), ``annotations`` (one per instance per view where its mask is non-empty; RLE mask, bbox, area,
+    ``score``, ``track_id`` = the multi-view instance id), ``categories`` (a single class-agnostic ``object``,
+    or with open-vocabulary ``labels`` = {"names", "labels", "scores"} the vocabulary, each annotation carrying
+    ``label`` and ``label_score``). ``ids`` [S,H,W] at photo resolution; views of different sizes are given as
+    a list of [H,W] arrays."""
     from pycocotools import mask as mask_utils
 
     images, annotations = [], []
     for v, (view_ids, name) in enumerate(zip(ids, file_names), start=1):
         view_ids = np.asarray(view_ids)
         images.append({"id": v, "file_name": name, "height": int(view_ids.shape[0]), "width": int(view_ids.shape[1])})
+        if input_names is not None:
+            images[-1]["input_name"] = input_names[v - 1]
         for k in np.unique(view_ids):
             if k == 0:
                 continue
@@ -186,8 +280,11 @@ def coco_instances(ids: np.ndarray, scores: np.ndarray, file_names: list[str], l
     categories = [{"id": 1, "name": "object", "supercategory": "object"}]
     if labels is not None:  # category 1 = unlabelled object, 2.. = the vocabulary in order
         categories += [{"id": i + 2, "name": n, "supercategory": "object"} for i, n in enumerate(labels["names"])]
-    return {"info": {"description": "iggt-lightning instance masks; track_id is shared across views"},
-            "images": images, "annotations": annotations, "categories": categories}
+    where = (f"file_name is relative to image_root, {image_root}/ of the prediction folder" if image_root else
+             "file_name is the input photo's name (the views were not saved)")
+    info = {"description": f"iggt-lightning instance masks; track_id is shared across views; {where}",
+            "image_root": image_root}
+    return {"info": info, "images": images, "annotations": annotations, "categories": categories}
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:

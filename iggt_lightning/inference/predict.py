@@ -42,7 +42,7 @@ from .output_folder import (MANIFEST_FORMAT, check_existing, check_free_space,  
 from ..layers.token_merge import parse_global_attention
 from .options import resolve_export_options
 from .scene import View
-from .writer import PredictError, PredictionWriter, ViewList, scene_file_names
+from .writer import COLMAP_DIR, PredictError, PredictionWriter, ViewList, check_output_packages, scene_file_names
 
 PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
               "16": "16-mixed", "fp16": "16-mixed", "16-mixed": "16-mixed"}
@@ -202,7 +202,9 @@ def validate(o: PredictOptions) -> Plan:
     if o.size is not None and min(o.size) < patch:
         raise ValueError(f"--size {o.size[0]} {o.size[1]}: the model input must be at least the checkpoint's "
                          f"patch size, {patch} px, on each side")
-    return Plan(out, paths, patch, plugins, remove, restore, replaces, run_export_options(o, plugins))
+    options = run_export_options(o, plugins)
+    check_output_packages(options)      # an optional package the outputs need: missing -> stop before inference
+    return Plan(out, paths, patch, plugins, remove, restore, replaces, options)
 
 
 def run_export_options(o: PredictOptions, plugins: list) -> dict:
@@ -216,8 +218,8 @@ def run_export_options(o: PredictOptions, plugins: list) -> dict:
 def estimate_output_bytes(model_size: tuple[int, int], photo_sizes: list[tuple[int, int]], files: list[str],
                           stems: list[str]) -> int:
     """An upper estimate of the output's size from the planned files: every model-input pixel a 3D sample (PLY 23 B
-    plus 4 B per attribute, each GLB 16 B, COLMAP text ~64 B), a per-view PNG 3 B per photo pixel, an npz 9 B per
-    photo pixel, a COCO file 1 B, and a margin for headers and JSON."""
+    plus 4 B per attribute, each GLB 16 B, COLMAP text ~64 B), a per-view PNG 3 B per photo pixel (1/N^2 of it
+    under images_N/), an npz 9 B per photo pixel, a COCO file 1 B, and a margin for headers and JSON."""
     W, H = model_size
     points = len(photo_sizes) * W * H
     pixels = sum(w * h for w, h in photo_sizes)
@@ -229,10 +231,12 @@ def estimate_output_bytes(model_size: tuple[int, int], photo_sizes: list[tuple[i
             b += points * 31
         elif f.endswith(".glb"):
             b += points * 16
-        elif f.startswith("colmap/"):
+        elif f.startswith(f"{COLMAP_DIR}/"):
             b += points * 22
         elif f.endswith(".png"):
-            b += 3 * per_view.get(stem, max(per_view.values(), default=0))
+            folder = f.split("/", 1)[0]
+            shrink = int(folder[7:]) ** 2 if folder.startswith("images_") and folder[7:].isdigit() else 1
+            b += 3 * per_view.get(stem, max(per_view.values(), default=0)) // shrink
         elif f.endswith(".npz"):
             b += pixels * 9
         elif f.endswith(".json"):
@@ -241,9 +245,11 @@ def estimate_output_bytes(model_size: tuple[int, int], photo_sizes: list[tuple[i
 
 
 def planned_files(names: list[str], plugins: list, save_images: bool = True,
-                  image_names: list[str] | None = None, colmap_format: str = "txt") -> list[str]:
+                  image_names: list[str] | None = None, colmap_format: str = "txt",
+                  photo_sizes: list[tuple[int, int]] | None = None) -> list[str]:
     stems = [Path(n).stem for n in names]
-    files = scene_file_names((image_names or [s + ".png" for s in stems]) if save_images else None, colmap_format)
+    files = scene_file_names((image_names or [s + ".png" for s in stems]) if save_images else None, colmap_format,
+                             photo_sizes)
     for _, cls in plugins:
         files += [f for f in cls.planned_files(stems) if f not in files]
     return files
@@ -425,7 +431,8 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
     photo_sizes = [t.photo_size for t in transforms]
     options = plan.export_options
     view_names = _view_names(names, options["save_images"])
-    files = planned_files(names, plan.plugins, options["save_images"], view_names, options["colmap_format"])
+    files = planned_files(names, plan.plugins, options["save_images"], view_names, options["colmap_format"],
+                          photo_sizes)
     need = estimate_output_bytes((W, H), photo_sizes, files, [Path(n).stem for n in names])
     free = check_free_space(o, plan.out, need)
     st.done()
@@ -461,6 +468,7 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
                           "total_predict": round(time.perf_counter() - t0, 3)}
     omitted = set((summary.get("cameras_omitted") or {}).get("views", ()))
     for name, problems in summary["invalid_views"].items():
-        left_out = "; left out of cameras.json, colmap/ and the GLB cameras" if name in omitted else ""
+        left_out = (f"; left out of cameras.json, {COLMAP_DIR}/, transforms.json and the GLB cameras"
+                    if name in omitted else "")
         _warn(f"view {name}: non-finite {', '.join(problems)} predicted{left_out}")
     return summary

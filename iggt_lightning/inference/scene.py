@@ -5,7 +5,7 @@ A plugin's ``describe`` hook fills slots (cameras, sources of 3D points, colour 
 ``shared``);
 its ``export`` hook writes its own files through :meth:`SceneExport.path`. After both passes the writer makes
 the scene files from the slots (:mod:`.writer`): ``points.ply``, ``scene.glb`` and one GLB per colour layer,
-``cameras.json`` and ``colmap/``.
+``cameras.json`` and ``sparse/0/``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,10 @@ error leaves nothing half-written. Inside, every plugin (heads in order, then po
 ``describe`` (fill the scene's shared slots) and then ``export`` (write its own files); from the slots this
 module writes what belongs to the scene as a whole: ``points.ply`` (with one int property per vertex
 attribute), ``scene.glb`` and one GLB per colour layer (the cloud and the views' frusta), ``cameras.json``,
-``colmap/`` and the input views under ``images/``. Nothing here knows a plugin by name.
+the COLMAP model ``sparse/0/``, the input views under ``images/`` (and downscaled under ``images_N/``) and
+``transforms.json``: the layout COLMAP, gsplat and nerfstudio read (docs/tool-layouts.md). Nothing here knows a
+plugin by name. Every file is written with the core install; an option whose files need an optional package
+(:data:`OPTIONAL_PACKAGES`) is checked by :func:`check_output_packages` before any inference.
 
 :class:`PredictionWriter` is the Lightning callback that does this for every scene of every predict batch,
 so ``iggt predict`` on photos and ``trainer.predict`` over a dataset (many scenes, any strategy) share it.
@@ -13,6 +16,7 @@ so ``iggt predict`` on photos and ``trainer.predict`` over a dataset (many scene
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import re
 import shutil
@@ -37,6 +41,28 @@ from .scene import SceneError, SceneExport, View, identity_transform
 
 class PredictError(OutputFolderError):
     """A refused option, output folder or write; the message names the path or the option."""
+
+
+# COLMAP's own layout (its mapper writes sparse/0, sparse/1, ...), where gsplat's parser looks first
+COLMAP_DIR = "sparse/0"
+
+# export options whose files need a package outside the core install: (option, module, extra, what it makes)
+OPTIONAL_PACKAGES = (
+    ("colmap_ba", "pycolmap", "colmap", "--ba (export option colmap_ba: bundle adjustment of sparse/0/)"),
+)
+
+
+def check_output_packages(options: dict) -> None:
+    """Import every optional package the chosen outputs need, so that a missing one stops the run before any
+    inference: one :class:`PredictError` naming the option and the extra to install."""
+    for option, module, extra, what in OPTIONAL_PACKAGES:
+        if not options.get(option):
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as err:   # also a broken install (a compiled part that fails to load)
+            raise PredictError(f"{what} needs {module}, which cannot be imported here ({err}); install it with "
+                               f"pip install 'iggt-lightning[{extra}]', or run without it") from None
 
 
 class ViewList:
@@ -105,10 +131,12 @@ def _write_scene_files(scene: SceneExport, cloud) -> dict:
     else:
         xyz = rgb = np.zeros((0, 3))
     image_paths = None
-    if scene.option("save_images") and all(v.photo is not None for v in scene.views):
-        image_paths = [f"images/{v.image_name}" for v in scene.views]   # as the model read them (EXIF-rotated, RGB)
+    saved = export.saved_image_names(scene)
+    if saved is not None:
+        image_paths = [f"images/{n}" for n in saved]   # as the model read them (EXIF-rotated, RGB)
         for rel, v in zip(image_paths, scene.views):
             export.write_png_rgb(scene.path(rel), np.asarray(v.photo))
+        info["images_downscaled"] = _write_downscaled(scene, saved)
     if cams is not None:
         sizes = [scene.views[v].photo_size for v in ok]
         export.write_cameras_json(scene.path("cameras.json"), cams.extrinsics[ok], cams.intrinsics[ok], sizes,
@@ -121,6 +149,16 @@ def _write_scene_files(scene: SceneExport, cloud) -> dict:
         omitted = [scene.views[v].name for v in range(len(scene.views)) if not cams.valid[v]]
         info["cameras_omitted"] = dict(export.CAMERAS_OMITTED, views=omitted) if omitted else None
     return info
+
+
+def _write_downscaled(scene: SceneExport, names: list[str]) -> dict:
+    """``images_N/<name>`` for N in :func:`export.downscale_factors` (gsplat's ``data_factor``, nerfstudio's
+    downscale folders), each view reduced by :data:`export.DOWNSCALE_RULE`."""
+    factors = export.downscale_factors([(v.photo.shape[1], v.photo.shape[0]) for v in scene.views])
+    for n in factors:
+        for name, v in zip(names, scene.views):
+            export.write_png_downscaled(scene.path(f"images_{n}/{name}"), np.asarray(v.photo), n)
+    return {"factors": factors, "rule": export.DOWNSCALE_RULE}
 
 
 def colmap_options(scene: SceneExport) -> dict:
@@ -143,27 +181,34 @@ def _write_colmap(scene: SceneExport, cloud, ok: list[int], sizes: list[tuple[in
     else:
         tracks = colmap.Tracks(np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0),
                                [np.zeros((0, 2))] * len(ok), [np.zeros(0, np.int64)] * len(ok))
-    scene.current = "colmap/"
-    folder = scene.folder / "colmap"
+    scene.current = f"{COLMAP_DIR}/"
+    folder = scene.folder / COLMAP_DIR
     colmap.write_model(folder, cams.extrinsics[ok], cams.intrinsics[ok], sizes,
                                [scene.views[v].image_name for v in ok], [v + 1 for v in ok], tracks, opts["format"])
     observations = sum(len(p) for p in tracks.point_of)
-    info = {"format": opts["format"], "points": int(len(tracks.points)), "observations": int(observations),
-            "mean_track_length": tracks.mean_track_length,
+    info = {"path": COLMAP_DIR, "format": opts["format"], "points": int(len(tracks.points)),
+            "observations": int(observations), "mean_track_length": tracks.mean_track_length,
             "mean_reprojection_error": float(tracks.errors.mean()) if len(tracks.errors) else None,
             "max_points": opts["max_points"], "depth_tolerance": opts["depth_tolerance"],
             "pixel_coordinates": "pixel i's centre at i + 0.5 (COLMAP's convention)"}
     if opts["bundle_adjust"] and len(tracks.points):
         info["bundle_adjustment"] = colmap.bundle_adjust(folder, opts["format"])
-    scene.files += sorted(f"colmap/{p.name}" for p in folder.iterdir() if p.is_file())   # pycolmap may add files
+    # pycolmap may add files
+    scene.files += sorted(f"{COLMAP_DIR}/{p.name}" for p in folder.iterdir() if p.is_file())
     return info
 
 
-def scene_file_names(image_names: list[str] | None, colmap_format: str = "txt") -> list[str]:
-    """The scene-level files a prediction may hold (for ``--dry-run``; which ones appear depends on the heads)."""
+def scene_file_names(image_names: list[str] | None, colmap_format: str = "txt",
+                     photo_sizes: list[tuple[int, int]] | None = None) -> list[str]:
+    """The scene-level files a prediction may hold (for ``--dry-run``; which ones appear depends on the heads);
+    ``photo_sizes`` (W, H) decide the downscaled copies (all factors when not given)."""
     files = ["manifest.json", "points.ply", "scene.glb", "cameras.json",
-             *(f"colmap/{n}.{colmap_format}" for n in ("cameras", "images", "points3D"))]
-    return files + (["transforms.json"] if image_names else []) + [f"images/{n}" for n in image_names or []]
+             *(f"{COLMAP_DIR}/{n}.{colmap_format}" for n in ("cameras", "images", "points3D"))]
+    if not image_names:
+        return files
+    factors = export.downscale_factors(photo_sizes) if photo_sizes else export.DOWNSCALE_FACTORS
+    return files + ["transforms.json", *(f"images/{n}" for n in image_names),
+                    *(f"images_{k}/{n}" for k in factors for n in image_names)]
 
 
 def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict, index: int, views: list[View],
@@ -294,8 +339,8 @@ class PredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.out_dir, self.overwrite, self.one_folder = Path(out_dir), overwrite, one_folder
         self.check_inputs([("input", str(p)) for p in inputs or ()])   # e.g. the dataset's roots
-        # a misspelt key or a bad value stops the run here, before the model is even loaded
-        resolve_export_options(options, registered_plugins())
+        # a misspelt key, a bad value or a missing optional package stops the run here, before the model is loaded
+        check_output_packages(resolve_export_options(options, registered_plugins()))
         self.options, self.manifest, self.display = dict(options or {}), dict(manifest or {}), display
         self.written: list[dict] = []
         self.seconds = 0.0
