@@ -214,6 +214,9 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, new_heads_o
     Lightning ``.ckpt`` or an official IGGT/VGGT file. The file's stored config is never built (it is only
     data), so it cannot name code to run. See :func:`match_state_dict` for ``new_heads_ok`` / ``drop_heads``."""
     what = what or str(path)
+    from .hub import resolve_checkpoint
+
+    path = resolve_checkpoint(path, what)     # a Hub id or model folder -> its weights file (docs/hub.md)
     sd, meta = read_file(path, check_config=False)
     ours = meta.get("format") == FORMAT or (bool(sd) and all(k.startswith(("backbone.", "heads.")) for k in sd))
     if not ours:
@@ -481,7 +484,9 @@ def check_official_shapes(sd: dict[str, torch.Tensor], kind: str, path: str | os
 
 def _read_for_building(path: str | os.PathLike, preset: str | None, trust_code: bool):
     """-> (state dict, our stored config or None, official kind or None); an official file's shapes are checked."""
-    sd, meta = read_file(path, trust_code=trust_code)
+    from .hub import resolve_checkpoint
+
+    sd, meta = read_file(resolve_checkpoint(path), trust_code=trust_code)   # a Hub id or model folder: docs/hub.md
     if meta.get("format") == FORMAT:
         size_check_stored_config(meta["config"], sd, path, trust_code)
         return sd, meta["config"], None
@@ -549,6 +554,9 @@ def save_model(model: IGGTModel, dst: str | os.PathLike, postprocess: dict | Non
 def convert(src: str | os.PathLike, dst: str | os.PathLike, preset: str | None = None,
             trust_code: bool = False) -> IGGTModel:
     """``iggt convert``: official (or our) checkpoint -> our format. The output never replaces the input."""
+    from .hub import resolve_checkpoint
+
+    src = resolve_checkpoint(src)   # a Hub id or model folder -> its weights file, so the check below sees it
     if Path(dst).exists() and Path(src).exists() and os.path.samefile(src, dst):
         raise CheckpointError(f"the output {dst} is the input checkpoint itself; choose another path")
     if Path(dst).suffix not in (".safetensors", ".pt", ".pth"):

@@ -2,7 +2,9 @@
 
 Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]``,
 ``iggt heads list``, ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files),
-``iggt data check PATH`` (validate a dataset folder) and ``iggt view OUT_DIR`` (a prediction in the browser).
+``iggt data check PATH`` (validate a dataset folder), ``iggt view OUT_DIR`` (a prediction in the browser) and
+``iggt publish RUN_OR_CKPT DIR`` (a Hugging Face Hub-ready model folder; docs/hub.md). A checkpoint may be given
+as a Hub id ``OWNER/NAME[@REVISION][:FILE]`` or a model folder wherever a checkpoint file is read.
 Training subcommands (fit/validate/test) and ``iggt predict --config ... --data ... --out DIR`` (a dataset, one
 folder per scene) are LightningCLI's, served by ``iggt_lightning.lightning_cli``.
 
@@ -14,24 +16,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELPERS = ("convert", "parity", "heads", "predict", "data", "view")
+HELPERS = ("convert", "parity", "heads", "predict", "data", "view", "publish")
 
 
 def _convert(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="iggt convert", description="Convert an official IGGT/VGGT checkpoint "
                                 "(.pt/.pth/.safetensors) to iggt-lightning's format (strict key accounting).")
-    p.add_argument("src")
+    p.add_argument("src", help="a checkpoint file, a model folder, or a Hugging Face Hub id "
+                   "OWNER/NAME[@REVISION][:FILE] (an existing local path wins; docs/hub.md)")
     p.add_argument("dst", help="output path; .safetensors or .pt")
     p.add_argument("--preset", default=None, help="model preset (default: detected from the keys)")
     p.add_argument("--trust-checkpoint-code", action="store_true", help="let the file's stored config import head "
                    "classes that are not registered (runs code named by the file: only for files you trust)")
     a = p.parse_args(argv)
     from .checkpoints import convert
+    from .hub import resolve_checkpoint
     from .inference.output_folder import refuse_overlap
 
     try:
-        refuse_overlap(a.dst, [("input checkpoint", a.src)], "the output")
-        model = convert(a.src, a.dst, a.preset, trust_code=a.trust_checkpoint_code)
+        src = str(resolve_checkpoint(a.src))        # a Hub id or model folder -> its weights file (docs/hub.md)
+        refuse_overlap(a.dst, [("input checkpoint", src)], "the output")
+        model = convert(src, a.dst, a.preset, trust_code=a.trust_checkpoint_code)
     except (ValueError, FileNotFoundError, OSError) as err:  # CheckpointError, UntrustedCodeError, ...
         print(f"iggt convert: {err}", file=sys.stderr)
         return 2
@@ -104,7 +109,9 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--no-images", action="store_true", help="do not save the input views under images/ (then the "
                    "output does not re-read as a scene folder on its own)")
     p.add_argument("--checkpoint", "-c", required=True, help="our .safetensors/.pt, a Lightning .ckpt, or an "
-                   "official IGGT/VGGT .pt/.safetensors (converted on the fly)")
+                   "official IGGT/VGGT .pt/.safetensors (converted on the fly); a model folder (iggt publish's, a "
+                   "Hub snapshot); or a Hugging Face Hub id OWNER/NAME[@REVISION][:FILE] (an existing local path "
+                   "wins; docs/hub.md)")
     p.add_argument("--out", "-o", required=True, help="output directory: a folder of its own (never an input, the "
                    "checkpoint's folder or the current directory); refused if it exists, unless --overwrite")
     p.add_argument("--preset", default=None, help="preset of an official checkpoint (default: from its keys)")
@@ -177,7 +184,16 @@ def _predict(argv: list[str]) -> int:
             p.error(f"{flag} and --export-option {key} are both given; give one")
         if value is not None:
             export_options[key] = value
-    opts = PredictOptions(inputs=a.inputs, checkpoint=a.checkpoint, out=a.out, preset=a.preset, mode=a.mode,
+    from .hub import resolve_checkpoint
+
+    try:
+        checkpoint = str(resolve_checkpoint(a.checkpoint))     # a Hub id or model folder -> its weights file
+    except (ValueError, OSError) as err:
+        if os.environ.get("IGGT_DEBUG"):
+            raise
+        print(f"iggt predict: error: {err}", file=sys.stderr)
+        return 2
+    opts = PredictOptions(inputs=a.inputs, checkpoint=checkpoint, out=a.out, preset=a.preset, mode=a.mode,
                           size=tuple(a.size) if a.size else None, device=a.device, precision=a.precision,
                           conf_threshold=a.conf_threshold, conf_mode=a.conf_mode, points_from=a.points_from,
                           postprocess=postprocess or None, export_options=export_options, video_frames=a.video_frames,
@@ -358,8 +374,13 @@ def _lightning_predict(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in HELPERS and not _lightning_predict(argv):
+        def _publish(rest: list[str]) -> int:     # imported when asked for: it loads torch
+            from .publish import main as publish_main
+
+            return publish_main(rest)
+
         return {"convert": _convert, "parity": _parity, "heads": _heads, "predict": _predict,
-                "data": _data, "view": _view}[argv[0]](argv[1:])
+                "data": _data, "view": _view, "publish": _publish}[argv[0]](argv[1:])
     import importlib.util
 
     has_training = importlib.util.find_spec("iggt_lightning.lightning_cli") is not None
