@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from heads.postprocessors.open_vocab import OpenVocabLabels  # noqa: E402
+from iggt_lightning.heads.postprocessors.open_vocab import OpenVocabLabels  # noqa: E402
 from iggt_lightning.data import SyntheticDataModule  # noqa: E402
 from iggt_lightning.data.normalize import normalize_scene  # noqa: E402
 from iggt_lightning.data.synthetic import COLOUR_NAMES  # noqa: E402

@@ -165,6 +165,20 @@ class IGGTCLI(LightningCLI):
         super().__init__(IGGTLitModule, SceneDataModule, subclass_mode_model=False, subclass_mode_data=True,
                          args=args, run=run, **kwargs)
 
+    def init_parser(self, **kwargs):
+        """Lightning's parser, whose ``--config`` also takes a packaged config's name (``--config synthetic_tiny``,
+        from any folder: iggt_lightning/config_files.py)."""
+        import lightning.pytorch as pl
+
+        from .config_files import ConfigFileOrName
+
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument("-c", "--config", action=ConfigFileOrName,
+                            help="a configuration file (yaml or json), or the name of a packaged config "
+                                 "(synthetic_tiny, eval/scannet_table1, ...)")
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data": {"class_path": f"{SyntheticDataModule.__module__}.SyntheticDataModule"}})
         parser.add_argument("--threads", type=Optional[int], default=None,

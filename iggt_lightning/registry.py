@@ -1,6 +1,7 @@
-"""The plugin registries: heads and post-processors register by name with a decorator (built-ins in ``heads/``,
-third-party packages through the ``iggt_lightning.heads`` / ``iggt_lightning.postprocessors`` entry-point
-groups) and declare which plugins they need.
+"""The plugin registries: heads and post-processors register by name with a decorator (built-ins in the
+repository's ``heads/``, installed as the package ``iggt_lightning.heads``; third-party packages through the
+``iggt_lightning.heads`` / ``iggt_lightning.postprocessors`` entry-point groups) and declare which plugins they
+need.
 
 Trust: a dotted ``module.Class`` path is imported only when the caller trusts where it came from. Configs the
 user writes (Python, their own YAML) are trusted; configs read from a checkpoint are data
@@ -10,9 +11,17 @@ way Hugging Face's ``trust_remote_code`` works."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
+import sys
+from functools import lru_cache
 from importlib.metadata import entry_points
+from pathlib import Path
 
 ENTRY_POINT_GROUP = "iggt_lightning.heads"
+# The built-in plugins, only ever imported by this name: a bare ``heads`` would be whatever ``heads`` comes first
+# on sys.path (the current folder's, with ``python -m``)
+BUILTIN_PACKAGE = "iggt_lightning.heads"
 POSTPROCESSOR_GROUP = "iggt_lightning.postprocessors"
 
 TRUST_OPT_IN = "--trust-checkpoint-code (in Python: trust_code=True)"
@@ -24,6 +33,48 @@ class UntrustedCodeError(ValueError):
 
 def qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _current_name(name: str) -> str:
+    """Configs and checkpoints written before the built-ins moved into the package name them ``heads.x.Class``."""
+    return f"iggt_lightning.{name}" if name.startswith("heads.") else name
+
+
+@lru_cache(maxsize=1)
+def source_checkout() -> Path | None:
+    """The repository folder when this package is imported from a clone (editable install or PYTHONPATH), else
+    None (an installed wheel: its site-packages is no checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = (root / "setup.cfg").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root if re.search(r"^name\s*=\s*iggt-lightning\s*$", text, re.M) else None
+
+
+class _CheckoutPlugins:
+    """Finds ``iggt_lightning.heads`` in a clone, where it is the top-level ``heads/`` folder beside the package.
+
+    The wheel installs that folder as ``iggt_lightning/heads`` (setup.cfg's package_dir) and an editable install's
+    finder maps it too; this finder covers a clone on PYTHONPATH with no install (or a copied tree whose editable
+    finder points at the original) and keeps the plugins from the same tree as the package. It answers for that
+    one name only and never looks at sys.path."""
+
+    @staticmethod
+    def find_spec(fullname: str, path=None, target=None):
+        if fullname != BUILTIN_PACKAGE:
+            return None
+        root = source_checkout()
+        init = root / "heads" / "__init__.py" if root is not None else None
+        if init is None or not init.is_file():
+            return None
+        return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[str(init.parent)])
+
+
+# first, so that the plugins come from the same tree as the package (once, even if this module is re-imported)
+if not any(getattr(f, "__module__", "") == __name__ and getattr(f, "__qualname__", "") == "_CheckoutPlugins"
+           for f in sys.meta_path):
+    sys.meta_path.insert(0, _CheckoutPlugins)
 
 
 class Registry:
@@ -74,6 +125,7 @@ class Registry:
             return None
         if name in self.classes:
             return self.classes[name]
+        name = _current_name(name)
         return next((cls for cls in self.classes.values() if qualified_name(cls) == name), None)
 
     def get(self, name: str, trust_code: bool = True, source: str = "the configuration") -> type:
@@ -133,7 +185,7 @@ def load_plugins(refresh: bool = False) -> None:
     (once per process; ``refresh=True`` looks at the installed distributions again, e.g. after installing one)."""
     if not _builtin_loaded[0]:
         _builtin_loaded[0] = True
-        importlib.import_module("heads")
+        importlib.import_module(BUILTIN_PACKAGE)
     HEADS.load_entry_points(refresh)
     POSTPROCESSORS.load_entry_points(refresh)
 

@@ -150,7 +150,7 @@ def test_scannet_labels_and_label_map(tmp_path):
 
 
 def test_ignore_classes_equal_ignore_ids():
-    from heads.postprocessors.tracking import InstanceTracking
+    from iggt_lightning.heads.postprocessors.tracking import InstanceTracking
 
     torch.manual_seed(0)
     gt = torch.randint(0, 4, (1, 2, 8, 8))

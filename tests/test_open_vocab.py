@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from heads.postprocessors.open_vocab import OpenVocabLabels
+from iggt_lightning.heads.postprocessors.open_vocab import OpenVocabLabels
 from iggt_lightning.data import SyntheticScenes
 from iggt_lightning.data.datamodule import collate_checked
 from iggt_lightning.data.synthetic import COLOUR_NAMES

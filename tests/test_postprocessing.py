@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from heads.postprocessors.tracking import ids_to_masks
+from iggt_lightning.heads.postprocessors.tracking import ids_to_masks
 from iggt_lightning.model import IGGTModel
 from iggt_lightning.module import IGGTLitModule
 from iggt_lightning.postprocessor import PostProcessing, PostProcessor

@@ -116,7 +116,7 @@ def test_the_rules_the_reference_has_and_coco_has_not():
 def test_objects_only_numbers_leave_ignored_ids_out(protocol):
     """The synthetic room (id 100) is an instance for `ap50` and ignored for `ap50_objects`: a perfect object
     prediction plus a poor room prediction is perfect objects-only, under either protocol."""
-    from heads.postprocessors.tracking import InstanceTracking
+    from iggt_lightning.heads.postprocessors.tracking import InstanceTracking
 
     gt = torch.full((1, S, H, W), 100, dtype=torch.long)          # the room everywhere ...
     gt[0, :, :10, :12] = 1                                          # ... around one object
