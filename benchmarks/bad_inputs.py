@@ -1288,6 +1288,27 @@ def provenance(code_root: Path) -> dict:
             "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "packages": packages}
 
 
+VERDICTS = ("clear", "handled", "refused", "vague", "silent", "data loss", "escape", "exec")
+
+
+def readme_summary(now: dict, before: dict) -> str:
+    """The README's survey sentence from the two JSONs: this code on every case, and the code before the last round
+    of fixes on the cases added for it."""
+    def counts(payload: dict) -> str:
+        shown = [f"{n} {k}" for k, n in payload["counts"].items() if n]
+        return ", ".join(shown)
+
+    return (f"{README_BEGIN}\n`python benchmarks/bad_inputs.py` tries {now['tried']} hostile or careless inputs against "
+            f"the CLI as a user would and classifies what they see: {counts(now)} "
+            f"([benchmarks/bad_inputs.json](benchmarks/bad_inputs.json), commit {now['commit'][:7]}). The "
+            f"{before['tried']} cases added in the last round gave {counts(before)} on the code before it "
+            f"([bad_inputs_before_s.json](benchmarks/bad_inputs_before_s.json), `--code-root` at commit "
+            f"{before['commit'][:7]}).\n{README_END}")
+
+
+README_BEGIN, README_END = "<!-- bad-inputs -->", "<!-- /bad-inputs -->"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "bad_inputs.json"))
@@ -1295,7 +1316,14 @@ def main() -> None:
     ap.add_argument("--names", default=None, help="a file of exact case names, one per line (names may start with --)")
     ap.add_argument("--code-root", default=str(ROOT), help="checkout whose iggt_lightning is tried")
     ap.add_argument("--timeout", type=int, default=240)
+    ap.add_argument("--readme", action="store_true", help="only refill the README's survey sentence from the JSONs")
     a = ap.parse_args()
+    if a.readme:
+        from readme_block import fill_block
+
+        before = json.loads((ROOT / "benchmarks" / "bad_inputs_before_s.json").read_text())
+        fill_block(README_BEGIN, README_END, readme_summary(json.loads(Path(a.json).read_text()), before))
+        return
     sys.path.insert(0, str(ROOT))
     names = set(Path(a.names).read_text().splitlines()) if a.names else None
     cases = [c for c in CASES if (not a.only or any(s in c.name for s in a.only)) and (names is None or c.name in names)]
@@ -1304,8 +1332,7 @@ def main() -> None:
         r = run_case(c, Path(a.code_root).resolve(), a.timeout)
         rows.append(r)
         print(f"[{i:2d}/{len(cases)}] {r['verdict']:9s} {r['seconds']:5.1f}s  {c.name}  -- {r['detail']}", flush=True)
-    counts = {k: sum(r["verdict"] == k for r in rows) for k in ("clear", "handled", "refused", "vague", "silent",
-                                                                 "data loss", "escape", "exec")}
+    counts = {k: sum(r["verdict"] == k for r in rows) for k in VERDICTS}
     print("\n| tried | " + " | ".join(counts) + " |\n|---|" + "---|" * len(counts))
     print(f"| {len(rows)} | " + " | ".join(str(v) for v in counts.values()) + " |")
     if a.json:

@@ -26,3 +26,15 @@ def test_the_ablation_table_is_its_json():
     assert ablation.readme_table(payload) in (ROOT / "README.md").read_text()
     assert sorted(r["variant"] for r in payload["rows"]) == sorted(ablation.variants(ablation.CONFIG))
     assert all("error" not in r and r["steps"] == 520 for r in payload["rows"])
+
+
+def test_the_survey_sentence_is_its_json():
+    spec = importlib.util.spec_from_file_location("bad_inputs", ROOT / "benchmarks" / "bad_inputs.py")
+    bad_inputs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bad_inputs)
+    now = json.loads((ROOT / "benchmarks" / "bad_inputs.json").read_text())
+    before = json.loads((ROOT / "benchmarks" / "bad_inputs_before_s.json").read_text())
+    assert bad_inputs.readme_summary(now, before) in (ROOT / "README.md").read_text()
+    # every case of the survey ran, and none of them is a failure a user would suffer
+    assert now["tried"] == len(bad_inputs.CASES) == len(now["cases"])
+    assert not any(now["counts"][k] for k in ("vague", "silent", "data loss", "escape", "exec", "refused"))
