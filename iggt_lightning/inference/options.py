@@ -16,6 +16,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..ranges import Range
 from .colmap import FORMATS as COLMAP_FORMATS
 
 DEFAULT_COLMAP_POINTS = 100_000   # a COLMAP model of ~10 MB with tracks; more with --colmap-max-points
@@ -56,14 +57,7 @@ class ExportOption:
         return text + (" or null" if self.optional else "")
 
     def _range(self) -> str:
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            return f" in {'(' if self.low_open else '['}{lo:g}, {hi:g}{')' if self.high_open else ']'}"
-        if lo is not None:
-            return f" {'>' if self.low_open else '>='} {lo:g}"
-        if hi is not None:
-            return f" {'<' if self.high_open else '<='} {hi:g}"
-        return ""
+        return Range(self.low, self.high, self.low_open, self.high_open).text()
 
     def parse(self, value: Any) -> Any:
         """``value`` (typed, or the text of ``KEY=VALUE``) -> the option's value; :class:`ExportOptionError` when
@@ -102,9 +96,7 @@ class ExportOption:
             return v in self.choices
         if self.type in (bool, str):
             return True
-        lo_ok = self.low is None or (v > self.low if self.low_open else v >= self.low)
-        hi_ok = self.high is None or (v < self.high if self.high_open else v <= self.high)
-        return lo_ok and hi_ok
+        return Range(self.low, self.high, self.low_open, self.high_open).holds(v)
 
 
 # the writer's options: the cloud's confidence filter, its source, the saved views and the COLMAP model
