@@ -399,8 +399,16 @@ def main(argv: list[str] | None = None) -> int:
 
     trust = "--trust-checkpoint-code" in argv
     argv = [a for a in argv if a != "--trust-checkpoint-code"]
+    from .inference.predict import PredictInterrupted
+
     try:
         run_lightning_cli(argv, trust_checkpoint_code=trust)
+    except PredictInterrupted as err:   # a dataset prediction stopped by SIGTERM / Ctrl-C
+        import signal
+
+        print(f"iggt {argv[0]}: interrupted by {signal.Signals(err.signum).name}; the scene being written was removed, "
+              "scene folders finished before it are complete", file=sys.stderr)
+        return err.code
     except (ValueError, FileNotFoundError) as err:  # configuration, data and checkpoint errors name the field/file
         if os.environ.get("IGGT_DEBUG"):
             raise

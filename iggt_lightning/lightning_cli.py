@@ -81,6 +81,37 @@ class SafeCheckpointIO(TorchCheckpointIO):
         os.remove(path)
 
 
+def _stop_on_signals() -> dict:
+    """Dataset prediction: SIGTERM and SIGINT raise :class:`~.inference.predict.PredictInterrupted` (exit 143 /
+    130) instead of Lightning noting a SIGTERM and carrying on to exit 0. The scene being written unwinds through
+    the writer, which removes its temporary folder; scene folders finished before stay, complete (each is renamed
+    into place whole). Lightning's own SIGTERM handler calls this one too (it keeps existing handlers).
+    -> the previous handlers."""
+    import signal
+    import threading
+
+    from .inference.predict import PredictInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum, frame):
+        raise PredictInterrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, stop)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 def stored_state_check(trust_code: bool = False, user_model=None):
     """The one check of a ``--ckpt_path`` file (``_parse_ckpt_path`` and Lightning's reader use it): the whole file
     against the schema (:func:`~iggt_lightning.stored_state.check_checkpoint`); heads and post-processors must be
@@ -249,6 +280,10 @@ class IGGTCLI(LightningCLI):
         if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter(cfg["out"], overwrite=bool(cfg["overwrite"]),
                                                            options=dict(cfg["export_options"] or {}), inputs=roots))
+        self._signals = _stop_on_signals()
+
+    def after_predict(self) -> None:
+        _restore_signals(getattr(self, "_signals", {}))
 
     def _stored_state_check(self):
         sub = self.config.get("subcommand")

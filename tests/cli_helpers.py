@@ -92,3 +92,15 @@ class CorruptDataModule(SceneDataModule):
     def __init__(self, fault: str = "nan_depth") -> None:
         ds = _Corrupt(fault)
         super().__init__(train=ds, val=ds, test=ds, batch_size=2)
+
+
+class PauseAfterBatch(Callback):
+    """Sleeps after each predict batch (a slow run for the signal tests)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        import time
+
+        time.sleep(self.seconds)

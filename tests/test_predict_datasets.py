@@ -89,3 +89,41 @@ def test_photos_and_datasets_share_the_writer(dataset, tmp_path):
     files_b = {f.rsplit("/", 1)[0] if "/" in f else f for f in b["files"]}
     assert files_a == files_b
     assert {k for k in a if k not in strip} == {k for k in b if k not in strip}
+
+
+def test_sigterm_stops_a_dataset_prediction_with_nothing_half_written(dataset, tmp_path):
+    """Lightning alone notes a SIGTERM and carries on to exit 0; here the run stops with 143, the scene being
+    written is removed and the scene folders finished before it are whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root, _ = dataset
+    out = tmp_path / "predictions"
+    # a slow writer (one scene per batch, a pause after each) so the signal lands mid-run
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("data:\n  init_args:\n    eval_batch_size: 1\n"
+                    "trainer:\n  callbacks:\n    - class_path: tests.cli_helpers.PauseAfterBatch\n"
+                    "      init_args: {seconds: 3}\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=f"{repo}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    proc = subprocess.Popen([sys.executable, "-m", "iggt_lightning", "predict", "--config", str(root / "predict.yaml"),
+                             "--config", str(slow), "--out", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "scene0000" / "manifest.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    written = sorted(p.name for p in out.iterdir())
+    assert "scene0000" in written and len(written) < 3
+    assert not [p for p in out.parent.rglob("*") if ".partial-" in p.name]
+    for name in written:       # whole folders only
+        manifest = json.loads((out / name / "manifest.json").read_text())
+        assert all((out / name / rel).is_file() for rel in manifest["files"])
