@@ -340,9 +340,7 @@ class IGGTCLI(LightningCLI):
         # exact resumes (RNG states, the same logger version) and last.ckpt at the final step: training_callbacks.py
         add_resume_state(trainer)
         if self.subcommand == "fit":
-            reuse_logger_versions(trainer, self._get(self.config, "ckpt_path"),
-                                  read=trainer.strategy.checkpoint_io.load_checkpoint
-                                  if isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO) else None)
+            reuse_logger_versions(trainer, self._get(self.config, "ckpt_path"), check=self._stored_state_check())
         return trainer
 
 

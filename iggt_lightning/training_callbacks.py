@@ -110,23 +110,21 @@ def resolve_ckpt_path(trainer, ckpt_path: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def reuse_logger_versions(trainer, ckpt_path: str | None, read=None) -> None:
+def reuse_logger_versions(trainer, ckpt_path: str | None, check=None) -> None:
     """Before ``trainer.fit(ckpt_path=...)``: loggers that were not given a version write into the version the
     checkpoint was written under (TensorBoard: its ``version_N`` folder, steps after the checkpoint purged).
-    ``read`` loads and checks the file as data (the CLI's checkpoint reader; default: the stored-state schema),
-    so a stored version is an integer or a plain folder name, never a path. Refusals name the file and field."""
+    The file is memory-mapped (only its small state is read) and checked as data first (``check``: the CLI's
+    check of a ``--ckpt_path`` file; default: the stored-state schema), so a stored version is an integer or a
+    plain folder name, never a path. Refusals name the file and field."""
     from .checkpoints import load_tensor_file
     from .stored_state import PLAIN_NAME, check_checkpoint
 
     path = resolve_ckpt_path(trainer, ckpt_path)
     if path is None:
         return
-    if read is not None:
-        ckpt = read(str(path))
-    else:
-        ckpt = load_tensor_file(path)
-        if isinstance(ckpt, dict) and "state_dict" in ckpt:
-            check_checkpoint(ckpt, path)
+    ckpt = load_tensor_file(path, mmap=True)
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        (check or check_checkpoint)(ckpt, str(path))
     saved = (ckpt.get(KEY) or {}).get("loggers") if isinstance(ckpt, dict) else None
     if not saved:
         return
