@@ -41,3 +41,9 @@ def write_json(dst: str | os.PathLike, payload: Any, strict: bool = False) -> No
             os.fsync(f.fileno())
 
     atomic_write(dst, write)
+
+
+def lies_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """``path`` lies strictly inside ``folder``, both resolved (symlinks and ``..`` followed): the one test of
+    the output-folder rule and of the paths a checkpoint stores."""
+    return Path(os.path.realpath(folder)) in Path(os.path.realpath(path)).parents

@@ -71,10 +71,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return ckpt
 
     def remove_checkpoint(self, path) -> None:
-        from .stored_state import inside
+        from .fileio import lies_inside
 
         folders = [d for d in self._folders().values() if d]
-        if not os.path.isfile(path) or os.path.islink(path) or not any(inside(path, d) for d in folders):
+        if not os.path.isfile(path) or os.path.islink(path) or not any(lies_inside(path, d) for d in folders):
             rank_zero_warn(f"not removing {path}: only checkpoint files inside this run's checkpoint folder(s) "
                            f"{folders} are ever deleted")
             return

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 
 from .checkpoints import CheckpointError
+from .fileio import lies_inside
 
 # Sizes no honest checkpoint comes near; they bound what a file can make us allocate or loop over.
 MAX_DEPTH = 32
@@ -670,12 +671,6 @@ def registered_plugins_only(file: str, trust_code: bool = False, trusted=frozens
     return plugin_check
 
 
-def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
-    """Whether ``path`` resolves (symlinks and ``..`` followed) strictly inside ``folder``."""
-    p, f = os.path.realpath(path), os.path.realpath(folder)
-    return p != f and os.path.commonpath([p, f]) == f
-
-
 CHECKPOINT_PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
@@ -690,11 +685,11 @@ def reroot_checkpoint_paths(ckpt: dict, dirpaths: dict[str, str | None]) -> list
         folder = dirpaths.get(key)
         for field in CHECKPOINT_PATH_FIELDS:
             value = state.get(field)
-            if value and (folder is None or not inside(value, folder)):
+            if value and (folder is None or not lies_inside(value, folder)):
                 state[field] = ""
                 reset.append(f"callbacks.{key}.{field}")
         best = state.get("best_k_models") or {}
-        kept = {p: v for p, v in best.items() if folder is not None and inside(p, folder)}
+        kept = {p: v for p, v in best.items() if folder is not None and lies_inside(p, folder)}
         if len(kept) != len(best):
             reset.append(f"callbacks.{key}.best_k_models")
             state["best_k_models"] = kept

@@ -24,6 +24,7 @@ import shutil
 import sys
 from pathlib import Path, PurePosixPath
 
+from ..fileio import lies_inside
 from .images import is_video
 
 MANIFEST_FORMAT = "iggt-lightning/prediction-v1"
@@ -37,19 +38,14 @@ def _warn(msg: str) -> None:
     print(f"iggt predict: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """``path`` lies strictly inside ``folder`` (both resolved)."""
-    return folder in path.parents
-
-
 def overlap(out: Path, raw: str | os.PathLike) -> str | None:
     """How the (resolved) output folder ``out`` meets the path ``raw``: "is", "contains", "lies inside" or None."""
     real = Path(os.path.realpath(raw))
     if real == out:
         return "is"
-    if _inside(real, out):
+    if lies_inside(real, out):
         return "contains"
-    if _inside(out, real):
+    if lies_inside(out, real):
         return "lies inside"
     return None
 
@@ -84,7 +80,7 @@ def check_output_folder(o, paths: list[Path]) -> Path:
     never is the current directory or one of its parents. Returns it resolved (symlinks and ``..`` followed)."""
     out = Path(os.path.realpath(o.out))
     cwd = Path(os.path.realpath(os.getcwd()))
-    if out == cwd or _inside(cwd, out):
+    if out == cwd or lies_inside(cwd, out):
         raise OutputFolderError(f"output directory {o.out!r} ({out}) is the current directory or one of its parents; "
                            "the output folder is built and replaced as a whole, so give a folder of its own, "
                            f"e.g. -o {os.path.join(o.out, 'prediction')}")
