@@ -28,6 +28,7 @@ import torch
 
 from .checkpoints import CheckpointError
 from .fileio import lies_inside
+from .ranges import Range
 
 # Sizes no honest checkpoint comes near; they bound what a file can make us allocate or loop over.
 MAX_DEPTH = 32
@@ -88,20 +89,15 @@ class Int(Schema):
 
 
 class Float(Schema):
-    """A finite number (an int is accepted), optionally bounded."""
+    """A finite number (an int is accepted), optionally bounded (the options' :class:`~iggt_lightning.ranges.Range`)."""
 
     def __init__(self, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> None:
-        self.lo, self.hi, self.lo_open = lo, hi, lo_open
-        bounds = (f" > {lo}" if lo_open else f" >= {lo}") if lo is not None else ""
-        self.what = "a finite number" + bounds + (f" <= {hi}" if hi is not None else "")
+        self.range = Range(lo, hi, lo_open)
+        self.what = "a finite number" + self.range.text()
 
     def check(self, value, path, ctx, depth):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and self.lo is not None:
-            ok = value > self.lo if self.lo_open else value >= self.lo
-        if ok and self.hi is not None:
-            ok = value <= self.hi
-        if not ok:
+        if not (ok and self.range.holds(value)):
             raise ctx.fail(path, f"expected {self.what}; got {_describe(value)}")
 
 
