@@ -1,4 +1,14 @@
-"""The plugin-head contract shared by every head."""
+"""The plugin-head contract shared by every head.
+
+Frame chunking is a memory/speed setting only, so it never changes what a head computes: dense heads decode
+the flattened B*S frames in chunks (``frames_chunk_size``, on CPU at most :data:`CPU_FRAMES_CHUNK`) only when the
+head is in eval mode, and the whole batch in one go while it trains. A training-mode BatchNorm (the instance
+head's) normalises by the statistics of the frames it sees at once and updates its running stats once per call,
+so chunked training would have made losses, gradients, running stats and ``num_batches_tracked`` depend on the
+chunk size. Chunking in training would save little memory anyway: autograd keeps every chunk's activations
+for the backward pass. In eval mode BatchNorm uses its running stats and every op is per frame, so chunked and
+whole decoding agree to float rounding. tests/test_chunk_semantics.py holds both to it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,9 +20,9 @@ from torch import nn
 from .plugin import Plugin
 
 
-# Frames a head decodes at once on CPU. Results do not depend on it (tests/test_model.py); 8 frames' maps at
-# 224x224 outgrow the caches, so decoding them 2 at a time is faster (benchmarks/vs_official.py measures the
-# forward with it). None: the model's frames_chunk_size alone.
+# Frames a head decodes at once on CPU in eval mode (training decodes the whole batch: see above). Results do not
+# depend on it (tests/test_model.py); 8 frames' maps at 224x224 outgrow the caches, so decoding them 2 at a time
+# is faster (benchmarks/vs_official.py measures the forward with it). None: the model's frames_chunk_size alone.
 CPU_FRAMES_CHUNK: int | None = 2
 
 
@@ -26,6 +36,7 @@ class HeadInput:
     query_points: torch.Tensor | None = None   # [B, N, 2] pixels (x, y)
     outputs: dict = field(default_factory=dict)
     frames_chunk_size: int | None = 8
+    training: bool = False            # the running head's mode (IGGTModel sets it): True decodes unchunked
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -41,9 +52,12 @@ class HeadInput:
 
     def frame_chunks(self) -> list[slice]:
         """Slices over the flattened B*S frames, in order, of at most ``frames_chunk_size`` frames (on CPU at
-        most :data:`CPU_FRAMES_CHUNK`: the decoders' maps then stay cache-sized, which is faster)."""
+        most :data:`CPU_FRAMES_CHUNK`: the decoders' maps then stay cache-sized, which is faster). With
+        ``training`` set, one slice of all frames: a training-mode BatchNorm must see the whole batch."""
         B, S, _, _ = self.shape
         n = B * S
+        if self.training:
+            return [slice(0, n)]
         step = n if not self.frames_chunk_size else self.frames_chunk_size
         if self.images.device.type == "cpu" and CPU_FRAMES_CHUNK:
             step = min(step, CPU_FRAMES_CHUNK)

@@ -74,7 +74,8 @@ class IGGTModel(nn.Module):
         heads: head name -> keyword arguments (``None`` = defaults). A name is a registered head
             or a dotted ``module.Class`` path; a dict value may name its class with ``class_path``
             (and then ``init_args``). ``dim_in`` and ``patch_size`` default to the backbone's.
-        frames_chunk_size: frames a dense head decodes at once (memory bound; results do not depend on it).
+        frames_chunk_size: frames a dense head decodes at once in eval mode (memory bound; results do not
+            depend on it); a head in training mode decodes the whole batch (see :mod:`iggt_lightning.head`).
         trust_code: whether a dotted path that is not a registered head may be imported (False for configs
             read from files: see :mod:`iggt_lightning.registry`); ``source`` names the config in errors.
     """
@@ -164,6 +165,7 @@ class IGGTModel(nn.Module):
         inp = HeadInput(feats.tokens, feats.patch_start_idx, images, query_points, {}, self.frames_chunk_size)
         for name in self.head_order:
             head = self.heads[name]
+            inp.training = head.training      # chunking only in eval mode (head.py): training BatchNorm sees the batch
             # Heads run in fp32 even under autocast, as the official model does; the backbone's residual
             # stream is already fp32 because LayerScale promotes it.
             with torch.autocast(images.device.type, enabled=False):

@@ -34,7 +34,8 @@ class IGGTLitModule(LightningModule):
         postprocess: post-processors run after the network at test / predict time (``iggt_lightning.postprocessor``),
             merged over the defaults (``tracking`` for a model with an instance head): e.g. ``{tracking: {clusterer:
             {name: hdbscan}}, open_vocab: {class_names: [...]}}``; ``drop_postprocess``: defaults to leave out.
-        frames_chunk_size: frames a dense head decodes at once (memory bound only).
+        frames_chunk_size: frames a dense head decodes at once at validate / test / predict time (memory bound
+            only); training decodes the whole batch, so BatchNorm statistics never depend on it.
         loss_weights: term -> weight, for the terms the configured heads declare (built-ins: ``camera``,
             ``depth``, ``point``, ``contrastive``); a term not listed has weight 1, weight 0 skips it.
         loss_options: term -> options of that term (e.g. ``contrastive: {cross_view: false, num_samples:

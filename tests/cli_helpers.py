@@ -104,3 +104,24 @@ class PauseAfterBatch(Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+class RecordEvalScenes(Callback):
+    """Appends one JSON line per validation / test / predict batch to ``path``: the stage and the batch's scene
+    ids (what the loop actually ran on, so a loader that drops or repeats scenes shows up)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _record(self, stage: str, batch: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"stage": stage, "scenes": list(batch.get("scene_id", []))}) + "\n")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._record("validate", batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._record("test", batch)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._record("predict", batch)

@@ -2,7 +2,9 @@
 
 A batch stacks scenes, so its scenes need the same number of views and image size. Datasets whose
 samples vary (``num_views: [2, 8]``) are batched by :class:`GroupedBatchSampler`, which only puts scenes
-of one shape together; a dataset tells it a sample's shape through ``sample_shape(index)``.
+of one shape together; a dataset tells it a sample's shape through ``sample_shape(index)``. Validation, test
+and predict loaders visit every scene of their split exactly once (a group's last batch may be smaller); the
+training loader keeps a fixed number of batches per epoch instead (see :class:`GroupedBatchSampler`).
 
 The training loader is resumable (:mod:`.resumable`): its order per epoch is a function of (seed, epoch), every
 index carries its epoch into the dataset, and its position is part of Lightning's checkpoints, so a run resumed
@@ -10,12 +12,15 @@ mid-epoch with ``--ckpt_path`` continues with the batches an uninterrupted run w
 """
 from __future__ import annotations
 
+import copy
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from .resumable import EpochBatchSampler, EpochShuffleSampler, ResumableDataLoader, default_seed
@@ -26,35 +31,77 @@ from .validate import SampleError, check_sample
 class GroupedBatchSampler(EpochBatchSampler):
     """Batches of ``batch_size`` indices whose samples share a group key (e.g. (views, H, W)).
 
-    Every epoch yields exactly ``len(self)`` = ceil(N / batch_size) batches (floor with ``drop_last``), N
-    being the number of indices ``sampler`` yields, so that DDP ranks always run the same number of steps:
-    full batches come first in sampler order, then the partial ones; any surplus partial batch is left
-    for another epoch, and a shortfall (rare; only with ``drop_last``) is made up by repeating batches.
+    Full batches come first in sampler order, then each group's partial remainder. Two modes:
+
+    - ``fixed_length=True`` (training): every epoch yields exactly ``len(self)`` = ceil(N / batch_size) batches
+      (floor with ``drop_last``), N being the number of indices ``sampler`` yields, so that DDP ranks always run
+      the same number of steps. Grouping can make more batches than that (one remainder per group): the surplus
+      partial batches are left out of this epoch (their scenes come back in other epochs' orders), and a
+      shortfall (rare; only with ``drop_last``) is made up by repeating batches.
+    - ``fixed_length=False`` (validate, test, predict): every index the sampler yields, exactly once; the last
+      batch of each group may be smaller, so ``len(self)`` is the sum over groups of ceil(group size /
+      batch_size). Under a DistributedSampler that pads every rank to an equal share (validate, test) the
+      ranks' batch counts can still differ; every rank then pads to the largest count by repeating its own
+      first batches, as the sampler itself pads with repeats, because collectives (FSDP's gathers, synced logs)
+      need the ranks in step. Lightning's predict sampler (``UnrepeatedDistributedSampler``), which repeats
+      nothing and lets ranks differ, gets no padding either: a scene predicted twice would be written twice.
+
     Lightning swaps ``sampler`` for a DistributedSampler under DDP/FSDP and keeps the grouping. As an
     :class:`EpochBatchSampler` it tags indices with the epoch and can start at batch ``k`` (resumes).
     """
 
     def __init__(self, sampler: Sampler | Sequence[int], batch_size: int, drop_last: bool,
-                 group_keys: Sequence[Any]) -> None:
+                 group_keys: Sequence[Any], fixed_length: bool = True) -> None:
         super().__init__(sampler, batch_size, drop_last)
+        if drop_last and not fixed_length:
+            raise ValueError("GroupedBatchSampler: drop_last=True drops scenes, fixed_length=False promises "
+                             "every scene once; pick one")
         self.group_keys = list(group_keys)
+        self.fixed_length = fixed_length
 
     def __len__(self) -> int:
+        if not self.fixed_length:
+            if isinstance(self.sampler, UnrepeatedDistributedSampler):    # predict under DDP: no repeats
+                return self._batch_count(self.sampler)
+            return max(self._batch_count(o) for o in self._rank_orders())
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def epoch_batches(self):
-        total = len(self)
+    def _batch_count(self, order) -> int:
+        sizes = Counter(self.group_keys[i] for i in order)
+        return sum(math.ceil(k / self.batch_size) for k in sizes.values())
+
+    def _rank_orders(self) -> list:
+        """The index order of every rank: this sampler's alone unless it is a distributed one."""
+        replicas = getattr(self.sampler, "num_replicas", 1)
+        if not isinstance(replicas, int) or replicas <= 1 or not hasattr(self.sampler, "rank"):
+            return [list(self.sampler)]
+        orders = []
+        for rank in range(replicas):
+            other = copy.copy(self.sampler)     # DistributedSampler picks its share by self.rank alone
+            other.rank = rank
+            orders.append(list(other))
+        return orders
+
+    def _group(self, order) -> tuple[list[list[int]], list[list[int]]]:
+        """(full batches, partial remainders) of one order, each group's indices in order."""
         buckets: dict[Any, list[int]] = {}
         full: list[list[int]] = []
-        for idx in self.sampler:
+        for idx in order:
             bucket = buckets.setdefault(self.group_keys[idx], [])
             bucket.append(idx)
             if len(bucket) == self.batch_size:
                 full.append(list(bucket))
                 bucket.clear()
-        partial = [] if self.drop_last else [b for b in buckets.values() if b]
-        batches = (full + partial)[:total]
+        return full, [b for b in buckets.values() if b]
+
+    def epoch_batches(self):
+        full, partial = self._group(self.sampler)
+        total = len(self)
+        if self.fixed_length:
+            batches = (full + ([] if self.drop_last else partial))[:total]
+        else:
+            batches = full + partial          # every index once; len(self) > this only to pad a DDP rank
         if not batches:
             return
         for i in range(total):
@@ -114,7 +161,9 @@ class SceneDataModule(LightningDataModule):
         sampler = EpochShuffleSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
         keys = _group_keys(dataset) if batch_size > 1 else None
         if keys is not None and len(set(keys)) > 1:
-            batch_sampler = GroupedBatchSampler(sampler, batch_size, drop_last=shuffle, group_keys=keys)
+            # training keeps a fixed epoch length (DDP ranks in step); evaluation sees every scene exactly once
+            batch_sampler = GroupedBatchSampler(sampler, batch_size, drop_last=shuffle, group_keys=keys,
+                                                fixed_length=shuffle)
         else:
             batch_sampler = EpochBatchSampler(sampler, batch_size, drop_last=shuffle and len(dataset) >= batch_size)
         kwargs = dict(batch_sampler=batch_sampler, num_workers=self.num_workers,
