@@ -3,20 +3,63 @@ benchmarks/main_job.json rendered by benchmarks/main_job.py, the ablation table 
 by benchmarks/ablation.py (never typed by hand)."""
 import importlib.util
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_main_job_table_is_its_json():
+def _main_job():
     spec = importlib.util.spec_from_file_location("main_job", ROOT / "benchmarks" / "main_job.py")
     main_job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(main_job)
-    payload = json.loads((ROOT / "benchmarks" / "main_job.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    assert main_job.readme_table(payload) in readme
-    assert payload["last_ckpt_step"] == 520          # the config's max_steps: --ckpt_path last is the final model
+    return main_job, json.loads((ROOT / "benchmarks" / "main_job.json").read_text())
+
+
+def test_the_main_job_table_is_its_json():
+    main_job, payload = _main_job()
+    assert main_job.readme_table(payload) in (ROOT / "README.md").read_text()
+    runs = payload["runs"]
+    assert len({r["seed"] for r in runs}) == len(runs) >= 3          # a spread, not one run
+    assert all(r["last_ckpt_step"] == 520 for r in runs)  # the config's max_steps: --ckpt_path last is the final model
+    assert {r["test_scenes"] for r in runs} == {main_job._test_scenes()}      # the whole test split, as configured
+    assert payload["summary"] == main_job.summarize(runs)                     # the spread is computed, not typed
+    env = payload["environment"]
+    # what a user needs to tell whether their machine is of the same kind
+    assert re.fullmatch(r"[0-9a-f]{40}", env["commit"]) and not env["uncommitted_changes"]
+    assert env["cpu_model"] and env["torch_cpu_capability"] and not env["isa_overrides"]
+    assert {"torch", "lightning", "numpy", "pycocotools"} <= set(env["packages"])
+
+
+def test_the_main_job_json_was_measured_from_this_history():
+    main_job, payload = _main_job()
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        pytest.skip("git is not installed")
+    if head.returncode:
+        pytest.skip("not a git checkout")
+    ancestor = subprocess.run(["git", "-C", str(ROOT), "merge-base", "--is-ancestor", payload["environment"]["commit"],
+                               "HEAD"], capture_output=True, text=True)
+    assert ancestor.returncode == 0, f"main_job.json's commit is not in this branch's history: {ancestor.stderr}"
+
+
+def test_the_main_job_json_measured_the_code_as_it_is():
+    """The JSON's first training steps, run again now: a change that alters what training computes (data,
+    losses, a speed setting leaking into training) moves them by far more than another CPU kind does
+    (float rounding: about 1e-4 relative after 3 steps), and then the main job must be run again."""
+    main_job, payload = _main_job()
+    now = main_job.fingerprint()
+    recorded = payload["fingerprint"]
+    worst = max(abs(a - b) / max(abs(b), 1e-6) for key in main_job.FINGERPRINT_KEYS
+                for a, b in zip(now[key], recorded[key], strict=True))
+    assert worst <= 2e-3, (f"the main job's first {recorded['steps']} training steps changed (largest relative "
+                           f"difference {worst:.2e}): re-run python benchmarks/main_job.py\nnow: {now}\n"
+                           f"recorded: {recorded}")
 
 
 def test_the_ablation_table_is_its_json():
