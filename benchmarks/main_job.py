@@ -68,7 +68,7 @@ def readme_table(payload: dict) -> str:
     rows = ["| seed | " + " | ".join(label for _, label in SHOWN) + " |", "|---|" + "---|" * len(SHOWN)]
     for r in runs:
         rows.append(f"| {r['seed']} | " + " | ".join(f"{r['test'][k]:.3f}" for k, _ in SHOWN) + " |")
-    rows.append(f"| **mean ± sd** | " + " | ".join(f"**{summary[k]['mean']:.3f}** ± {summary[k]['sd']:.3f}"
+    rows.append("| **mean ± sd** | " + " | ".join(f"**{summary[k]['mean']:.3f}** ± {summary[k]['sd']:.3f}"
                                                      for k, _ in SHOWN) + " |")
     fits = [r["fit_seconds"] for r in runs]
     loads = [r["load_average_before"][0] for r in runs]
