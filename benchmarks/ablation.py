@@ -96,8 +96,15 @@ def readme_table(payload: dict) -> str:
     note = (f"({len(payload['rows'])} variants, {payload['threads']} torch thread(s) each, {payload['parallel']} at a "
             f"time on {payload.get('cpu_count', '?')} cores, {min(minutes):.0f}-{max(minutes):.0f} min of training "
             f"each; load average {load[0]:.2f} at the end; torch {payload.get('torch', '?')}, commit "
-            f"{str(payload.get('commit', '?'))[:7]}; test = 48 scenes, val = 192.{spread})")
+            f"{str(payload.get('commit', '?'))[:7]}; {_scene_counts(payload['rows'])}.{spread})")
     return "\n".join([BEGIN, *rows, "", note, END])
+
+
+def _scene_counts(rows: list[dict]) -> str:
+    counts = {(r.get("test_scenes"), r.get("val_scenes")) for r in rows if "error" not in r}
+    if len(counts) == 1 and None not in (pair := counts.pop()):
+        return f"test = {pair[0]} scenes, val = {pair[1]}"
+    return "scene counts not recorded by this run"
 
 
 def update_readme(json_path: str) -> None:
@@ -154,8 +161,11 @@ def run_variant(config: Path, override: list[str], extra: list[str], save_weight
     out = evaluate(cli, "", datamodule=cli.datamodule)
     test_s = time.perf_counter() - t1
     # the same test loop over the val split: the targets are on val
-    val = evaluate(cli, "val_", dataloaders=cli.datamodule.val_dataloader())
-    return {"train_seconds": train_s, "test_seconds": test_s, "steps": steps,
+    val_loader = cli.datamodule.val_dataloader()
+    val = evaluate(cli, "val_", dataloaders=val_loader)
+    # every scene of a split is visited once (tests/test_eval_coverage.py): the split sizes are the scene counts
+    scenes = {"test_scenes": len(cli.datamodule.test_dataloader().dataset), "val_scenes": len(val_loader.dataset)}
+    return {"train_seconds": train_s, "test_seconds": test_s, "steps": steps, **scenes,
             "trained_from": str(weights) if from_weights else "fit", "device": str(cli.model.device), **out, **val}
 
 
