@@ -83,10 +83,38 @@ def readme_table(payload: dict) -> str:
     return "\n".join([BEGIN, *rows, "", note, END])
 
 
+CHECKS_BEGIN = "<!-- main_job checks: python benchmarks/main_job.py --readme -->"
+CHECKS_END = "<!-- /main_job checks -->"
+# runs of the main job on a second clean clone, compared with main_job.json by --agree-with: (file, what differed)
+CHECKS = [("main_job_second_clone.json", "a second clean clone and venv, same CPU kernels"),
+          ("main_job_avx2.json", "a second clean clone, torch's CPU kernels limited to AVX2 (another kind of machine)")]
+
+
+def readme_checks(checks: list[tuple[str, dict]]) -> str:
+    """One row per recorded check: which run, and per shown metric its value and verdict."""
+    rows = ["| run | seed | " + " | ".join(label for _, label in SHOWN) + " | verdicts |",
+            "|---|---|" + "---|" * len(SHOWN) + "---|"]
+    mark = {"identical": "=", "within 2 sd": "", "outside": " ✗"}
+    for what, payload in checks:
+        env = payload["environment"]
+        for seed, verdicts in payload["agreement"].items():
+            cells = [f"{verdicts[label]['value']:.3f}{mark[verdicts[label]['verdict']]}" for _, label in SHOWN]
+            counts = {v: sum(r["verdict"] == v for r in verdicts.values()) for v in mark}
+            summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+            rows.append(f"| {what} (commit {env['commit'][:7]}, {env['torch_cpu_capability']} kernels) | {seed} | "
+                        + " | ".join(cells) + f" | {summary} |")
+    return "\n".join([CHECKS_BEGIN, *rows, CHECKS_END])
+
+
+def recorded_checks(folder: Path = ROOT / "benchmarks") -> list[tuple[str, dict]]:
+    return [(what, json.loads((folder / name).read_text())) for name, what in CHECKS if (folder / name).is_file()]
+
+
 def update_readme(json_path: str) -> None:
     from readme_block import fill_block
 
     fill_block(BEGIN, END, readme_table(json.loads(Path(json_path).read_text())))
+    fill_block(CHECKS_BEGIN, CHECKS_END, readme_checks(recorded_checks()))
 
 
 def cpu_info() -> dict:

@@ -35,6 +35,17 @@ def test_the_main_job_table_is_its_json():
     assert {"torch", "lightning", "numpy", "pycocotools"} <= set(env["packages"])
 
 
+def test_the_second_clone_checks_are_their_json():
+    """The README's agreement rows: runs from second clean clones, compared with main_job.json by the script."""
+    main_job, payload = _main_job()
+    checks = main_job.recorded_checks()
+    assert [what for what, _ in checks] == [what for _, what in main_job.CHECKS]     # both were run
+    assert main_job.readme_checks(checks) in (ROOT / "README.md").read_text()
+    for _, check in checks:
+        assert check["agreement"] == main_job.agreement(check, payload)         # against the table as it is now
+        assert not check["environment"]["uncommitted_changes"]
+
+
 def test_the_main_job_json_was_measured_from_this_history():
     main_job, payload = _main_job()
     try:
