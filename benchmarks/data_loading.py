@@ -41,9 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iggt_lightning.data import collate_checked  # noqa: E402
-from iggt_lightning.data.fixtures import LAYOUTS, reader_class, write_fixture  # noqa: E402
+from iggt_lightning.data.fixtures import write_fixture  # noqa: E402
+from iggt_lightning.data.registry import layouts, reader_class  # noqa: E402
 from iggt_lightning.fileio import write_json  # noqa: E402
 
+LAYOUTS = tuple(r.name for r in layouts() if not r.cameras_only)    # the training layouts (depth or ids)
 STORED = (378, 560)       # (H, W) written: multiples of 14 (the renderer's constraint), larger than the target
 TARGET = (336, 504)       # (H, W) of the samples
 

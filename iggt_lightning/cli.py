@@ -257,8 +257,10 @@ def _data(argv: list[str]) -> int:
     c = sub.add_parser("check", help="validate a dataset folder: files, sizes, rotations, depth units, ids, "
                        "pose convention; non-zero exit on problems")
     c.add_argument("path")
-    c.add_argument("--layout", default="auto",
-                   choices=["auto", "scannetpp", "infinigen", "re10k", "scannet", "scene_folder"])
+    from .data.registry import layout_names     # every registered layout is checkable
+
+    c.add_argument("--layout", default="auto", choices=["auto", *layout_names()],
+                   help="a layout of iggt_lightning.data.registry, or auto: detected from its files (default)")
     c.add_argument("--max-scenes", type=int, default=None, help="check only the first N scenes")
     c.add_argument("--max-frames", type=int, default=None, help="about N frames per scene, spread evenly")
     c.add_argument("--max-invalid-depth", type=float, default=0.01, metavar="FRACTION",

@@ -5,6 +5,10 @@ shifted, millimetres converted); after crop / scale / jitter augmentation the lo
 with the loaded cameras onto the loaded depth, the views agree with each other (no point lands in front of
 another view's surface, ids match where views see the same surface), and ids and image pixels still sit
 where the intrinsics say they came from.
+
+Every layout of the registry (iggt_lightning.data.registry) is parametrised here with its fixture writer; what
+a layout holds (depth, ids) decides which checks apply, so a newly registered layout is tested with no edit here
+(tests/test_docs_only_reader.py runs the same checks on the reader of docs/writing-a-reader.md).
 """
 import json
 import shutil
@@ -16,16 +20,17 @@ import torch
 
 from iggt_lightning.cli import main
 from iggt_lightning.data import DatasetError, MixedScenes, SceneDataModule, check_sample
-from iggt_lightning.data.check import check_dataset, free_space_violations
-from iggt_lightning.data.fixtures import LAYOUTS, READERS, reader_class, write_fixture
+from iggt_lightning.data.check import check_dataset, detect_layout, free_space_violations
+from iggt_lightning.data.fixtures import write_fixture
 from iggt_lightning.data.frames import Frame
 from iggt_lightning.data.multiview import overlap_ranking, split_of
+from iggt_lightning.data.registry import get_layout, layout_names, layouts, reader_class
 from iggt_lightning.geometry import project_points
 
 SIZE = (84, 126)          # stored resolution (multiples of 14: the renderer's constraint)
 
 
-@pytest.fixture(scope="module", params=LAYOUTS)
+@pytest.fixture(scope="module", params=layout_names())
 def written(request, tmp_path_factory):
     layout = request.param
     root = tmp_path_factory.mktemp(layout)
@@ -34,7 +39,8 @@ def written(request, tmp_path_factory):
 
 
 def gt_of(gt: dict, scene_id: str) -> dict:
-    return gt[scene_id.split("/")[0]]       # Infinigen's sequences are "<scene>/<sub>"
+    # Infinigen's sequences are "<scene>/<sub>", CO3D's "<category>/<scene>"
+    return gt[next(part for part in scene_id.split("/") if part in gt)]
 
 
 def view_index(ds, sample: dict, index: int) -> list[int]:
@@ -50,24 +56,52 @@ def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def test_layout_reads_back_what_was_written(written):
-    layout, root, gt = written
-    ds = reader_class(layout)(root, split="all", num_views=4, image_size=SIZE, view_sampling="sequential")
-    assert len(ds) == 2
+    assert_reads_back(*written)
+
+
+def assert_reads_back(layout: str, root: Path, gt: dict) -> None:
+    """Every scene read back through the registry's reader: cameras and images as written, and depth and ids
+    where the layout holds them (none: all zero)."""
+    holds = get_layout(layout).holds
+    views = len(next(iter(gt.values()))["images"])
+    ds = reader_class(layout)(root, split="all", num_views=views, image_size=SIZE, view_sampling="sequential")
+    assert len(ds) == len(gt)
+    tol = 0.02 if any(root.rglob("*.jpg")) else 0.005                                    # JPEG (ScanNet: 2x colour)
     for i in range(len(ds)):
         s = check_sample(ds[i])
         g = gt_of(gt, s["scene_id"])
-        assert view_index(ds, s, i) == [0, 1, 2, 3]
+        assert view_index(ds, s, i) == list(range(views))
         torch.testing.assert_close(s["extrinsics"], g["extrinsics"], atol=1e-5, rtol=0)   # c2w inverted
         torch.testing.assert_close(s["intrinsics"], g["intrinsics"], atol=1e-4, rtol=0)   # pixel centre shift
-        if layout == "re10k":                                   # no depth in RE10K
-            assert not s["valid_mask"].any() and not s["depth"].any()
-        else:
+        if "depth" in holds:
             assert s["valid_mask"].all()
             assert (s["depth"] - g["depth"]).abs().max() <= 6e-4                           # mm quantisation
             torch.testing.assert_close(s["world_points"], g["world_points"], atol=5e-3, rtol=0)
-        assert same_partition(s["instance_ids"], g["instance_ids"])
-        tol = 0.02 if layout in ("scannetpp", "scannet") else 0.005                        # JPEG / 2x colour
+        else:                                                   # e.g. RE10K: no depth
+            assert not s["valid_mask"].any() and not s["depth"].any()
+        if "instance_ids" in holds:
+            assert same_partition(s["instance_ids"], g["instance_ids"])
+        else:
+            assert not s["instance_ids"].any()
         assert (s["images"] - g["images"]).abs().mean() < tol
+
+
+def test_data_check_detects_each_layout_and_finds_no_problem(written, capsys):
+    assert_checks_clean(*written[:2], capsys)
+
+
+def assert_checks_clean(layout: str, root: Path, capsys) -> None:
+    """`iggt data check` on a clean fixture: detected as its own layout by its markers, every frame read, no
+    problem; the command line takes the layout by name (--layout; one frame per scene, to keep it quick)."""
+    assert detect_layout(root) == layout
+    report = check_dataset(root)
+    assert report.layout == layout and report.ok, report.problems
+    assert report.scenes and all(s.frames > 0 for s in report.scenes)
+    capsys.readouterr()
+    assert main(["data", "check", str(root), "--layout", layout, "--max-frames", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"layout {layout}," in out and "no problems found" in out
+    assert ("holds cameras only" in out) == get_layout(layout).cameras_only
 
 
 def test_scannet_color_resolution_resamples_depth_onto_the_colour_grid(tmp_path):
@@ -125,7 +159,11 @@ def _cross_view(s: dict) -> tuple[float, float]:
 
 
 def test_augmented_samples_keep_geometry_and_ids_aligned(written):
-    layout, root, gt = written
+    assert_augmented_samples_aligned(*written)
+
+
+def assert_augmented_samples_aligned(layout: str, root: Path, gt: dict) -> None:
+    holds = get_layout(layout).holds
     ds = reader_class(layout)(root, split="train", val_fraction=0, test_fraction=0, num_views=[2, 3],
                               image_size=(56, 70), scale_augment=(1.0, 1.6), color_jitter=1.0, samples_per_scene=3)
     torch.manual_seed(0)
@@ -133,10 +171,12 @@ def test_augmented_samples_keep_geometry_and_ids_aligned(written):
         s = check_sample(ds[i])
         assert s["images"].shape[0] == ds.sample_shape(i)[0]
         g = gt_of(gt, s["scene_id"])
-        if layout != "re10k":
+        if "depth" in holds:
             _assert_projection(s)
             violation, id_mismatch = _cross_view(s)
             assert violation < 0.02 and id_mismatch < 0.05, (violation, id_mismatch)
+        if "instance_ids" not in holds:
+            continue
         # every pixel's id is the written id at the source pixel the intrinsics point to
         for v, src in enumerate(view_index(ds, s, i)):
             K_src = g["intrinsics"][src].double()
@@ -243,6 +283,36 @@ def test_data_check_detects_camera_to_world_given_as_world_to_camera(tmp_path, c
     out = capsys.readouterr().out
     assert "camera-to-world where world-to-camera is expected" in out
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is False
+
+
+def test_data_check_on_cameras_only_layouts_checks_the_cameras(tmp_path, capsys):
+    """CO3D and pose lists hold no depth or ids: every image is still read and every camera checked, each
+    problem naming its frame, and the report says what was not checked."""
+    import gzip
+
+    write_fixture("pose_list", tmp_path / "pl", num_scenes=1, num_views=3, image_size=SIZE)
+    path = tmp_path / "pl" / "annotations.jgz"
+    data = json.loads(gzip.open(path, "rt").read())
+    data["scene0000"][0][1]["extri"][0][0] *= 2.0                       # frame 1's rotation: not orthonormal
+    with gzip.open(path, "wt") as f:
+        json.dump(data, f)
+    (tmp_path / "pl" / "scene0000" / "images" / "0002.png").unlink()
+    problems = check_dataset(tmp_path / "pl").problems
+    assert len(problems) == 2, problems
+    assert "scene0000/images/0001.png: the rotation of extri" in problems[0] and "not a proper rotation" in problems[0]
+    assert problems[1].startswith(f"missing image {tmp_path / 'pl' / 'scene0000' / 'images' / '0002.png'}")
+
+    write_fixture("co3d", tmp_path / "co3d", num_scenes=1, num_views=2, image_size=SIZE)
+    path = tmp_path / "co3d" / "annotations" / "toycategory_test.jgz"
+    data = json.loads(gzip.open(path, "rt").read())
+    data["scene0000"][0]["focal_length"][0] = -1.0
+    with gzip.open(path, "wt") as f:
+        json.dump(data, f)
+    capsys.readouterr()
+    assert main(["data", "check", str(tmp_path / "co3d")]) == 1
+    out = capsys.readouterr().out
+    assert "layout co3d, 1 scene(s), 1 frame(s)" in out and "layout co3d holds cameras only" in out
+    assert "toycategory/scene0000/images/frame000001.jpg: intrinsics is" in out and "positive focal lengths" in out
 
 
 def test_depth_in_millimetres_where_metres_are_expected(tmp_path):
@@ -364,14 +434,14 @@ def _fixture(root: Path, layout: str, n: int) -> Path:
 
 # -- training from YAML alone on each layout ---------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", [r.name for r in layouts() if not r.cameras_only])
 def test_fit_runs_on_each_layout_from_yaml(layout, tmp_path):
     import yaml
 
     write_fixture(layout, tmp_path / "data", num_scenes=2, num_views=4, image_size=SIZE)
 
     def dataset(**extra):
-        return {"class_path": f"iggt_lightning.data.{READERS[layout]}",
+        return {"class_path": get_layout(layout).class_path,
                 "init_args": {"root": str(tmp_path / "data"), "split": "all", "image_size": [56, 70], **extra}}
 
     config = {

@@ -1,11 +1,13 @@
 """``iggt data check PATH``: read every frame of a dataset folder and report what is wrong, file by file.
 
-Checks: the layout is recognised; every frame's image, depth, camera and id map is present and readable;
-sizes agree within a frame (maps of another aspect ratio are an error) and image sizes within a scene;
-rotations are orthonormal with det +1 (the readers refuse anything else); depth is plausibly in metres, and
-per frame: the fractions of NaN/inf, of negative and of valid (> 0) depth pixels (a problem when NaN/inf and
-negative pixels together exceed ``max_invalid_depth``, default 1 %, or when a frame has no valid depth at all;
-a warning when under ``min_valid_depth``, default 10 %, is valid: zero is the usual "no measurement" code);
+Checks: the layout is recognised (every layout of :mod:`.registry`, by its markers); every frame's image, depth,
+camera and id map is present and readable (a cameras-only layout: its images and cameras, and only the checks
+that apply to cameras); sizes agree within a frame (maps of another aspect ratio are an error) and image sizes
+within a scene; rotations are orthonormal with det +1 (the readers refuse anything else); depth is plausibly
+in metres, and per frame: the fractions of NaN/inf, of negative and of valid (> 0) depth pixels (a problem when
+NaN/inf and negative pixels together exceed ``max_invalid_depth``, default 1 %, or when a frame has no valid
+depth at all; a warning when under ``min_valid_depth``, default 10 %, is valid: zero is the usual "no
+measurement" code);
 ids are consistent (instances seen in several views of a scene); and the views of a scene agree
 geometrically: points unprojected from one view's depth must not land in front of another view's surface
 (free space), on the view pairs expected to overlap most (smallest relative rotation, not just consecutive
@@ -33,41 +35,24 @@ import numpy as np
 import torch
 
 from .frames import DatasetError, DepthStats, Frame, collect_depth_stats, collect_map_reads, pct
+from .registry import detection_order, get_layout
 
 DEPTH_METRES = (0.05, 200.0)       # plausible median depth of a frame in metres
 WHOLE_DEPTH_MEDIAN = 20.0          # whole-number depth with a median this large: centimetres / millimetres
 UNIT_SCALES = ((0.001, "millimetres"), (0.01, "centimetres"), (0.0254, "inches"), (0.3048, "feet"))
 LOSSY_IDS = (0.04, 20)             # suspicious fraction of an id map's boundary pixels, and their least number
 INVERTED_MARGIN = (3.0, 0.02)      # inverted poses: violations cut by this factor and by this fraction at least
-POSE_FILES = {                     # where each layout keeps its poses (in the scene folder), and their convention
-    "scannet": ("pose/*.txt", "camera-to-world"),
-    "re10k": ("cam/*.npz ('pose')", "camera-to-world"),
-    "scannetpp": ("scene_iphone_metadata.npz ('trajectories')", "camera-to-world"),
-    "infinigen": ("camview/*/*.npz ('T')", "camera-to-world"),
-}
-
-AUTO_MARKERS = (  # (layout, glob patterns any of which marks it), most specific first
-    ("scannetpp", ("*/scene_iphone_metadata.npz",)),
-    ("infinigen", ("*/*/frames/Image",)),
-    ("scannet", ("*/color", "*/pose")),
-    ("re10k", ("*/rgb", "*/cam")),
-    ("scene_folder", ("cameras.json", "cam", "*/cameras.json", "*/cam")),
-)
 
 
 def detect_layout(root: Path) -> str:
-    """The layout of a dataset folder, from the files that mark each one."""
+    """The layout of a dataset folder, from the files that mark each registered one (the most specific first)."""
     if not root.is_dir():
         raise DatasetError(f"{root} does not exist or is not a folder")
-    for layout, patterns in AUTO_MARKERS:
-        if layout in ("scannet", "re10k"):
-            if all(any(root.glob(p)) for p in patterns):
-                return layout
-        elif any(any(root.glob(p)) for p in patterns):
-            return layout
-    raise DatasetError(f"{root}: no known dataset layout found (looked for ScanNet++ scene_iphone_metadata.npz, "
-                       "Infinigen frames/Image, ScanNet color/+pose/, RE10K rgb/+cam/, a scene folder with "
-                       "cameras.json or cam/)")
+    for record in detection_order():
+        if record.found_in(root):
+            return record.name
+    looked = "; ".join(f"{r.name}: {r.describe_markers()}" for r in detection_order())
+    raise DatasetError(f"{root}: no known dataset layout found (looked for {looked}; a + b: both)")
 
 
 def invert(E: np.ndarray) -> np.ndarray:
@@ -138,6 +123,7 @@ class CheckReport:
     skipped: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     inputs: list = field(default_factory=list)      # every folder and file the reader reads (input_roots)
+    note: str = ""                                  # what was not checked, and why (a cameras-only layout)
 
     @property
     def ok(self) -> bool:
@@ -155,13 +141,16 @@ def check_dataset(root: str | os.PathLike, layout: str = "auto", max_scenes: int
     fraction of valid (> 0) depth get a warning; none at all is a problem."""
     if not 0 <= max_invalid_depth <= 1:
         raise ValueError(f"max_invalid_depth must be a fraction in [0, 1]; got {max_invalid_depth}")
-    from .fixtures import reader_class
-
     root = Path(root)
     layout = detect_layout(root) if layout == "auto" else layout
+    record = get_layout(layout)
     report = CheckReport(str(root), layout)
+    if record.cameras_only:     # every frame is still read: files, rotations and intrinsics are checked
+        report.note = (f"layout {layout} holds cameras only: images and cameras checked (files present and "
+                       "readable, rotations proper, intrinsics finite with positive focal lengths); no depth or "
+                       "instance ids, so no depth, id or view-agreement checks")
     try:
-        ds = reader_class(layout)(root, split="all", num_views=1, min_views=1, **(reader_kwargs or {}))
+        ds = record.reader_class()(root, split="all", num_views=1, min_views=1, **(reader_kwargs or {}))
     except DatasetError as err:
         report.problems.append(str(err))
         return report
@@ -367,8 +356,8 @@ def pose_files(layout: str, ds, record) -> tuple[str, str]:
             pass
         return ((f"{d / 'cam'}/*.npz ('extrinsics')", "world-to-camera") if "extrinsics" in keys
                 else (f"{d / 'cam'}/*.npz ('pose')", "camera-to-world"))
-    where, convention = POSE_FILES.get(layout, ("", "world-to-camera"))
-    return (f"{d / where}" if where else str(d)), convention
+    poses = get_layout(layout).poses
+    return (f"{d / poses.where}", poses.convention) if poses else (str(d), "world-to-camera")
 
 
 def inverted_fits(given: tuple[float, float], inverted: tuple[float, float] | None) -> bool:
@@ -476,6 +465,8 @@ def _best_explanation(pairs, given: tuple[float, float]):
 
 def format_report(r: CheckReport) -> str:
     lines = [f"{r.root}: layout {r.layout}, {len(r.scenes)} scene(s), {sum(s.frames for s in r.scenes)} frame(s)"]
+    if r.note:
+        lines.append(r.note)
     if r.skipped:
         lines.append(f"skipped {len(r.skipped)} scene(s): " + "; ".join(f"{n} ({why})" for n, why in r.skipped[:5]))
     head = f"{'scene':<28}{'frames':>7}{'size HxW':>12}{'depth med m':>13}{'valid % (min)':>15}" \
