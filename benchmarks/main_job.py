@@ -75,7 +75,8 @@ def readme_table(payload: dict) -> str:
     drift = env["constraints_differences"]
     note = (f"(test split, all {runs[0]['test_scenes']} scenes; `last.ckpt` at step {runs[0]['last_ckpt_step']}; "
             f"fit {statistics.fmean(fits) / 60:.1f} min a seed ({min(fits):.0f}–{max(fits):.0f} s) on "
-            f"{env['cpu_count']} cores of an {env['cpu_model']} (torch CPU capability {env['torch_cpu_capability']}), "
+            f"{env['cpu_count']} cores of an {env['cpu_model']} ({_family(env)}torch CPU capability "
+            f"{env['torch_cpu_capability']}), "
             f"load average {min(loads):.2f}–{max(loads):.2f} before; commit {env['commit'][:7]}, torch "
             f"{env['packages'].get('torch')}, Python {env['python']}, "
             + ("every package as `constraints.txt` pins it" if not drift else f"{len(drift)} package(s) off "
@@ -108,6 +109,12 @@ def readme_checks(checks: list[tuple[str, dict]]) -> str:
 
 def recorded_checks(folder: Path = ROOT / "benchmarks") -> list[tuple[str, dict]]:
     return [(what, json.loads((folder / name).read_text())) for name, what in CHECKS if (folder / name).is_file()]
+
+
+def _family(env: dict) -> str:
+    """'AuthenticAMD/26/2/1' -> 'AuthenticAMD family 26 model 2, ' (the CPU generation a bare model name hides)."""
+    parts = (env.get("cpu_family_model") or "").split("/")
+    return f"{parts[0]} family {parts[1]} model {parts[2]}, " if len(parts) == 4 else ""
 
 
 def update_readme(json_path: str) -> None:
