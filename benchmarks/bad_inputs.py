@@ -1292,17 +1292,17 @@ VERDICTS = ("clear", "handled", "refused", "vague", "silent", "data loss", "esca
 
 
 def readme_summary(now: dict, before: dict) -> str:
-    """The README's survey sentence from the two JSONs: this code on every case, and the code before the last round
-    of fixes on the cases added for it."""
+    """The survey sentence of docs/security.md from the two JSONs: this code on every case, and the code before the
+    last round of fixes on the cases added for it (links relative to docs/, where the sentence lives)."""
     def counts(payload: dict) -> str:
         shown = [f"{n} {k}" for k, n in payload["counts"].items() if n]
         return ", ".join(shown)
 
     return (f"{README_BEGIN}\n`python benchmarks/bad_inputs.py` tries {now['tried']} hostile or careless inputs against "
             f"the CLI as a user would and classifies what they see: {counts(now)} "
-            f"([benchmarks/bad_inputs.json](benchmarks/bad_inputs.json), commit {now['commit'][:7]}). The "
+            f"([benchmarks/bad_inputs.json](../benchmarks/bad_inputs.json), commit {now['commit'][:7]}). The "
             f"{before['tried']} cases added in the last round gave {counts(before)} on the code before it "
-            f"([bad_inputs_before_s.json](benchmarks/bad_inputs_before_s.json), `--code-root` at commit "
+            f"([bad_inputs_before_s.json](../benchmarks/bad_inputs_before_s.json), `--code-root` at commit "
             f"{before['commit'][:7]}).\n{README_END}")
 
 
@@ -1316,7 +1316,7 @@ def main() -> None:
     ap.add_argument("--names", default=None, help="a file of exact case names, one per line (names may start with --)")
     ap.add_argument("--code-root", default=str(ROOT), help="checkout whose iggt_lightning is tried")
     ap.add_argument("--timeout", type=int, default=240)
-    ap.add_argument("--readme", action="store_true", help="only refill the README's survey sentence from the JSONs")
+    ap.add_argument("--readme", action="store_true", help="only refill the survey sentence (docs/security.md) from the JSONs")
     a = ap.parse_args()
     if a.readme:
         from readme_block import fill_block

@@ -39,9 +39,9 @@ def main() -> int:
     head = OpenVocabLabels(class_names=list(COLOUR_NAMES), encoder="colour")
     model = None
     if a.ckpt:
-        from iggt_lightning.checkpoints import load_module
+        from iggt_lightning.module import IGGTLitModule
 
-        model = load_module(a.ckpt).eval()           # the network and its post-processing, read as data
+        model = IGGTLitModule.from_checkpoint_file(a.ckpt).eval()           # the network and its post-processing, read as data
     sources = {"ground-truth instances": None, **({"predicted instances": model} if model is not None else {})}
     rows = {}
     for name, net in sources.items():

@@ -34,6 +34,7 @@ class CameraHead(Head):
     outputs = ("pose_enc",)
     loss_terms = ("camera",)
     loss_functions = {"camera": camera_loss}   # its options: camera_loss's keyword parameters
+    official_prefixes = (("camera_head.", ""),)
 
     def __init__(self, dim_in: int = 2048, trunk_depth: int = 4, num_heads: int = 16, mlp_ratio: float = 4,
                  init_values: float = 0.01, num_iterations: int = 4, trans_act: str = "linear",

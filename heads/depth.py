@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from iggt_lightning.head import HeadInput
-from iggt_lightning.inference.options import ExportOption
 from iggt_lightning.losses import depth_loss
 from iggt_lightning.metrics import DepthMetrics
 from iggt_lightning.registry import register_head
@@ -17,9 +16,7 @@ class DepthHead(DenseHead):
     outputs = ("depth", "depth_conf")
     loss_terms = ("depth",)
     loss_functions = {"depth": depth_loss}   # its options: conf_regression_loss's keyword parameters
-    export_options = (ExportOption("depth_png_scale", float, 1000.0, "depth/<view>.png value per depth unit "
-                                   "(1000: millimetres); 0 would make every pixel read as invalid", low=0,
-                                   low_open=True),)
+    official_prefixes = (("depth_head.", "dpt."),)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, activation: str = "exp",
                  conf_activation: str = "expp1", features: int = 256,
@@ -61,44 +58,6 @@ class DepthHead(DenseHead):
             return unproject_depth(depth.double(), E, K).float()
 
         scene.add_points("depth", unprojected, conf, priority=1, from_cameras=True)
-
-    def export(self, outputs: dict, scene) -> None:
-        """``depth/<view>.png`` (16-bit, value = depth x ``depth_png_scale``, 0 = invalid) at photo resolution and
-        ``depth/depth.npz`` (float depth, confidence, valid: one stack when the views share a size and all have a
-        camera, else ``depth_<view>`` ... arrays)."""
-        if "depth" not in outputs:
-            return
-        import numpy as np
-
-        from iggt_lightning.inference import export
-
-        scale = scene.option("depth_png_scale")
-        depth = outputs["depth"][scene.index, ..., 0].detach().float().cpu()
-        conf = outputs["depth_conf"][scene.index].detach().float().cpu()
-        maps, clipped = {"depth": [], "confidence": [], "valid": []}, 0
-        for v, view in enumerate(scene.views):
-            d, inside = scene.to_photo(v, depth[v])
-            c, _ = scene.to_photo(v, conf[v])
-            good = np.isfinite(d)
-            d = np.where(good, d, 0.0).astype(np.float32)
-            maps["depth"].append(d)
-            maps["confidence"].append(np.where(np.isfinite(c), c, 0.0).astype(np.float32))
-            maps["valid"].append(inside & good)
-            png = np.round(d * scale)
-            clipped += int((png > 65535).sum())
-            export.write_png16(scene.path(f"depth/{view.stem}.png"), np.clip(png, 0, 65535))
-        all_cameras = scene.cameras is None or all(scene.cameras.valid)
-        if len({view.photo_size for view in scene.views}) == 1 and all_cameras:
-            arrays = {k: np.stack(a) for k, a in maps.items()}   # indexed in the order of cameras.json
-        else:
-            arrays = {f"{k}_{view.stem}": a[v] for k, a in maps.items() for v, view in enumerate(scene.views)}
-        export.write_npz(scene.path("depth/depth.npz"), **arrays)
-        scene.manifest["depth_png"] = {"scale": scale, "unit": "predicted (normalised) scene units x scale; "
-                                       "0 = invalid/outside the model input or non-finite", "clipped_pixels": clipped}
-
-    @classmethod
-    def planned_files(cls, stems: list[str]) -> list[str]:
-        return [f"depth/{s}.png" for s in stems] + ["depth/depth.npz"]
 
     def build_metrics(self, clip_range: tuple[float, float] | None = None) -> dict:
         """``clip_range``: clamp the median-aligned depth before scoring (``model.metric_options.depth``)."""

@@ -106,6 +106,11 @@ class InstanceHead(Head):
     outputs = ("part_feat",)
     loss_terms = ("contrastive",)
     loss_functions = {"contrastive": contrastive_loss}   # variant + the chosen loss's keyword parameters
+    official_prefixes = (("part_adaptor.", "adaptor."), ("part_head.", "decoder."))
+    official_drop_rules = (
+        ("part-head-dead-dpt-base", r"^part_head\.(norm|projects\.\d+|resize_layers\.\d+)\.",
+         "PartHead inherits DPTHead's norm/projects/resize_layers but its forward never runs them "
+         "(it reads the part_adaptor maps instead); 17.3 M dead parameters"),)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, output_dim: int = 8, features: int = 256,
                  adaptor_channels: tuple[int, ...] = (256, 256, 256, 256), num_heads: int = 8,

@@ -19,6 +19,7 @@ class PointHead(DenseHead):
     intermediates = ("point_feat",)
     loss_terms = ("point",)
     loss_functions = {"point": point_loss}   # its options: conf_regression_loss's keyword parameters
+    official_prefixes = (("point_head.", "dpt."),)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, activation: str = "inv_log",
                  conf_activation: str = "expp1", features: int = 256,

@@ -18,6 +18,7 @@ from iggt_lightning.registry import register_head
 class TrackHead(Head):
     outputs = ("track", "vis", "conf", "track_iters")
     intermediates = ("track_iters",)
+    official_prefixes = (("track_head.", ""),)
 
     def __init__(self, dim_in: int = 2048, patch_size: int = 14, features: int = 128, iters: int = 4,
                  predict_conf: bool = True, stride: int = 2, corr_levels: int = 7, corr_radius: int = 4,

@@ -2,7 +2,10 @@
 
 Every official key is either renamed by a prefix rule (``OFFICIAL_PREFIXES``) or dropped by a named
 rule (``DROP_RULES``); a missing key, a leftover key or a shape mismatch is an error listing the
-keys. Files are read without unpickling code (``weights_only=True``) or from ``.safetensors``.
+keys. The rules are not written here: their owners declare them (:func:`official_rules`), the model for the
+backbone and each registered head for its own keys. Files are read without unpickling code
+(``weights_only=True``) or from ``.safetensors``. The training module for a file is built by
+:meth:`iggt_lightning.module.IGGTLitModule.from_checkpoint_file`.
 
 Our own format: a ``.safetensors`` file whose metadata holds ``format`` = ``iggt-lightning/v1`` and the
 model ``config`` (JSON), or a ``.pt``/``.ckpt`` dict ``{"format", "config", "state_dict"}``.
@@ -18,34 +21,27 @@ from typing import Any
 
 import torch
 
+from .checkpoint_error import CheckpointError
 from .fileio import atomic_write
-from .model import IGGTModel
+from .model import PRESETS, IGGTModel
+from .registry import available_heads, check_plugin_entries, qualified_name
 
 FORMAT = "iggt-lightning/v1"
-
-# official prefix -> our prefix (module internals keep the official names).
-OFFICIAL_PREFIXES = (
-    ("aggregator.", "backbone."),
-    ("camera_head.", "heads.camera."),
-    ("depth_head.", "heads.depth.dpt."),
-    ("point_head.", "heads.point.dpt."),
-    ("track_head.", "heads.track."),
-    ("part_adaptor.", "heads.instance.adaptor."),
-    ("part_head.", "heads.instance.decoder."),
-)
-
-# (rule name, regex on the official key, why it is safe to drop)
-DROP_RULES = (
-    ("dino-mask-token", r"^aggregator\.patch_embed\.mask_token$",
-     "DINOv2's masked-image-modelling token: frozen and never used by the forward pass"),
-    ("part-head-dead-dpt-base", r"^part_head\.(norm|projects\.\d+|resize_layers\.\d+)\.",
-     "PartHead inherits DPTHead's norm/projects/resize_layers but its forward never runs them "
-     "(it reads the part_adaptor maps instead); 17.3 M dead parameters"),
-)
+# The presets an official file can be, smallest first (official_kind picks the first that holds its heads).
+OFFICIAL_PRESETS = ("vggt-large", "iggt-large")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model, with the offending keys."""
+def __getattr__(name: str):
+    # OFFICIAL_PREFIXES (official prefix -> ours) and DROP_RULES ((rule name, regex on the official key, why it is
+    # safe to drop)): built from the declarations when asked, so a head registered later is in them
+    if name == "OFFICIAL_PREFIXES":
+        return official_rules().prefixes
+    if name == "DROP_RULES":
+        return official_rules().drops
+    if name == "load_module":
+        raise AttributeError("iggt_lightning.checkpoints.load_module is now "
+                             "iggt_lightning.module.IGGTLitModule.from_checkpoint_file")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _listing(keys, limit: int = 12) -> str:
@@ -54,40 +50,124 @@ def _listing(keys, limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def drop_rule(key: str) -> str | None:
-    for name, pattern, _ in DROP_RULES:
+# ---------------------------------------------------------------------------- the official key mapping
+@dataclass(frozen=True)
+class OfficialRules:
+    """The official key mapping as its owners declare it (``official_prefixes`` / ``official_drop_rules`` of
+    :class:`~iggt_lightning.model.IGGTModel` and of each registered head, whose paths are under ``heads.<name>.``).
+    Module internals keep the official names; only prefixes change."""
+
+    prefixes: tuple[tuple[str, str], ...]       # official prefix -> our prefix; no prefix starts another
+    drops: tuple[tuple[str, str, str], ...]     # (rule name, regex on the official key, why it is safe to drop)
+    heads: dict[str, str]                       # official prefix -> the head it belongs to (the model's own: none)
+
+
+_rules_cache: list = [None, None]               # (the registered heads it was built from, the rules)
+
+
+def _declared(cls: type, where: str, under: str) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """``cls``'s official prefixes (their paths put under ``under``) and drop rules, checked; errors name ``where``."""
+    prefixes, drops = getattr(cls, "official_prefixes", ()), getattr(cls, "official_drop_rules", ())
+
+    def strings(value, n: int) -> bool:
+        return isinstance(value, (tuple, list)) and all(
+            isinstance(v, (tuple, list)) and len(v) == n and all(isinstance(x, str) for x in v) for v in value)
+
+    if not strings(prefixes, 2) or any(not s.endswith(".") or (d and not d.endswith(".")) for s, d in prefixes):
+        raise CheckpointError(f"{where} declares official_prefixes = {prefixes!r}; expected (official prefix, path "
+                              "under it) pairs, the prefix ending in '.' and the path '' or ending in '.', e.g. "
+                              "(('sky_head.', ''),)")
+    if not strings(drops, 3):
+        raise CheckpointError(f"{where} declares official_drop_rules = {drops!r}; expected (rule name, regular "
+                              "expression on the official key, why it is safe to drop) triples of strings")
+    anchors = ["^" + re.escape(src) for src, _ in prefixes]
+    for name, pattern, _ in drops:
+        if not pattern.startswith(tuple(anchors)):
+            raise CheckpointError(f"{where}: drop rule {name!r} ({pattern!r}) must start with one of its own "
+                                  f"official prefixes, anchored and escaped: {anchors}")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise CheckpointError(f"{where}: drop rule {name!r} is not a valid regular expression ({err})") from err
+    return [(src, under + dst) for src, dst in prefixes], [tuple(d) for d in drops]
+
+
+def official_rules() -> OfficialRules:
+    """The official key mapping, from the model's declarations (the backbone's) and those of every registered head
+    (a third-party head declares its own the same way); rebuilt when the registered heads change. Two owners of
+    one prefix, overlapping prefixes or a rule name used twice are errors naming both."""
+    heads = available_heads()
+    if _rules_cache[0] == heads:
+        return _rules_cache[1]
+    prefixes, drops, owner, head_of, rule_owner, seen = [], [], {}, {}, {}, set()
+    for name, cls in [(None, IGGTModel), *heads.items()]:
+        if cls in seen:                          # one class registered under two names: its first
+            continue
+        seen.add(cls)
+        where = f"{'the model' if name is None else f'head {name!r}'} ({qualified_name(cls)})"
+        own, rules = _declared(cls, where, "" if name is None else f"heads.{name}.")
+        for src, _ in own:
+            other = next((p for p in owner if p.startswith(src) or src.startswith(p)), None)
+            if other is not None:
+                raise CheckpointError(f"official key prefix {src!r} of {where} overlaps {other!r} of {owner[other]}; "
+                                      "every official key must have one owner")
+            owner[src] = where
+            if name is not None:
+                head_of[src] = name
+        for rule in rules:
+            if rule[0] in rule_owner:
+                raise CheckpointError(f"drop rule {rule[0]!r} is declared by {rule_owner[rule[0]]} and {where}")
+            rule_owner[rule[0]] = where
+        prefixes += own
+        drops += rules
+    _rules_cache[:] = [heads, OfficialRules(tuple(prefixes), tuple(drops), head_of)]
+    return _rules_cache[1]
+
+
+def drop_rule(key: str, rules: OfficialRules | None = None) -> str | None:
+    """The name of the drop rule that removes an official key, or None."""
+    for name, pattern, _ in (rules or official_rules()).drops:
         if re.search(pattern, key):
             return name
     return None
 
 
-def rename_official_key(key: str) -> str | None:
+def rename_official_key(key: str, rules: OfficialRules | None = None) -> str | None:
     """Our name for an official key, or None when a drop rule removes it."""
-    if drop_rule(key):
+    rules = rules or official_rules()
+    if drop_rule(key, rules):
         return None
-    for src, dst in OFFICIAL_PREFIXES:
+    for src, dst in rules.prefixes:
         if key.startswith(src):
             return dst + key[len(src):]
     raise CheckpointError(f"official key {key!r} matches no mapping rule (expected a prefix among "
-                          f"{[p for p, _ in OFFICIAL_PREFIXES]})")
+                          f"{[p for p, _ in rules.prefixes]})")
 
 
 def official_kind(keys) -> str:
-    """'iggt-large' or 'vggt-large' from the official key set; an error for anything else."""
+    """'iggt-large' or 'vggt-large' from the official key set; an error for anything else. An official file has
+    the model's own (backbone) keys and keys of some head; its preset is the first of :data:`OFFICIAL_PRESETS`
+    whose heads include every head the file has keys of (whose a key is, the heads' official prefixes say)."""
     keys = set(keys)
-    if not any(k.startswith("aggregator.") for k in keys) or not any(k.startswith("camera_head.") for k in keys):
+    rules = official_rules()
+    own = tuple(src for src, _ in rules.prefixes if src not in rules.heads)
+    present = {head for src, head in rules.heads.items() if any(k.startswith(src) for k in keys)}
+    if not present or not any(k.startswith(own) for k in keys):
         sample = _listing(sorted(keys)[:8], 8)
-        raise CheckpointError("this is not an official IGGT/VGGT checkpoint (no 'aggregator.*'/'camera_head.*' "
-                              f"keys); its keys look like: {sample}")
-    return "iggt-large" if any(k.startswith("part_head.") for k in keys) else "vggt-large"
+        wanted = "/".join(f"'{p}*'" for p in own)
+        heads = ", ".join(f"'{p}*'" for p in rules.heads)
+        raise CheckpointError(f"this is not an official IGGT/VGGT checkpoint (it needs {wanted} keys and a head's: "
+                              f"{heads}); its keys look like: {sample}")
+    return min(OFFICIAL_PRESETS, key=lambda p: (len(present - set(PRESETS[p]["heads"])), len(PRESETS[p]["heads"])))
 
 
 def rename_official_state_dict(official: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """-> (the state dict under our key names, our key -> its official name); keys a drop rule removes are left
     out, a key no rule covers is an error."""
+    rules = official_rules()
     renamed, names = {}, {}
     for key, value in official.items():
-        new = rename_official_key(key)
+        new = rename_official_key(key, rules)
         if new is not None:
             renamed[new], names[new] = value, key
     return renamed, names
@@ -362,27 +442,6 @@ def read_file(path: str | os.PathLike, trust_code: bool = False, check_config: b
     return _unwrap(obj, path), {}
 
 
-def check_plugin_entries(entries: dict, field: str, file: str, ref: str, trust_code: bool = False,
-                         trusted: set[str] | frozenset = frozenset()) -> None:
-    """Every ``name: spec`` of a file's ``heads`` / ``postprocess`` names a registered plugin (a dotted path only
-    with ``trust_code`` or when it is in ``trusted``); nothing is imported otherwise. ``file`` starts the messages
-    (e.g. ``checkpoint m.pt``), ``ref`` names the mapping (``config.heads``, ``hyper-parameter postprocess``). A
-    registered post-processor under ``heads`` (an older version's config) is checked as one."""
-    from .registry import POSTPROCESSORS, UntrustedCodeError, get_head, get_postprocessor
-
-    for name, spec in entries.items():
-        if spec is not None and not isinstance(spec, dict):
-            raise CheckpointError(f"{file}: {ref}.{name} must be a mapping of arguments or null; got {spec!r}")
-        target = (spec or {}).get("class_path", name)
-        lookup = get_postprocessor if field == "postprocess" or POSTPROCESSORS.registered(target) else get_head
-        try:
-            lookup(target, trust_code=trust_code or target in trusted, source=f"{file} ({ref}.{name})")
-        except UntrustedCodeError:
-            raise
-        except ValueError as err:
-            raise CheckpointError(str(err)) from err
-
-
 def check_stored_config(config: Any, path: str | os.PathLike, trust_code: bool = False) -> dict:
     """A model config read from ``path``, checked as data: known fields only, backbone arguments that
     :class:`Aggregator` takes, heads that are registered (dotted paths only with ``trust_code``)."""
@@ -450,8 +509,6 @@ def build_from_config(config: dict, path: str | os.PathLike, trust_code: bool = 
 def inspect_checkpoint(path: str | os.PathLike, preset: str | None = None, trust_code: bool = False) -> dict:
     """The model config a checkpoint builds (its stored config, checked, or the official preset's), without
     reading the weights: a .safetensors header, a memory-mapped .pt/.ckpt. Errors name the file."""
-    from .model import PRESETS
-
     path = Path(path)
     if preset is not None and preset not in PRESETS:
         raise CheckpointError(f"preset {preset!r} is not a preset; expected one of {sorted(PRESETS)}")
@@ -482,8 +539,10 @@ def check_official_shapes(sd: dict[str, torch.Tensor], kind: str, path: str | os
         raise CheckpointError(f"{path}: {err}") from err
 
 
-def _read_for_building(path: str | os.PathLike, preset: str | None, trust_code: bool):
-    """-> (state dict, our stored config or None, official kind or None); an official file's shapes are checked."""
+def read_for_building(path: str | os.PathLike, preset: str | None, trust_code: bool):
+    """-> (state dict, our stored config or None, official kind or None) of a file to build a model from (here and
+    ``IGGTLitModule.from_checkpoint_file``): the stored config checked as data and sized against the tensors, an
+    official file's shapes checked against its preset, both on the meta device."""
     from .hub import resolve_checkpoint
 
     sd, meta = read_file(resolve_checkpoint(path), trust_code=trust_code)   # a Hub id or model folder: docs/hub.md
@@ -501,7 +560,7 @@ def load_model(path: str | os.PathLike, preset: str | None = None, map_location:
 
     Nothing in the file runs: tensors are read without unpickling code and the stored config may name only
     registered heads, unless ``trust_code=True`` (the CLI's ``--trust-checkpoint-code``)."""
-    sd, config, kind = _read_for_building(path, preset, trust_code)
+    sd, config, kind = read_for_building(path, preset, trust_code)
     if config is not None:
         model = build_from_config(config, path, trust_code)
         load_state(model, sd, what=str(path), against="the model its own stored config builds")
@@ -509,32 +568,6 @@ def load_model(path: str | os.PathLike, preset: str | None = None, map_location:
     model = IGGTModel.from_preset(kind)
     load_state(model, sd, official=True, what=str(path))
     return model.to(map_location)
-
-
-def load_module(path: str | os.PathLike, preset: str | None = None, trust_code: bool = False,
-                postprocess: dict | None = None):
-    """An :class:`~iggt_lightning.module.IGGTLitModule` for prediction from a checkpoint file: its network (as
-    :func:`load_model`) and its post-processing (the stored ``postprocess``, or the defaults for its heads),
-    with ``postprocess`` merged over it (e.g. another clusterer)."""
-    from .module import IGGTLitModule
-    from .postprocessor import checkpoint_postprocess
-
-    sd, config, kind = _read_for_building(path, preset, trust_code)
-    specs, drop = checkpoint_postprocess((config or {}).get("postprocess"), postprocess)
-    try:
-        if config is not None:
-            module = IGGTLitModule(preset=None, backbone=config.get("backbone"), heads=config.get("heads"),
-                                   frames_chunk_size=config.get("frames_chunk_size", 8), postprocess=specs,
-                                   drop_postprocess=drop)
-        else:
-            module = IGGTLitModule(preset=kind, postprocess=specs, drop_postprocess=drop)
-    except CheckpointError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: its model configuration cannot be built: {err}") from err
-    load_state(module.model, sd, official=config is None, what=str(path),
-               against="the model its own stored config builds" if config is not None else "the model")
-    return module
 
 
 def save_model(model: IGGTModel, dst: str | os.PathLike, postprocess: dict | None = None) -> None:

@@ -1,22 +1,30 @@
-"""The ``iggt`` command.
+"""The ``iggt`` command: every subcommand is a row of :data:`COMMANDS` (``iggt --help`` lists them from there).
 
-Helper subcommands: ``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]``,
-``iggt heads list``, ``iggt predict PHOTOS... --checkpoint CKPT --out DIR`` (photos -> files),
-``iggt data check PATH`` (validate a dataset folder), ``iggt view OUT_DIR`` (a prediction in the browser) and
-``iggt publish RUN_OR_CKPT DIR`` (a Hugging Face Hub-ready model folder; docs/hub.md). A checkpoint may be given
-as a Hub id ``OWNER/NAME[@REVISION][:FILE]`` or a model folder wherever a checkpoint file is read.
-Training subcommands (fit/validate/test) and ``iggt predict --config ... --data ... --out DIR`` (a dataset, one
-folder per scene) are LightningCLI's, served by ``iggt_lightning.lightning_cli``.
+Lightning's subcommands, owned by :class:`~iggt_lightning.lightning_cli.IGGTCLI` (its configs, checkpoints and
+options): ``iggt fit|validate|test --config CFG ...`` and ``iggt predict-dataset --config CFG [--data ...]
+[--ckpt_path CKPT] --out DIR`` (Lightning's ``predict`` over a dataset: one folder per scene).
+
+Helpers, each with its own parser: ``iggt predict PHOTOS... -c CKPT -o DIR`` (photos or videos -> one folder),
+``iggt convert SRC DST``, ``iggt parity FIXTURE [--fp64] [--strict]``, ``iggt heads list``, ``iggt data check
+PATH`` (validate a dataset folder), ``iggt view OUT_DIR`` (a prediction in the browser) and ``iggt publish
+RUN_OR_CKPT DIR`` (a Hugging Face Hub-ready model folder; docs/hub.md). A checkpoint may be given as a Hub id
+``OWNER/NAME[@REVISION][:FILE]`` or a model folder wherever a checkpoint file is read.
+
+``iggt predict --config CFG ...`` is the older spelling of ``iggt predict-dataset --config CFG ...`` and still
+runs it: the rule is only that ``--config`` is the first argument after ``predict``. The photos form has no
+``--config`` option, so no photos command is read that way, and nothing else is looked at.
 
 Checkpoints are data: a config stored in one may name only registered heads; ``--trust-checkpoint-code``
-(predict, convert, fit, validate, test) lets it import other head classes (docs/checkpoints-are-data.md).
+(predict, predict-dataset, convert, fit, validate, test) lets it import other head classes
+(docs/checkpoints-are-data.md).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-
-HELPERS = ("convert", "parity", "heads", "predict", "data", "view", "publish")
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 
 def _convert(argv: list[str]) -> int:
@@ -95,12 +103,31 @@ def _heads(argv: list[str]) -> int:
     return 0
 
 
+def _is_dataset_form(argv: list[str]) -> bool:
+    """``iggt predict --config CFG ...``: the older spelling of ``iggt predict-dataset``. Only the first argument
+    decides (the photos form has no --config option, so it never starts with one)."""
+    return bool(argv) and (argv[0] == "--config" or argv[0].startswith("--config="))
+
+
+class _PhotosParser(argparse.ArgumentParser):
+    """argparse, whose error for a missing argument or an option it does not know also names the dataset form
+    (perhaps what was meant), still in one line."""
+
+    def error(self, message: str):
+        if message.startswith(("unrecognized arguments", "the following arguments are required")):
+            message += ("; a dataset config is predicted with: iggt predict-dataset --config CFG [--data ...] "
+                        "[--ckpt_path CKPT] --out DIR")
+        super().error(message)
+
+
 def _predict(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="iggt predict", description="Photos -> point cloud (PLY/GLB), cameras (JSON, "
-                                "COLMAP text), depth (16-bit PNG + npz), instance masks (16-bit PNG + COCO RLE) and "
-                                "what other plugins export. A dataset instead: iggt predict --config CFG.yaml "
-                                "[--data ...] [--ckpt_path CKPT] --out DIR (one folder per scene).",
-                                epilog=_export_options_help(), formatter_class=_EpilogAsIs)
+    if _is_dataset_form(argv):
+        return _lightning("predict", "predict", argv)
+    p = _PhotosParser(prog="iggt predict", description="Photos -> point cloud (PLY/GLB), cameras (JSON, COLMAP "
+                      "text), depth (16-bit PNG + npz), instance masks (16-bit PNG + COCO RLE) and what other "
+                      "plugins export. A dataset instead: iggt predict-dataset --config CFG.yaml [--data ...] "
+                      "[--ckpt_path CKPT] --out DIR (one folder per scene).",
+                      epilog=_export_options_help(), formatter_class=_EpilogAsIs)
     p.add_argument("inputs", nargs="+", help="a folder of images (jpg/png/webp, sorted by name), image paths, or "
                    "videos (mp4/mov/avi/mkv/webm; extra [video])")
     p.add_argument("--video-frames", type=int, default=8, help="frames sampled evenly from each video (default 8); "
@@ -304,7 +331,7 @@ def _view(argv: list[str]) -> int:
                                 "feature PCA, the cameras with their photos, the instances with a checkbox each. "
                                 "Prints the URL and serves until Ctrl-C.")
     p.add_argument("folder", help="a scene folder (points.ply, cameras.json, ...) or a folder of scene folders "
-                   "(iggt predict --config ... --data ...)")
+                   "(iggt predict-dataset --config ... --data ...)")
     p.add_argument("--scene", default=None, help="the scene to open first, by folder name (default: the first)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; the printed URL carries a secret token, but over plain HTTP, so 0.0.0.0 lets anyone who "
@@ -364,59 +391,86 @@ def _view(argv: list[str]) -> int:
     return 0
 
 
-LIGHTNING_PREDICT_FLAGS = ("--config", "--data", "--model", "--trainer", "--ckpt_path", "--seed_everything")
-
-
-def _lightning_predict(argv: list[str]) -> bool:
-    """``iggt predict --config ... --data ...``: a dataset through LightningCLI (vs. photos through the helper)."""
-    return bool(argv) and argv[0] == "predict" and any(a.split("=")[0].split(".")[0] in LIGHTNING_PREDICT_FLAGS
-                                                         for a in argv[1:])
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in HELPERS and not _lightning_predict(argv):
-        def _publish(rest: list[str]) -> int:     # imported when asked for: it loads torch
-            from .publish import main as publish_main
-
-            return publish_main(rest)
-
-        return {"convert": _convert, "parity": _parity, "heads": _heads, "predict": _predict,
-                "data": _data, "view": _view, "publish": _publish}[argv[0]](argv[1:])
-    import importlib.util
-
-    has_training = importlib.util.find_spec("iggt_lightning.lightning_cli") is not None
-    training = ("fit", "validate", "test", "predict") if has_training else ()
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        print("\nsubcommands: " + ", ".join(dict.fromkeys(HELPERS + training)))
-        return 0
-    if argv[0] not in training:
-        print(f"iggt: unknown subcommand {argv[0]!r}; expected one of {', '.join(HELPERS + training)}",
-              file=sys.stderr)
-        return 2
+def _lightning(name: str, method: str, argv: list[str]) -> int:
+    """Lightning's subcommand ``method`` (a Trainer method) through IGGTCLI, typed as ``iggt NAME``; errors of
+    configs, data and checkpoints as one line naming the field or file."""
     import os
 
+    from .inference.predict import PredictInterrupted
     from .lightning_cli import run_lightning_cli
 
     trust = "--trust-checkpoint-code" in argv
     argv = [a for a in argv if a != "--trust-checkpoint-code"]
-    from .inference.predict import PredictInterrupted
-
     try:
-        run_lightning_cli(argv, trust_checkpoint_code=trust)
+        run_lightning_cli([method, *argv], trust_checkpoint_code=trust)
     except PredictInterrupted as err:   # a dataset prediction stopped by SIGTERM / Ctrl-C
         import signal
 
-        print(f"iggt {argv[0]}: interrupted by {signal.Signals(err.signum).name}; the scene being written was removed, "
+        print(f"iggt {name}: interrupted by {signal.Signals(err.signum).name}; the scene being written was removed, "
               "scene folders finished before it are complete", file=sys.stderr)
         return err.code
     except (ValueError, FileNotFoundError) as err:  # configuration, data and checkpoint errors name the field/file
         if os.environ.get("IGGT_DEBUG"):
             raise
-        print(f"iggt {argv[0]}: error: {_own_error(err)}\n(set IGGT_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"iggt {name}: error: {_own_error(err)}\n(set IGGT_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
     return 0
+
+
+def _publish(argv: list[str]) -> int:
+    from .publish import main as publish_main     # imported when asked for: it loads torch
+
+    return publish_main(argv)
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str                        # its line in `iggt --help`
+    run: Callable[[list[str]], int]     # the arguments after the subcommand's name -> exit status
+    trainer_method: str | None = None   # Lightning's subcommand it is (IGGTCLI.subcommands()), if any
+
+
+def _lightning_command(name: str, method: str, summary: str) -> Command:
+    return Command(summary, partial(_lightning, name, method), method)
+
+
+# The one table of subcommands. Lightning's four are IGGTCLI's (tests/test_cli_commands.py checks them against
+# IGGTCLI.subcommands()); the helpers are registered beside them.
+COMMANDS: dict[str, Command] = {
+    "fit": _lightning_command("fit", "fit", "train from a config (iggt fit --config synthetic_tiny)"),
+    "validate": _lightning_command("validate", "validate", "a model's validation metrics on a dataset config"),
+    "test": _lightning_command("test", "test", "a model's test metrics on a dataset config (--results FILE)"),
+    "predict-dataset": _lightning_command("predict-dataset", "predict", "a dataset config -> one prediction "
+                                          "folder per scene (--config CFG --out DIR)"),
+    "predict": Command("photos or videos -> one prediction folder (PHOTOS... -c CKPT -o DIR)", _predict),
+    "convert": Command("an official IGGT/VGGT checkpoint -> ours", _convert),
+    "parity": Command("compare the forward with the official one's fixture", _parity),
+    "heads": Command("list the registered heads and post-processors (heads list)", _heads),
+    "data": Command("dataset tools (data check PATH)", _data),
+    "view": Command("show a prediction folder in the browser", _view),
+    "publish": Command("a run or checkpoint -> a Hugging Face Hub-ready model folder", _publish),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name.ljust(width)}  {c.summary}" for name, c in COMMANDS.items())
+    return (f"usage: iggt SUBCOMMAND [ARGUMENTS] (iggt SUBCOMMAND --help for its own)\n\nsubcommands:\n{rows}\n\n"
+            "iggt predict --config CFG ... (--config first) still runs predict-dataset. A checkpoint may be a file, "
+            "a model folder or a Hub id OWNER/NAME[@REVISION][:FILE]; --trust-checkpoint-code: "
+            "docs/checkpoints-are-data.md.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"iggt: unknown subcommand {argv[0]!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return command.run(argv[1:])
 
 
 def _own_error(err: BaseException) -> BaseException:

@@ -71,14 +71,22 @@ class Head(nn.Module, Plugin):
     ``intermediates`` (output keys returned only with ``return_intermediates=True``, e.g. features another
     head reads), ``trainable`` and ``loss_terms`` (names of the loss terms its :meth:`loss` returns; each gets
     a weight in the config, ``loss_weights.<term>``). Instances set ``token_layers`` (which backbone layers they
-    read) so the backbone keeps only those. The hooks (input checks, metrics, image logging, export) are
+    read) so the backbone keeps only those. The hooks (input checks, metrics, image logging, describe) are
     :class:`~iggt_lightning.plugin.Plugin`'s. The model checks the configured heads' declarations together when
     it is built (:func:`~iggt_lightning.plugin.check_contract`).
+
+    A head with a counterpart in the official IGGT / VGGT checkpoints declares its keys there:
+    ``official_prefixes``, (official key prefix, the path under ``heads.<name>.`` it loads into: ``""`` for the
+    head itself) pairs, and ``official_drop_rules``, (rule name, regular expression on the official key starting
+    with ``^`` and one of its prefixes, why dropping the key is safe) for official keys it has no place for.
+    :func:`~iggt_lightning.checkpoints.official_rules` builds the strict key mapping from them.
     """
 
     intermediates: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
     loss_terms: ClassVar[tuple[str, ...]] = ()
+    official_prefixes: ClassVar[tuple[tuple[str, str], ...]] = ()
+    official_drop_rules: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     token_layers: tuple[int, ...] = ()
 
     def forward(self, inp: HeadInput) -> dict[str, Any]:  # pragma: no cover - interface

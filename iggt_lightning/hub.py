@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .checkpoints import CheckpointError
+from .checkpoint_error import CheckpointError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt")
 

@@ -1,7 +1,15 @@
-"""``iggt fit|validate|test|predict``: Lightning's CLI over :class:`IGGTLitModule` and the scene datamodules.
+"""``iggt fit|validate|test|predict-dataset``: Lightning's CLI over :class:`IGGTLitModule` and the scene datamodules.
 
-``iggt predict --config ... --data ... --out DIR`` runs ``trainer.predict`` over the datamodule's predict split
-(any strategy) and writes one folder per scene under ``DIR`` (:class:`~.inference.writer.PredictionWriter`).
+:class:`IGGTCLI` owns Lightning's four subcommands (``subcommands()``: fit, validate, test, predict); ``iggt``'s
+table of subcommands (``iggt_lightning.cli.COMMANDS``) names the fourth ``predict-dataset``:
+``iggt predict-dataset --config ... --data ... --out DIR`` runs ``trainer.predict`` over the datamodule's predict
+split (any strategy) and writes one folder per scene under ``DIR`` (:class:`~.inference.writer.PredictionWriter`).
+The options only one subcommand takes (``--out``, ``--overwrite``, ``--export_options``: predict; ``--results``:
+validate, test) are declared for all of them and refused where they do not apply, before anything is built.
+
+The optimizer and learning-rate scheduler are LightningCLI's top-level ``optimizer:`` / ``lr_scheduler:``
+(``class_path`` + ``init_args``), handed to the module's own arguments (:mod:`~iggt_lightning.optimizers`);
+nothing given: AdamW with the warm-up cosine schedule.
 
 Configs are YAML (``--config configs/synthetic_tiny.yaml``, several may be stacked, dotted overrides on
 the command line). The model section takes IGGTLitModule's arguments; heads are named by their registered
@@ -20,11 +28,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -172,7 +182,8 @@ def module_arguments(ckpt: dict, ckpt_path) -> dict:
                               f"{cls_path!r}; iggt loads {own} only")
     # the weights come from the checkpoint itself; a stored init_checkpoint names a file of the author's machine
     hparams.pop("init_checkpoint", None)
-    accepted = set(inspect.signature(IGGTLitModule.__init__).parameters) - {"self"}
+    # the optimizer and scheduler name classes: only the user's own config gives them (the module never stores them)
+    accepted = set(inspect.signature(IGGTLitModule.__init__).parameters) - {"self", "optimizer", "lr_scheduler"}
     unknown = sorted(set(hparams) - accepted)
     if unknown:
         raise CheckpointError(f"--ckpt_path {ckpt_path}: unknown hyper-parameter(s) {unknown}; "
@@ -183,16 +194,34 @@ def module_arguments(ckpt: dict, ckpt_path) -> dict:
     return hparams
 
 
+# Options one subcommand takes, declared for every subcommand (LightningCLI's public hook, add_arguments_to_parser,
+# does not say which subcommand a parser is for) and refused by before_instantiate_classes where they do not apply.
+SUBCOMMAND_OPTIONS = {"out": ("predict",), "overwrite": ("predict",), "export_options": ("predict",),
+                      "results": ("validate", "test")}
+
+
+def _as_dict(spec):
+    """jsonargparse's namespace of a class (``class_path`` + ``init_args``) -> the plain mapping the module takes."""
+    return spec.as_dict() if hasattr(spec, "as_dict") else spec
+
+
 class IGGTCLI(LightningCLI):
+    """Lightning's CLI over :class:`IGGTLitModule` and the scene datamodules, with the checkpoint checks of this
+    project. Only public hooks are overridden, except ``_parse_ckpt_path`` (the one place a ``--ckpt_path`` file's
+    hyper-parameters enter the config; tests/test_lightning_cli_contract.py pins what it relies on)."""
+
     def __init__(self, args: list[str] | None = None, run: bool = True, trust_checkpoint_code: bool = False,
                  **kwargs) -> None:
         load_plugins()
         self.trust_checkpoint_code = trust_checkpoint_code
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
-        kwargs.setdefault("auto_configure_optimizers", False)  # IGGTLitModule builds its own parameter groups
-        if args is not None and list(args) == sys.argv[1:]:
-            args = None  # the console script: let LightningCLI read sys.argv itself (no "args and argv" warning)
+        # the usage lines say iggt; Lightning's predict is `iggt predict-dataset` (iggt_lightning/cli.py's table)
+        kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": "iggt", "predict": {
+            "description": "iggt predict-dataset (Lightning's predict): a dataset config -> one folder per scene "
+                           "under --out"}})
+        # LightningCLI's automatic optimizer would build one group over all parameters and replace the module's
+        # configure_optimizers: the optimizer arguments are linked to the module instead (add_arguments_to_parser)
+        kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(IGGTLitModule, SceneDataModule, subclass_mode_model=False, subclass_mode_data=True,
                          args=args, run=run, **kwargs)
 
@@ -210,36 +239,71 @@ class IGGTCLI(LightningCLI):
                                  "(synthetic_tiny, eval/scannet_table1, ...)")
         return parser
 
+    def parse_arguments(self, parser, args) -> None:
+        """Lightning's parsing, without its warning about ``args`` given beside ``sys.argv``: ``iggt`` always
+        passes the arguments itself (``iggt predict-dataset ...`` is Lightning's ``predict ...``)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data": {"class_path": f"{SyntheticDataModule.__module__}.SyntheticDataModule"}})
         parser.add_argument("--threads", type=Optional[int], default=None,
                             help="torch intra-op threads (CPU results depend on it: a config quoting numbers pins it)")
+        # LightningCLI's top-level form, handed to the module's own arguments so its parameter groups stay
+        # (model.lr, model.backbone_lr, model.weight_decay own the learning rates and the decay: not arguments here)
+        parser.add_subclass_arguments((Optimizer,), "optimizer", instantiate=False, fail_untyped=False, required=False,
+                                      skip={"params", "lr", "weight_decay"},
+                                      help="a torch.optim optimizer instead of AdamW (SGD, or class_path + init_args); "
+                                           "learning rates and weight decay: model.lr, model.backbone_lr, "
+                                           "model.weight_decay")
+        parser.add_subclass_arguments((LRScheduler,), "lr_scheduler", instantiate=False, fail_untyped=False,
+                                      required=False, skip={"optimizer"},
+                                      help="a torch.optim.lr_scheduler scheduler instead of the warm-up cosine one, "
+                                           "stepped after every optimizer step")
+        parser.link_arguments("optimizer", "model.optimizer", compute_fn=_as_dict)
+        parser.link_arguments("lr_scheduler", "model.lr_scheduler", compute_fn=_as_dict)
+        only = parser.add_argument_group("Options of one subcommand", "refused by the others")
+        # where the PredictionWriter puts one folder per scene, and what it passes to the plugins' exports
+        only.add_argument("--out", type=Optional[str], default=None,
+                          help="predict (required): folder of the per-scene output folders")
+        only.add_argument("--overwrite", type=Optional[bool], default=None,
+                          help="predict: replace scene folders of a previous prediction")
+        only.add_argument("--export_options", type=Optional[dict], default=None,
+                          help="predict: options of the plugins' exports (conf_threshold, conf_mode, points_from, "
+                               "save_images, depth_png_scale, ...)")
+        only.add_argument("--results", type=Optional[str], default=None,
+                          help="validate, test: also write the metrics as JSON here (with the configs and checkpoint "
+                               "used), for benchmarks/eval_report.py")
+
+    def _subconfig(self):
+        """The running subcommand's config (the whole config when there are no subcommands: ``run=False``)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._subconfig()
         threads = config.get("threads")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be a positive integer or null; got {threads}")
             torch.set_num_threads(int(threads))
+        if not self.subcommand:
+            return
+        typed = {"predict": "predict-dataset"}        # Lightning's predict as iggt's table names it
+        for key, owners in SUBCOMMAND_OPTIONS.items():
+            if config.get(key) is not None and self.subcommand not in owners:
+                takes = " and ".join(f"iggt {typed.get(s, s)}" for s in owners)
+                raise ValueError(f"--{key}: only {takes} {'takes' if len(owners) == 1 else 'take'} it, not "
+                                 f"iggt {typed.get(self.subcommand, self.subcommand)}")
+        if self.subcommand == "predict":
+            if not config.get("out"):
+                raise ValueError("--out: iggt predict-dataset needs the folder to write one folder per scene in")
+            if config.get("return_predictions") is None:
+                config["return_predictions"] = False     # the writer has them; do not hold them all in memory
+        if "weights_only" in config and config.get("weights_only") is None:
+            config["weights_only"] = True  # torch < 2.6 would otherwise unpickle whatever a checkpoint holds
         if self.subcommand in ("validate", "test"):
             self._check_results_path(config)
-
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "predict":
-            # where the PredictionWriter puts one folder per scene, and what it passes to the plugins' exports
-            parser.add_argument("--out", type=str, required=True, help="folder of the per-scene output folders")
-            parser.add_argument("--overwrite", type=bool, default=False, help="replace scene folders of a previous "
-                                "prediction")
-            parser.add_argument("--export_options", type=dict, default={}, help="options of the plugins' exports "
-                                "(conf_threshold, conf_mode, points_from, save_images, depth_png_scale, ...)")
-            parser.set_defaults({"return_predictions": False})
-        if subcommand in ("validate", "test"):
-            parser.add_argument("--results", type=Optional[str], default=None,
-                                help="also write the metrics as JSON here (with the configs and checkpoint used), "
-                                     "for benchmarks/eval_report.py")
-        return parser
 
     def _check_results_path(self, cfg) -> None:
         """Before anything runs: the results file may not be one of the run's inputs."""
@@ -251,7 +315,7 @@ class IGGTCLI(LightningCLI):
         refuse_overlap(path, inputs, "--results")   # the one input-vs-output rule of every writer
 
     def _write_results(self, stage: str) -> None:
-        cfg = self.config[self.subcommand]
+        cfg = self._subconfig()
         path = cfg.get("results")
         if not path:
             return
@@ -274,7 +338,7 @@ class IGGTCLI(LightningCLI):
     def before_predict(self) -> None:
         from .inference.writer import PredictionWriter
 
-        cfg = self.config["predict"]
+        cfg = self._subconfig()
         datasets = getattr(self.datamodule, "datasets", None) or {}
         roots = [str(d.root) for d in datasets.values() if getattr(d, "root", None) is not None]
         if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
@@ -302,10 +366,12 @@ class IGGTCLI(LightningCLI):
             raise
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI merges a ``--ckpt_path`` file's hyper-parameters into the model config. Here the whole file
-        is checked as data first (:mod:`~iggt_lightning.stored_state`), the network its hyper-parameters build is
-        sized on the meta device against the file's tensors, and the values are set in the config directly:
-        jsonargparse never parses (nor instantiates) anything from the file."""
+        """Overrides a private LightningCLI method (the only one here; tests/test_lightning_cli_contract.py pins it):
+        Lightning's merges a ``--ckpt_path`` file's hyper-parameters into the model config by parsing them, which
+        imports any class path the file names, before any public hook runs. Here the whole file is checked as data
+        first (:mod:`~iggt_lightning.stored_state`), the network its hyper-parameters build is sized on the meta
+        device against the file's tensors, and the values are set in the config directly: jsonargparse never
+        parses (nor instantiates) anything from the file."""
         sub = self.config.get("subcommand")
         if not sub:
             return
@@ -323,7 +389,7 @@ class IGGTCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         saver = self.save_config_callback
-        logger = self._get(self.config, "trainer", {}).get("logger")
+        logger = (self._subconfig().get("trainer") or {}).get("logger")
         if self.subcommand == "predict" or (self.subcommand in ("validate", "test") and logger is False):
             # without a logger its config.yaml would land in (and overwrite one in) the working directory; the
             # prediction folders and --results files say what ran
@@ -340,15 +406,8 @@ class IGGTCLI(LightningCLI):
         # exact resumes (RNG states, the same logger version) and last.ckpt at the final step: training_callbacks.py
         add_resume_state(trainer)
         if self.subcommand == "fit":
-            reuse_logger_versions(trainer, self._get(self.config, "ckpt_path"), check=self._stored_state_check())
+            reuse_logger_versions(trainer, self._subconfig().get("ckpt_path"), check=self._stored_state_check())
         return trainer
-
-
-    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
-        kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if "weights_only" in self._subcommand_method_arguments[subcommand] and kwargs.get("weights_only") is None:
-            kwargs["weights_only"] = True  # torch < 2.6 would otherwise unpickle whatever the file holds
-        return kwargs
 
 
 def run_lightning_cli(argv: list[str], trust_checkpoint_code: bool = False) -> IGGTCLI:

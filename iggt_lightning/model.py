@@ -80,6 +80,13 @@ class IGGTModel(nn.Module):
             read from files: see :mod:`iggt_lightning.registry`); ``source`` names the config in errors.
     """
 
+    # Official checkpoints (checkpoints.official_rules): the backbone is the official ``aggregator``, less DINOv2's
+    # mask token; each head declares its own keys (Head.official_prefixes / official_drop_rules)
+    official_prefixes = (("aggregator.", "backbone."),)
+    official_drop_rules = (
+        ("dino-mask-token", r"^aggregator\.patch_embed\.mask_token$",
+         "DINOv2's masked-image-modelling token: frozen and never used by the forward pass"),)
+
     def __init__(self, backbone: dict | None = None, heads: dict[str, dict | None] | None = None,
                  frames_chunk_size: int | None = 8, *, trust_code: bool = True,
                  source: str = "the model configuration") -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 import time
 from typing import Any
@@ -16,9 +17,13 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
+from .checkpoints import CheckpointError, load_state, load_weights, read_for_building
 from .losses.options import check_loss_options
 from .model import PRESETS, build_model
-from .postprocessor import build_postprocessing, move_postprocessors_out_of_drop_heads, move_postprocessors_out_of_heads
+from .optimizers import build_optimizer, build_scheduler
+from .optimizers import resolve as resolve_optimizer
+from .postprocessor import (build_postprocessing, checkpoint_postprocess, move_postprocessors_out_of_drop_heads,
+                            move_postprocessors_out_of_heads)
 from .visualize import pca_colours  # noqa: F401 (kept importable from here)
 
 
@@ -42,6 +47,11 @@ class IGGTLitModule(LightningModule):
             2048}``, ``camera: {loss_type: huber}``, ``depth: {gradient_weight: 0}``).
         lr / backbone_lr: learning rates of the heads and the backbone (backbone_lr defaults to lr).
         weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay to 0 at the last step.
+        optimizer / lr_scheduler: another torch.optim optimizer / torch.optim.lr_scheduler scheduler instead
+            (``SGD`` or ``{class_path: torch.optim.SGD, init_args: {momentum: 0.9}}``; a config gives them at its
+            top level, ``optimizer:`` / ``lr_scheduler:``): see :mod:`iggt_lightning.optimizers`. The parameter
+            groups (lr, backbone_lr, weight_decay) stay; a scheduler replaces the warm-up cosine one. Never stored
+            in the hyper-parameters, so a checkpoint cannot name one.
         freeze: what not to train: module names (``backbone``, ``heads.depth``: the module and everything under
             it) or regular expressions on parameter names (``^backbone\\.``); one matching nothing is an error.
         init_checkpoint: weights to start from (our format, a Lightning ``.ckpt`` or an official IGGT/VGGT
@@ -63,12 +73,16 @@ class IGGTLitModule(LightningModule):
                  loss_weights: dict[str, float] | None = None, loss_options: dict[str, dict[str, Any]] | None = None,
                  lr: float = 1e-4, backbone_lr: float | None = None, weight_decay: float = 0.05,
                  warmup_steps: int = 100, freeze: list[str] | None = None, init_checkpoint: str | None = None,
-                 metric_options: dict[str, dict[str, Any]] | None = None, log_images_every_n_steps: int = 0) -> None:
+                 metric_options: dict[str, dict[str, Any]] | None = None, log_images_every_n_steps: int = 0,
+                 optimizer: dict | str | None = None, lr_scheduler: dict | str | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # optimizer / lr_scheduler name classes: they come from the user's own config each run, never from a file
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         _check_training_fields(lr=lr, backbone_lr=backbone_lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                                frames_chunk_size=frames_chunk_size,
                                log_images_every_n_steps=log_images_every_n_steps)
+        self.optimizer_spec = resolve_optimizer(optimizer, "optimizer")
+        self.lr_scheduler_spec = resolve_optimizer(lr_scheduler, "lr_scheduler")
         # configs written before post-processing was its own component name tracking / open_vocab as heads
         heads, moved = move_postprocessors_out_of_heads(heads, "model.heads")
         postprocess = {**moved, **dict(postprocess or {})}
@@ -96,8 +110,6 @@ class IGGTLitModule(LightningModule):
             self.model.heads[name].requires_grad_(False)
         self.init_report = None
         if init_checkpoint:
-            from .checkpoints import load_weights
-
             # the file's tensors of every head the model leaves out on purpose (drop_heads, their dependants) are
             # skipped; a head it has that the configuration does not name is an error
             left_out = (configured - set(self.model.heads)) | set(unbuilt)
@@ -112,6 +124,31 @@ class IGGTLitModule(LightningModule):
         self.metric_options = self._check_metric_options(dict(metric_options or {}))
         self.val_metrics = self._build_metrics()
         self.test_metrics = self._build_metrics()
+
+    @classmethod
+    def from_checkpoint_file(cls, path: str | os.PathLike, preset: str | None = None, trust_code: bool = False,
+                             postprocess: dict | None = None) -> "IGGTLitModule":
+        """The module for prediction from a checkpoint file (ours, a Lightning ``.ckpt``, an official IGGT/VGGT
+        file, a model folder or Hub id): its network, built from the file's stored config checked as data (or the
+        official preset) and loaded strictly as :func:`~iggt_lightning.checkpoints.load_model` does, and its
+        post-processing (the stored ``postprocess``, or the defaults for its heads) with ``postprocess`` merged
+        over it (e.g. another clusterer). ``trust_code``: see :mod:`iggt_lightning.registry`."""
+        sd, config, kind = read_for_building(path, preset, trust_code)
+        specs, drop = checkpoint_postprocess((config or {}).get("postprocess"), postprocess)
+        try:
+            if config is not None:
+                module = cls(preset=None, backbone=config.get("backbone"), heads=config.get("heads"),
+                             frames_chunk_size=config.get("frames_chunk_size", 8), postprocess=specs,
+                             drop_postprocess=drop)
+            else:
+                module = cls(preset=kind, postprocess=specs, drop_postprocess=drop)
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{path}: its model configuration cannot be built: {err}") from err
+        load_state(module.model, sd, official=config is None, what=str(path),
+                   against="the model its own stored config builds" if config is not None else "the model")
+        return module
 
     @staticmethod
     def _check_unbuilt_drops(names: list[str], preset: str | None, configured: set[str],
@@ -377,6 +414,8 @@ class IGGTLitModule(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
+        """The parameter groups (backbone / heads learning rate, decayed / not), under AdamW and the warm-up cosine
+        schedule unless ``optimizer`` / ``lr_scheduler`` name others (:mod:`iggt_lightning.optimizers`)."""
         hp = self.hparams
         backbone_lr = hp.backbone_lr if hp.backbone_lr is not None else hp.lr
         groups: dict[tuple[float, float], list] = {}
@@ -386,17 +425,10 @@ class IGGTLitModule(LightningModule):
             lr = backbone_lr if name.startswith("backbone.") else hp.lr
             no_decay = p.ndim <= 1 or name.endswith(("token", "tokens", "pos_embed"))
             groups.setdefault((lr, 0.0 if no_decay else hp.weight_decay), []).append(p)
-        opt = torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
+        opt = build_optimizer(self.optimizer_spec,
+                              [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
         total = max(1, int(self._trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        warm = min(hp.warmup_steps, max(0, total - 1))
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            progress = (step - warm) / max(1, total - warm)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = build_scheduler(self.lr_scheduler_spec, opt, total, hp.warmup_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

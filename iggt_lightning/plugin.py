@@ -8,8 +8,10 @@ the framework (docs/writing-a-head.md):
 * :meth:`Plugin.check_inputs` before anything runs (a clear error instead of a failure deep inside);
 * :meth:`Plugin.build_metrics` / :meth:`Plugin.update_metrics` in validation and test;
 * :meth:`Plugin.log_images` when the training module logs images;
-* :meth:`Plugin.describe` and :meth:`Plugin.export` when a prediction is written (``iggt predict``), with
-  :meth:`Plugin.planned_files` for ``--dry-run``.
+* :meth:`Plugin.describe` when a prediction is written (``iggt predict``): the plugin says what it produced and
+  the exporters (:mod:`iggt_lightning.exporters`) write the files; :meth:`Plugin.planned_files` lists them for
+  ``--dry-run``. (:meth:`Plugin.export`, a plugin writing its own files, still runs for plugins written before
+  exporters; new code writes an exporter: docs/writing-an-exporter.md.)
 """
 from __future__ import annotations
 
@@ -55,13 +57,19 @@ class Plugin:
         (cameras, a point source, a colour layer, a point attribute, ``scene.shared`` entries). No files here."""
 
     def export(self, outputs: dict, scene: "SceneExport") -> None:
-        """Prediction, second pass: write this plugin's own files through ``scene.path(rel)`` (which lists them in
-        ``manifest.json``) and add entries to ``scene.manifest``. ``outputs[key][scene.index]`` is this scene's."""
+        """Prediction, second pass, for plugins written before exporters: write this plugin's own files through
+        ``scene.path(rel)`` (which lists them in ``manifest.json``) and add entries to ``scene.manifest``.
+        ``outputs[key][scene.index]`` is this scene's. The built-in plugins write nothing: an exporter consumes
+        their outputs (docs/writing-an-exporter.md)."""
 
     @classmethod
     def planned_files(cls, stems: list[str]) -> list[str]:
-        """The files :meth:`export` writes for views named ``stems`` (shown by ``iggt predict --dry-run``)."""
-        return []
+        """The files a prediction holds because of this plugin, for views named ``stems`` (shown by ``iggt predict
+        --dry-run``): by default those of the exporters consuming its ``outputs``; a plugin adding colour layers
+        or writing with :meth:`export` lists those too."""
+        from iggt_lightning.exporters import files_for_outputs
+
+        return files_for_outputs(cls.outputs, stems)
 
 
 def init_params(cls: type) -> set[str]:

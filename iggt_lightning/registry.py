@@ -7,7 +7,12 @@ Trust: a dotted ``module.Class`` path is imported only when the caller trusts wh
 user writes (Python, their own YAML) are trusted; configs read from a checkpoint are data
 (``trust_code=False``): they may name registered heads (by name, or by the dotted path of a registered
 class) and nothing else, unless the user opts in (``--trust-checkpoint-code`` / ``trust_code=True``), the
-way Hugging Face's ``trust_remote_code`` works."""
+way Hugging Face's ``trust_remote_code`` works.
+
+This module imports no module of the package but the leaf ``checkpoint_error`` (tests/test_import_graph.py):
+every plugin imports it for its decorator, so a lookup importing the plugins back would be a circle. The built-ins are imported by the
+loader the package hands over (:func:`add_plugin_loader`, from :mod:`iggt_lightning.builtin_plugins`), and a
+plugin's base class is looked up among the modules already imported (:func:`_imported_class`)."""
 from __future__ import annotations
 
 import importlib
@@ -17,6 +22,9 @@ import sys
 from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Callable
+
+from .checkpoint_error import CheckpointError
 
 ENTRY_POINT_GROUP = "iggt_lightning.heads"
 # The built-in plugins, only ever imported by this name: a bare ``heads`` would be whatever ``heads`` comes first
@@ -130,7 +138,7 @@ class Registry:
 
     def get(self, name: str, trust_code: bool = True, source: str = "the configuration") -> type:
         base_module, _, base_name = self.base.partition(":")
-        base = getattr(importlib.import_module(base_module), base_name)
+        base = _imported_class(self.base)
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.kind} must be named by a string; {source} gives {name!r}")
         cls = self.registered(name)
@@ -152,7 +160,7 @@ class Registry:
                 hint = f"; {name!r} is a {_other_kind(self).kind}: configure it under {_other_kind(self).config_field}"
             raise ValueError(f"unknown {self.kind} {name!r} in {source}; registered {self.kind}s: "
                              f"{sorted(self.classes)}{hint}")
-        if not (isinstance(cls, type) and issubclass(cls, base)):
+        if not (isinstance(cls, type) and base is not None and issubclass(cls, base)):
             raise ValueError(f"{source}: {name!r} is {cls!r}, not a subclass of {base_module}.{base_name}")
         return cls
 
@@ -161,9 +169,19 @@ class Registry:
         return "heads" if self is HEADS else "postprocess"
 
 
+def _imported_class(ref: str) -> type | None:
+    """The class ``module:Class`` names, if that module is imported; else None. A class can only subclass a base
+    whose module has run, so checking against it needs no import (the base modules import this one)."""
+    module, _, name = ref.partition(":")
+    return getattr(sys.modules.get(module), name, None)
+
+
 HEADS = Registry("head", ENTRY_POINT_GROUP, "iggt_lightning.head:Head")
 POSTPROCESSORS = Registry("post-processor", POSTPROCESSOR_GROUP, "iggt_lightning.postprocessor:PostProcessor")
-_builtin_loaded = [False]
+# Loaders of the plugins a package brings (the built-ins: iggt_lightning.builtin_plugins adds theirs when the
+# package is imported), each run once, on the first lookup
+_plugin_loaders: list[Callable[[], None]] = []
+_loaders_run = [0]
 
 
 def _other_kind(reg: Registry) -> Registry:
@@ -180,12 +198,20 @@ def register_postprocessor(name: str):
     return POSTPROCESSORS.register(name)
 
 
+def add_plugin_loader(load: Callable[[], None]) -> None:
+    """Have :func:`load_plugins` call ``load`` (once), e.g. a function importing a package of plugins that
+    register themselves; the package's built-ins come this way (:mod:`iggt_lightning.builtin_plugins`)."""
+    if load not in _plugin_loaders:
+        _plugin_loaders.append(load)
+
+
 def load_plugins(refresh: bool = False) -> None:
-    """Import the built-in plugins and every head / post-processor advertised through the entry-point groups
-    (once per process; ``refresh=True`` looks at the installed distributions again, e.g. after installing one)."""
-    if not _builtin_loaded[0]:
-        _builtin_loaded[0] = True
-        importlib.import_module(BUILTIN_PACKAGE)
+    """Run the plugin loaders (the built-in plugins) and import every head / post-processor advertised through the
+    entry-point groups (once per process; ``refresh=True`` looks at the installed distributions again, e.g. after
+    installing one)."""
+    while _loaders_run[0] < len(_plugin_loaders):
+        _loaders_run[0] += 1          # counted first: a loader's imports may look plugins up again
+        _plugin_loaders[_loaders_run[0] - 1]()
     HEADS.load_entry_points(refresh)
     POSTPROCESSORS.load_entry_points(refresh)
 
@@ -222,6 +248,25 @@ def available_postprocessors() -> dict[str, type]:
 
 def head_source(name: str) -> str:
     return HEADS.sources.get(name) or POSTPROCESSORS.sources.get(name, "?")
+
+
+def check_plugin_entries(entries: dict, field: str, file: str, ref: str, trust_code: bool = False,
+                         trusted: set[str] | frozenset = frozenset()) -> None:
+    """Every ``name: spec`` of a file's ``heads`` / ``postprocess`` names a registered plugin (a dotted path only
+    with ``trust_code`` or when it is in ``trusted``); nothing is imported otherwise. ``file`` starts the messages
+    (e.g. ``checkpoint m.pt``), ``ref`` names the mapping (``config.heads``, ``hyper-parameter postprocess``). A
+    registered post-processor under ``heads`` (an older version's config) is checked as one."""
+    for name, spec in entries.items():
+        if spec is not None and not isinstance(spec, dict):
+            raise CheckpointError(f"{file}: {ref}.{name} must be a mapping of arguments or null; got {spec!r}")
+        target = (spec or {}).get("class_path", name)
+        lookup = get_postprocessor if field == "postprocess" or POSTPROCESSORS.registered(target) else get_head
+        try:
+            lookup(target, trust_code=trust_code or target in trusted, source=f"{file} ({ref}.{name})")
+        except UntrustedCodeError:
+            raise
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
 
 
 def dependency_order(requires: dict[str, tuple[str, ...]], kind: str = "head",

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoints import CheckpointError
+from .checkpoint_error import CheckpointError
 from .fileio import lies_inside
 from .ranges import Range
 
@@ -422,10 +422,9 @@ def annotation_schema(hint: Any, size_name: str | None = None) -> Schema:
 
 # ----------------------------------------------------------------------------- the schemas
 def _module_class() -> str:
-    from .module import IGGTLitModule
-    from .registry import qualified_name
-
-    return qualified_name(IGGTLitModule)
+    # by name: module.py checks its own arguments with this module, so importing it here would be a circle
+    # (tests/test_import_graph.py); a checkpoint the CLI wrote names the class by this path
+    return "iggt_lightning.module.IGGTLitModule"
 
 
 def _preset_names():
@@ -659,7 +658,7 @@ def check(value: Any, schema: Schema, file: str | os.PathLike, field: str = "", 
 def registered_plugins_only(file: str, trust_code: bool = False, trusted=frozenset()):
     """A ``plugin_check`` for :class:`PluginMap`: a head / post-processor entry must name a registered plugin
     (a dotted class only with ``trust_code`` or when ``trusted`` holds it, e.g. the user's own config names it)."""
-    from .checkpoints import check_plugin_entries
+    from .registry import check_plugin_entries
 
     def plugin_check(field: str, path: str, entry: dict) -> None:
         check_plugin_entries(entry, "postprocess" if field == "postprocess" else "heads", file, path.rsplit(".", 1)[0],

@@ -1,10 +1,12 @@
 """``iggt view OUT_DIR``: a prediction folder of ``iggt predict`` in the browser, on viser (extra ``[viewer]``).
 
-What it reads from a scene folder: ``points.ply`` (positions, RGB, one int per vertex attribute such as
-``instance``, confidence), the other colour layers (every ``*.glb`` but ``scene.glb``: only their point colours,
-which follow the PLY's point order), ``cameras.json`` with the photos it names, ``masks/instances.json`` (score,
-label and views of each instance) and ``manifest.json`` (only its ``labels``). A folder of scene folders
-(``iggt predict --config ... --data ...``) gets a scene selector.
+What it reads from a scene folder: ``points.ply`` (positions, RGB, one int per vertex attribute, confidence),
+the other colour layers (every ``*.glb`` but ``scene.glb``: only their point colours, which follow the PLY's
+point order), ``cameras.json`` with the photos it names, the files the exporters declare as viewer layers
+(:func:`~iggt_lightning.exporters.viewer_layer_table`: the masks exporter's instances file, with the score,
+label and views of each instance, and the vertex attribute holding their ids) and ``manifest.json`` (its
+``labels``, and its ``exporters``: whose layers to read; every registered exporter's for a folder without it).
+A folder of scene folders (``iggt predict --config ... --data ...``) gets a scene selector.
 
 Files are data: every file read, and every path a file names (``image_path`` in ``cameras.json``), must lie
 inside the scene folder once links are resolved, or the folder is refused; every JSON field read is checked
@@ -56,6 +58,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from iggt_lightning.exporters import ViewerLayer, viewer_layer_table
 from iggt_lightning.inference.export import instance_colours, rotation_to_quaternion
 
 DEFAULT_MAX_POINTS = 500_000
@@ -105,6 +108,7 @@ class Scene:
     cameras: list[Camera]
     instances: list[Instance]
     warnings: list[str] = field(default_factory=list)
+    id_attribute: str | None = None     # the vertex attribute of instance ids (the instances layer's)
 
     @property
     def name(self) -> str:
@@ -112,7 +116,7 @@ class Scene:
 
     @property
     def instance_ids(self) -> np.ndarray | None:
-        return self.attributes.get("instance")
+        return self.attributes.get(self.id_attribute) if self.id_attribute else None
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -330,9 +334,25 @@ def read_labels(folder: Path) -> list[str | None]:
     return [_text(x, path, f"labels[{i}]", optional=True) for i, x in enumerate(_list(labels, path, "labels"))]
 
 
-def read_coco(folder: Path) -> dict[int, Instance]:
-    """Instances of ``masks/instances.json``: score, label and the views each appears in ({} without one)."""
-    path = folder / "masks" / "instances.json"
+def instance_layer(folder: Path) -> ViewerLayer | None:
+    """The instances layer of the exporters that wrote ``folder`` (its manifest's ``exporters``, looked up among
+    the registered ones only: a name is never imported), or of every registered exporter without that field."""
+    path = folder / "manifest.json"
+    names = None
+    if path.is_file():
+        check_inside(folder, path, str(path))
+        given = _read_json(path).get("exporters")
+        if given is not None:
+            names = [_text(x, path, f"exporters[{i}]") for i, x in enumerate(_list(given, path, "exporters"))]
+    return next((layer for _, layer in viewer_layer_table(names) if layer.kind == "instances"), None)
+
+
+def read_coco(folder: Path, layer: ViewerLayer | None) -> dict[int, Instance]:
+    """Instances of the layer's file (a COCO ``instances.json``): score, label and the views each appears in ({}
+    without one)."""
+    if layer is None:
+        return {}
+    path = folder / layer.file
     if not path.is_file():
         return {}
     check_inside(folder, path, str(path))
@@ -361,10 +381,10 @@ def read_coco(folder: Path) -> dict[int, Instance]:
     return found
 
 
-def read_instances(folder: Path, ids: np.ndarray | None) -> list[Instance]:
-    """One entry per instance: from ``masks/instances.json`` (score, label, the views it appears in), plus the
+def read_instances(folder: Path, ids: np.ndarray | None, layer: ViewerLayer | None = None) -> list[Instance]:
+    """One entry per instance: from the instances layer's file (score, label, the views it appears in), plus the
     ids only the cloud has (an instance whose mask vanished at photo resolution)."""
-    found = read_coco(folder)
+    found = read_coco(folder, layer)
     labels = read_labels(folder)
     counts = np.bincount(ids[ids > 0]) if ids is not None and (ids > 0).any() else np.zeros(0, int)
     for k in np.flatnonzero(counts):
@@ -449,10 +469,10 @@ def pick_scene(scenes: list[Path], name: str | None) -> Path:
                       f"{', '.join(s.name for s in scenes)}")
 
 
-def check_instance_ids(ids: np.ndarray, path: Path) -> None:
+def check_instance_ids(ids: np.ndarray, path: Path, attribute: str) -> None:
     """Ids index tables (palette, counts): 0 (no instance) .. MAX_INSTANCE_ID, nothing negative."""
     if len(ids) and (ids.min() < 0 or ids.max() > MAX_INSTANCE_ID):
-        raise ViewerError(f"{path}: property instance: ids {int(ids.min())}..{int(ids.max())}; expected "
+        raise ViewerError(f"{path}: property {attribute}: ids {int(ids.min())}..{int(ids.max())}; expected "
                           f"0 (no instance) to {MAX_INSTANCE_ID}")
 
 
@@ -479,17 +499,20 @@ def load_scene(folder: Path, max_points: int = DEFAULT_MAX_POINTS) -> Scene:
         warnings.append("points.ply has no red/green/blue: drawn grey")
     attributes = {k: np.asarray(v[k]).astype(np.int64) for k in names
                   if k not in ("x", "y", "z", "red", "green", "blue") and v.dtype[k].kind in "iu"}
-    ids = attributes.get("instance")
+    layer = instance_layer(folder)
+    id_attribute = layer.attribute if layer is not None else None
+    ids = attributes.get(id_attribute) if id_attribute else None
     if ids is not None:
-        check_instance_ids(ids, ply)
+        check_instance_ids(ids, ply, id_attribute)
     cameras = read_cameras(folder)
-    instances = read_instances(folder, ids)
+    instances = read_instances(folder, ids, layer)
     layers.update(read_colour_layers(folder, len(vertex), keep, warnings))
-    if ids is not None and "instances" not in layers:   # the writer's palette, so no GLB (or trimesh) is needed
-        layers["instances"] = instance_colours(int(ids.max(initial=0)))[ids]
+    if ids is not None and layer.colour_layer and layer.colour_layer not in layers:
+        # the writer's palette, so no GLB (or trimesh) is needed
+        layers[layer.colour_layer] = instance_colours(int(ids.max(initial=0)))[ids]
     for cam in cameras:
         cam.thumbnail = read_thumbnail(cam, warnings)
-    return Scene(folder, xyz, layers, attributes, len(vertex), cameras, instances, warnings)
+    return Scene(folder, xyz, layers, attributes, len(vertex), cameras, instances, warnings, id_attribute)
 
 
 # ---------------------------------------------------------------------------------------------- geometry

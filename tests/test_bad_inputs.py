@@ -1030,9 +1030,9 @@ def test_dry_run_refuses_what_the_real_run_refuses(case, ckpt, tmp_path, capsys)
 
 # ------------------------------------------------------------------------------------------ 5. non-finite predictions
 def _broken_model(monkeypatch, zero_fov=(), nan_depth=()):
-    from iggt_lightning import checkpoints
+    from iggt_lightning.module import IGGTLitModule
 
-    load = checkpoints.load_module
+    load = IGGTLitModule.from_checkpoint_file
 
     def load_broken(*a, **k):
         module = load(*a, **k)
@@ -1054,7 +1054,7 @@ def _broken_model(monkeypatch, zero_fov=(), nan_depth=()):
         model.forward = broken
         return module
 
-    monkeypatch.setattr(checkpoints, "load_module", load_broken)
+    monkeypatch.setattr(IGGTLitModule, "from_checkpoint_file", load_broken)
 
 
 def test_non_finite_views_are_reported_and_not_written(ckpt, tmp_path, capsys, monkeypatch):

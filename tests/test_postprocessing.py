@@ -103,7 +103,7 @@ def test_a_stored_config_of_an_older_version_loads(tmp_path):
 
     from safetensors.torch import save_file
 
-    from iggt_lightning.checkpoints import FORMAT, load_module
+    from iggt_lightning.checkpoints import FORMAT
 
     torch.manual_seed(0)
     model = IGGTModel.from_preset("nano", drop_heads=["track"])
@@ -113,7 +113,7 @@ def test_a_stored_config_of_an_older_version_loads(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
               metadata={"format": FORMAT, "config": json.dumps(config)})
     with pytest.warns(FutureWarning, match="post-processors, not heads"):
-        loaded = load_module(path)
+        loaded = IGGTLitModule.from_checkpoint_file(path)
     assert loaded.postprocess["tracking"].clusterer.granularity == 0.25
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
 

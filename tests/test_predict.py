@@ -326,14 +326,14 @@ def test_default_outputs_need_no_optional_package(assets, tmp_path):
 @pytest.mark.parametrize("option, module, extra", [entry[:3] for entry in OPTIONAL_PACKAGES])
 def test_an_output_needing_a_missing_package_stops_before_inference(assets, tmp_path, capsys, monkeypatch,
                                                                     option, module, extra):
-    import iggt_lightning.checkpoints as checkpoints
     from iggt_lightning.inference.writer import PredictError, PredictionWriter
+    from iggt_lightning.module import IGGTLitModule
 
     def no_inference(*a, **k):
         raise AssertionError("the model was loaded: the missing package was found only after inference started")
 
     monkeypatch.setitem(sys.modules, module, None)          # import <module> now raises ModuleNotFoundError
-    monkeypatch.setattr(checkpoints, "load_module", no_inference)
+    monkeypatch.setattr(IGGTLitModule, "from_checkpoint_file", no_inference)
     for dry in (["--dry-run"], []):
         assert predict(assets, tmp_path / "out", "--export-option", f"{option}=true", *dry) == 2
         err = capsys.readouterr().err.strip()

@@ -1,4 +1,4 @@
-"""The speed benchmarks run (tiny sizes, no official checkout needed) and their README blocks are their JSON."""
+"""The speed benchmarks run (tiny sizes, no official checkout needed) and their tables in the docs are their JSON."""
 from __future__ import annotations
 
 import importlib.util
@@ -85,4 +85,26 @@ def test_clustering_benchmark_scales_and_renders(tmp_path):
 def test_readme_blocks_are_their_json(name, json_name):
     mod = _module(name)
     payload = json.loads((ROOT / "benchmarks" / json_name).read_text())
-    assert mod.readme_table(payload) in (ROOT / "README.md").read_text()
+    assert mod.readme_table(payload) in _module("readme_block").text_holding(mod.BEGIN)   # its docs page
+
+
+def test_a_block_is_refilled_in_the_one_page_that_holds_it(tmp_path):
+    readme_block = _module("readme_block")
+    begin, end = "<!-- x.json: python benchmarks/x.py --readme -->", "<!-- /x.json -->"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("# doorway\n")
+    page = tmp_path / "docs" / "x.md"
+    page.write_text(f"intro\n{begin}\nold\n{end}\nafter\n")
+    readme_block.fill_block(begin, end, f"{begin}\nnew\n{end}", root=tmp_path)
+    assert page.read_text() == f"intro\n{begin}\nnew\n{end}\nafter\n"
+    assert readme_block.text_holding(begin, tmp_path) == page.read_text()
+    (tmp_path / "README.md").write_text(f"{begin}\nstale copy\n{end}\n")      # two holders: which one is true?
+    with pytest.raises(SystemExit, match=r"exactly one .* found in README.md, docs/x.md"):
+        readme_block.fill_block(begin, end, f"{begin}\nnew\n{end}", root=tmp_path)
+    with pytest.raises(SystemExit, match="found in none of README.md, docs/"):
+        readme_block.text_holding("<!-- y.json -->", tmp_path)
+    page.write_text(f"{begin}\nno end marker\n")
+    (tmp_path / "README.md").write_text("# doorway\n")
+    with pytest.raises(SystemExit, match="no .* block to fill"):
+        readme_block.fill_block(begin, end, f"{begin}\nnew\n{end}", root=tmp_path)
+    assert page.read_text() == f"{begin}\nno end marker\n"                     # nothing half-written

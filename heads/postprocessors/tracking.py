@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from iggt_lightning.fileio import write_json
-from iggt_lightning.inference import export
 from iggt_lightning.inference.clustering import build_clusterer
 from iggt_lightning.inference.export import instance_colours
 from iggt_lightning.metrics import InstanceAP, TrackingMetrics
@@ -103,7 +101,7 @@ class InstanceTracking(PostProcessor):
         palette = torch.from_numpy(instance_colours(int(ids.max()))).float() / 255
         return {"ids": palette[ids].permute(2, 0, 1)}
 
-    # ------------------------------------------------------------------ export
+    # ------------------------------------------------------------------ prediction
     def describe(self, outputs: dict, scene) -> None:
         """``scene.shared["instances"]`` (ids [S,H,W] at the model input, scores [K], labels None; a labeller
         fills ``labels``), the point attribute ``instance`` and the colour layer ``instances.glb``."""
@@ -117,23 +115,7 @@ class InstanceTracking(PostProcessor):
         scene.add_colour_layer("instances.glb", palette[ids.clamp(0, scores.numel())])
         scene.manifest["instances"] = int(scores.numel())
 
-    def export(self, outputs: dict, scene) -> None:
-        """``masks/<view>.png`` (16-bit ids at photo resolution, 0 = none) and ``masks/instances.json`` (COCO RLE,
-        ``track_id`` shared across views; with labels, the vocabulary as categories; ``file_name``: the view's file
-        under ``images/``)."""
-        found = scene.shared.get("instances")
-        if found is None:
-            return
-        photo_ids = []
-        for v, view in enumerate(scene.views):
-            ids, _ = scene.to_photo(v, found["ids"][v], nearest=True, fill=0)
-            photo_ids.append(ids)
-            export.write_png16(scene.path(f"masks/{view.stem}.png"), ids)
-        saved = export.saved_image_names(scene)    # COCO tools join file_name to an image root: images/ when saved
-        coco = export.coco_instances(photo_ids, found["scores"].numpy(), saved or [v.name for v in scene.views],
-                                     found["labels"], "images" if saved else None, [v.name for v in scene.views])
-        write_json(scene.path("masks/instances.json"), coco, strict=True)   # a non-finite score: refused, not NaN
-
     @classmethod
     def planned_files(cls, stems: list[str]) -> list[str]:
-        return ["instances.glb", "masks/instances.json"] + [f"masks/{s}.png" for s in stems]
+        """Its colour layer, then the files the exporters make of its outputs (masks/)."""
+        return ["instances.glb", *super().planned_files(stems)]

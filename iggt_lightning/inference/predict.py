@@ -420,7 +420,7 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
     from lightning import Trainer
     from torch.utils.data import DataLoader
 
-    from iggt_lightning.checkpoints import load_module
+    from iggt_lightning.module import IGGTLitModule
 
     st.start("read photos")
     photos, names = _read_photos(plan.paths, o.video_frames)
@@ -444,7 +444,8 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
                 "files": files}
     with _quiet_lightning():
         st.start("load model")
-        module = load_module(o.checkpoint, preset=o.preset, trust_code=o.trust_code, postprocess=o.postprocess)
+        module = IGGTLitModule.from_checkpoint_file(o.checkpoint, preset=o.preset, trust_code=o.trust_code,
+                                                    postprocess=o.postprocess)
         if module.model.backbone.patch_size != plan.patch_size:
             raise PredictError(f"{o.checkpoint}: the model's patch size {module.model.backbone.patch_size} differs "
                                f"from its header's {plan.patch_size}")

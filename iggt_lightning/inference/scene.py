@@ -1,11 +1,9 @@
-"""What plugins see when a prediction is written: one scene of a batch, its views, and the shared slots through
-which plugins hand each other what the scene-level files need (docs/writing-a-head.md, "Exporting").
+"""What plugins and exporters see when a prediction is written: one scene of a batch, its views, and the slots
+through which plugins describe what they produced (docs/writing-an-exporter.md).
 
 A plugin's ``describe`` hook fills slots (cameras, sources of 3D points, colour layers, vertex attributes,
-``shared``);
-its ``export`` hook writes its own files through :meth:`SceneExport.path`. After both passes the writer makes
-the scene files from the slots (:mod:`.writer`): ``points.ply``, ``scene.glb`` and one GLB per colour layer,
-``cameras.json`` and ``sparse/0/``.
+``shared``); the writer (:mod:`.writer`) then chooses the cloud (:class:`Cloud`) and the exporters
+(:mod:`iggt_lightning.exporters`) write the files from the slots and the outputs through :meth:`SceneExport.path`.
 """
 from __future__ import annotations
 
@@ -64,6 +62,24 @@ class PointSource:
 
 
 @dataclass
+class Cloud:
+    """The points the scene files show: the source ``name``, ``points`` [S,H,W,3] and ``confidence`` [S,H,W] per
+    model-input pixel, and ``keep`` (bool, flat over S*H*W) the pixels the confidence filter keeps."""
+
+    name: str
+    points: torch.Tensor
+    confidence: torch.Tensor
+    keep: np.ndarray
+
+    def xyz(self) -> np.ndarray:
+        return self.points.reshape(-1, 3).numpy()[self.keep]
+
+    def rgb(self, images: torch.Tensor) -> np.ndarray:
+        """The kept points' colours from the model input ``images`` [S,3,H,W]."""
+        return images.permute(0, 2, 3, 1).reshape(-1, 3).numpy()[self.keep]
+
+
+@dataclass
 class SceneExport:
     """One scene being written. ``index``: the scene's position in the batch (``outputs[key][scene.index]``).
     ``images``: the model input [S,3,H,W] (CPU, float in [0,1]); ``options``: the export options, checked
@@ -82,12 +98,17 @@ class SceneExport:
     point_sources: dict[str, PointSource] = field(default_factory=dict)
     colour_layers: dict[str, torch.Tensor] = field(default_factory=dict)
     point_attributes: dict[str, torch.Tensor] = field(default_factory=dict)
+    cloud: Cloud | None = None   # chosen by the writer once every plugin has described the scene
     current: str | None = None   # the file being written (named in errors)
 
     @property
     def model_size(self) -> tuple[int, int]:
         """(W, H) of the model input."""
         return int(self.images.shape[-1]), int(self.images.shape[-2])
+
+    def camera_views(self) -> list[int]:
+        """The views whose cameras are usable (all of them when the scene has no cameras)."""
+        return [v for v in range(len(self.views)) if self.cameras is None or self.cameras.valid[v]]
 
     def option(self, name: str, default: Any = None) -> Any:
         """A declared option's value (its declared default when not given); ``default`` for an undeclared name."""
@@ -98,7 +119,7 @@ class SceneExport:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise SceneError(f"an exported file must be a relative path inside the output folder; got {rel!r}")
         if rel in self.files:
-            raise SceneError(f"two plugins write {rel!r}; each output file must come from one plugin")
+            raise SceneError(f"two plugins or exporters write {rel!r}; each output file must come from one")
         self.current = rel
         self.files.append(rel)
         path = self.folder / rel

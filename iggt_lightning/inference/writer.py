@@ -1,14 +1,13 @@
-"""Writing predictions: one output folder per scene, made by the plugins' hooks plus the scene-level files.
+"""Writing predictions: one output folder per scene, described by the plugins and written by the exporters.
 
 :func:`write_prediction` builds a scene's folder under a temporary sibling and renames it into place, so an
 error leaves nothing half-written. Inside, every plugin (heads in order, then post-processors) gets
-``describe`` (fill the scene's shared slots) and then ``export`` (write its own files); from the slots this
-module writes what belongs to the scene as a whole: ``points.ply`` (with one int property per vertex
-attribute), ``scene.glb`` and one GLB per colour layer (the cloud and the views' frusta), ``cameras.json``,
-the COLMAP model ``sparse/0/``, the input views under ``images/`` (and downscaled under ``images_N/``) and
-``transforms.json``: the layout COLMAP, gsplat and nerfstudio read (docs/tool-layouts.md). Nothing here knows a
-plugin by name. Every file is written with the core install; an option whose files need an optional package
-(:data:`OPTIONAL_PACKAGES`) is checked by :func:`check_output_packages` before any inference.
+``describe`` (fill the scene's slots: cameras, sources of points, colour layers, ...); this module chooses the
+cloud and runs every exporter (:mod:`iggt_lightning.exporters`) whose inputs are present: the per-view maps,
+``points.ply``, the GLBs, ``images/``, ``cameras.json``, the COLMAP model ``sparse/0/`` and ``transforms.json``
+(docs/tool-layouts.md). Nothing here knows a plugin or a format by name. Every file is written with the core
+install; an option whose files need an optional package (:data:`OPTIONAL_PACKAGES`) is checked by
+:func:`check_output_packages` before any inference.
 
 :class:`PredictionWriter` is the Lightning callback that does this for every scene of every predict batch,
 so ``iggt predict`` on photos and ``trainer.predict`` over a dataset (many scenes, any strategy) share it.
@@ -30,21 +29,21 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from iggt_lightning.exporters import (COLMAP_DIR, DEFAULT_COLMAP_POINTS, Exporter, FilePlan,  # noqa: F401 (API)
+                                      applicable_exporters, available_exporters, is_scene_exporter)
 from iggt_lightning.fileio import write_json
+from iggt_lightning.plugin import Plugin
 
-from . import colmap, export
+from . import export
 from .output_folder import (MANIFEST_FORMAT, OutputFolderError, check_existing, folder_files, host_tag, refuse_overlap,
                             replace_dir)
-from .options import DEFAULT_COLMAP_POINTS, registered_plugins, resolve_export_options  # noqa: F401 (DEFAULT_COLMAP_POINTS: API)
-from .scene import SceneError, SceneExport, View, identity_transform
+from .options import registered_plugins, resolve_export_options
+from .scene import Cloud, SceneError, SceneExport, View, identity_transform
 
 
 class PredictError(OutputFolderError):
     """A refused option, output folder or write; the message names the path or the option."""
 
-
-# COLMAP's own layout (its mapper writes sparse/0, sparse/1, ...), where gsplat's parser looks first
-COLMAP_DIR = "sparse/0"
 
 # export options whose files need a package outside the core install: (option, module, extra, what it makes)
 OPTIONAL_PACKAGES = (
@@ -113,102 +112,32 @@ def _keep_mask(scene: SceneExport, points: torch.Tensor, conf: torch.Tensor, fro
     return finite & (flat_conf >= threshold)
 
 
-def _write_scene_files(scene: SceneExport, cloud) -> dict:
-    cams = scene.cameras
-    ok = [v for v in range(len(scene.views)) if cams is None or cams.valid[v]]
-    frusta = (cams.extrinsics[ok], cams.intrinsics[ok], [scene.views[v].photo_size for v in ok]) if cams else ()
-    info: dict[str, Any] = {"points": 0}
-    if cloud is not None:
-        name, points, conf, keep = cloud
-        xyz = points.reshape(-1, 3).numpy()[keep]
-        rgb = scene.images.permute(0, 2, 3, 1).reshape(-1, 3).numpy()[keep]
-        attributes = {k: v.reshape(-1).numpy()[keep] for k, v in scene.point_attributes.items()}
-        export.write_ply(scene.path("points.ply"), xyz, rgb, conf.reshape(-1).numpy()[keep], attributes)
-        export.write_glb(scene.path("scene.glb"), xyz, rgb, *frusta)
-        for file, colours in scene.colour_layers.items():
-            export.write_glb(scene.path(file), xyz, colours.reshape(-1, 3).numpy()[keep], *frusta)
-        info.update(points=int(len(xyz)), points_from=name)
-    else:
-        xyz = rgb = np.zeros((0, 3))
-    image_paths = None
-    saved = export.saved_image_names(scene)
-    if saved is not None:
-        image_paths = [f"images/{n}" for n in saved]   # as the model read them (EXIF-rotated, RGB)
-        for rel, v in zip(image_paths, scene.views):
-            export.write_png_rgb(scene.path(rel), np.asarray(v.photo))
-        info["images_downscaled"] = _write_downscaled(scene, saved)
-    if cams is not None:
-        sizes = [scene.views[v].photo_size for v in ok]
-        export.write_cameras_json(scene.path("cameras.json"), cams.extrinsics[ok], cams.intrinsics[ok], sizes,
-                                  [scene.views[v].name for v in ok],
-                                  None if image_paths is None else [image_paths[v] for v in ok])
-        info["colmap"] = _write_colmap(scene, cloud, ok, sizes)
-        if image_paths is not None:
-            export.write_transforms_json(scene.path("transforms.json"), cams.extrinsics[ok], cams.intrinsics[ok],
-                                         sizes, [image_paths[v] for v in ok], "points.ply" if cloud else None)
-        omitted = [scene.views[v].name for v in range(len(scene.views)) if not cams.valid[v]]
-        info["cameras_omitted"] = dict(export.CAMERAS_OMITTED, views=omitted) if omitted else None
-    return info
-
-
-def _write_downscaled(scene: SceneExport, names: list[str]) -> dict:
-    """``images_N/<name>`` for N in :func:`export.downscale_factors` (gsplat's ``data_factor``, nerfstudio's
-    downscale folders), each view reduced by :data:`export.DOWNSCALE_RULE`."""
-    factors = export.downscale_factors([(v.photo.shape[1], v.photo.shape[0]) for v in scene.views])
-    for n in factors:
-        for name, v in zip(names, scene.views):
-            export.write_png_downscaled(scene.path(f"images_{n}/{name}"), np.asarray(v.photo), n)
-    return {"factors": factors, "rule": export.DOWNSCALE_RULE}
-
-
-def colmap_options(scene: SceneExport) -> dict:
-    """The COLMAP export options (checked with the others, :mod:`.options`): format, size budget, the tracks'
-    visibility tolerance, bundle adjustment."""
-    return {"format": scene.option("colmap_format"), "max_points": scene.option("colmap_max_points"),
-            "depth_tolerance": scene.option("colmap_depth_tolerance"), "bundle_adjust": scene.option("colmap_ba")}
-
-
-def _write_colmap(scene: SceneExport, cloud, ok: list[int], sizes: list[tuple[int, int]]) -> dict:
-    opts = colmap_options(scene)
-    cams = scene.cameras
-    to_model = [(scene.views[v].transform.scale, scene.views[v].transform.offset) for v in ok]
-    if cloud is not None:
-        _, points, conf, keep = cloud
-        rgb = scene.images.permute(0, 2, 3, 1).reshape(-1, 3).numpy()
-        tracks = colmap.build_tracks(points.numpy(), keep, conf.reshape(-1).numpy(), rgb, cams.extrinsics[ok],
-                                     cams.intrinsics[ok], sizes, to_model, ok, opts["max_points"],
-                                     opts["depth_tolerance"])
-    else:
-        tracks = colmap.Tracks(np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0),
-                               [np.zeros((0, 2))] * len(ok), [np.zeros(0, np.int64)] * len(ok))
-    scene.current = f"{COLMAP_DIR}/"
-    folder = scene.folder / COLMAP_DIR
-    colmap.write_model(folder, cams.extrinsics[ok], cams.intrinsics[ok], sizes,
-                               [scene.views[v].image_name for v in ok], [v + 1 for v in ok], tracks, opts["format"])
-    observations = sum(len(p) for p in tracks.point_of)
-    info = {"path": COLMAP_DIR, "format": opts["format"], "points": int(len(tracks.points)),
-            "observations": int(observations), "mean_track_length": tracks.mean_track_length,
-            "mean_reprojection_error": float(tracks.errors.mean()) if len(tracks.errors) else None,
-            "max_points": opts["max_points"], "depth_tolerance": opts["depth_tolerance"],
-            "pixel_coordinates": "pixel i's centre at i + 0.5 (COLMAP's convention)"}
-    if opts["bundle_adjust"] and len(tracks.points):
-        info["bundle_adjustment"] = colmap.bundle_adjust(folder, opts["format"])
-    # pycolmap may add files
-    scene.files += sorted(f"{COLMAP_DIR}/{p.name}" for p in folder.iterdir() if p.is_file())
-    return info
-
-
 def scene_file_names(image_names: list[str] | None, colmap_format: str = "txt",
                      photo_sizes: list[tuple[int, int]] | None = None) -> list[str]:
-    """The scene-level files a prediction may hold (for ``--dry-run``; which ones appear depends on the heads);
-    ``photo_sizes`` (W, H) decide the downscaled copies (all factors when not given)."""
-    files = ["manifest.json", "points.ply", "scene.glb", "cameras.json",
-             *(f"{COLMAP_DIR}/{n}.{colmap_format}" for n in ("cameras", "images", "points3D"))]
-    if not image_names:
-        return files
-    factors = export.downscale_factors(photo_sizes) if photo_sizes else export.DOWNSCALE_FACTORS
-    return files + ["transforms.json", *(f"images/{n}" for n in image_names),
-                    *(f"images_{k}/{n}" for k in factors for n in image_names)]
+    """The scene-level files a prediction may hold (for ``--dry-run``; which ones appear depends on the heads):
+    the manifest and what every exporter of the scene as a whole plans. ``photo_sizes`` (W, H) decide the
+    downscaled copies (all factors when not given)."""
+    plan = FilePlan(image_names=image_names, photo_sizes=photo_sizes,
+                    options={"colmap_format": colmap_format, "save_images": image_names is not None})
+    files = ["manifest.json"]
+    for cls in available_exporters().values():
+        if is_scene_exporter(cls):
+            files += [f for f in cls.planned(plan) if f not in files]
+    return files
+
+
+def run_order(plugins: list[tuple[str, Any]], exporters: list[Exporter]) -> list[tuple[str, Any]]:
+    """What writes, in order: each plugin's turn runs the exporters of the outputs it produces (then its own
+    ``export`` hook, kept for plugins written before exporters), and the scene's exporters come last, so the
+    files keep the order they always had."""
+    steps, left = [], list(exporters)
+    for _, plugin in plugins:
+        mine = [e for e in left if set(e.consumed_outputs()) & set(getattr(plugin, "outputs", ()))]
+        left = [e for e in left if e not in mine]
+        steps += [(e.name, e) for e in mine]
+        if type(plugin).export is not Plugin.export:
+            steps.append(("plugin", plugin))
+    return steps + [(e.name, e) for e in left]
 
 
 def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict, index: int, views: list[View],
@@ -216,7 +145,9 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
                  state: dict | None = None) -> dict:
     """Write scene ``index`` of ``outputs`` into the (empty) ``folder``; returns its manifest. ``state["scene"]``
     is set to the :class:`SceneExport` (whose ``current`` names the file being written, for errors). ``options``
-    are checked against the plugins' table (:func:`~.options.resolve_export_options`), the rest at defaults."""
+    are checked against the plugins' and exporters' table (:func:`~.options.resolve_export_options`), the rest at
+    defaults. Every plugin describes the scene, the writer chooses the cloud, then the exporters whose inputs
+    are present write."""
     plugins = list(plugins)
     options = resolve_export_options(options, plugins)
     scene = SceneExport(Path(folder), index, views, images.detach().float().cpu(), options)
@@ -225,20 +156,33 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
     for _, plugin in plugins:
         plugin.describe(outputs, scene)
     chosen = _choose_points(scene)
-    cloud = None if chosen is None else (*chosen[:3], _keep_mask(scene, *chosen[1:]))
-    for _, plugin in plugins:
-        plugin.export(outputs, scene)
+    if chosen is not None:
+        scene.cloud = Cloud(*chosen[:3], _keep_mask(scene, *chosen[1:]))
+    summary: dict[str, Any] = {"points": 0}     # the scene's summary in the manifest: 0 points without a cloud
+    ran = []
+    for name, step in run_order(plugins, [cls(options) for cls in applicable_exporters(plugins)]):
+        if isinstance(step, Exporter):
+            if not step.ready(scene, outputs):
+                continue
+            scene.current = None
+            summary.update(step.write(scene, outputs) or {})
+            ran.append(name)
+        else:
+            step.export(outputs, scene)
     scene.current = None
-    info = _write_scene_files(scene, cloud)
+    cams = scene.cameras
+    if cams is not None:
+        omitted = [scene.views[v].name for v in range(len(scene.views)) if not cams.valid[v]]
+        summary["cameras_omitted"] = dict(export.CAMERAS_OMITTED, views=omitted) if omitted else None
     # every file in the folder, so that --overwrite can later delete exactly these (a plugin may write extras)
     files = [*scene.files, *(f for f in folder_files(Path(folder)) if f not in scene.files and f != "manifest.json")]
     body = {"format": MANIFEST_FORMAT, "views": len(views), "files": [*files, "manifest.json"],
-            **info, "photo_sizes": [list(v.photo_size) for v in views], "model_input": list(scene.model_size),
+            **summary, "photo_sizes": [list(v.photo_size) for v in views], "model_input": list(scene.model_size),
             "confidence_filter": {"mode": scene.option("conf_mode"), "threshold": scene.option("conf_threshold")},
             "invalid_views": {views[v].name: list(p) for v, p in sorted(scene.invalid.items())},
             "colmap_names": {v.name: v.image_name for v in views}, "convention": export.CONVENTION,
             "glb_convention": export.GLB_CONVENTION,
-            **scene.manifest, **(manifest or {})}
+            **scene.manifest, **(manifest or {}), "exporters": ran}
     scene.current = "manifest.json"
     write_json(Path(folder) / "manifest.json", body, strict=True)   # a NaN here is a bug, never a silent token
     return body
