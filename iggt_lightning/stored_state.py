@@ -22,6 +22,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 import torch
@@ -577,12 +578,44 @@ OPTIMIZER_STATE = Record({
     "param_groups": ListOf(PARAM_GROUP, max_len=1024),
 }, required=("state", "param_groups"), what="an optimizer's state")
 
-LR_SCHEDULER_STATE = Record({
+class SchedulerState(Record):
+    """A learning-rate scheduler's state: the fields every scheduler has, plus its own settings and counters
+    (``step_size``, ``gamma``, ``T_max``, ``T_cur``, ...: whichever torch.optim scheduler the user's config names,
+    iggt_lightning/optimizers.py) as scalars or lists of scalars. ``load_state_dict`` writes every field into the
+    scheduler object's ``__dict__``, so a field may not shadow what a scheduler class defines (``step``,
+    ``get_lr``, ...) or its ``optimizer``: a file could otherwise replace a method with data."""
+
+    _KEY = re.compile(r"[A-Za-z_]\w{0,63}")
+
+    def check(self, value, path, ctx, depth):
+        if isinstance(value, dict):
+            for k in value:
+                if k in self.fields:
+                    continue
+                if not isinstance(k, str) or not self._KEY.fullmatch(k) or k in _scheduler_class_names():
+                    raise ctx.fail(_join(path, str(k)[:60]), "not a scheduler setting or counter (a plain name "
+                                   "that no scheduler class defines)")
+        super().check(value, path, ctx, depth)
+
+
+@lru_cache(maxsize=1)
+def _scheduler_class_names() -> frozenset[str]:
+    import torch.optim.lr_scheduler as schedulers
+
+    names = {"optimizer"}
+    for obj in vars(schedulers).values():
+        if isinstance(obj, type) and issubclass(obj, schedulers.LRScheduler):
+            names.update(dir(obj))
+    return frozenset(names)
+
+
+_SCALAR = OneOf(Null(), Bool(), Float(), Str(r"[\w.-]{0,128}", "a short name"))
+LR_SCHEDULER_STATE = SchedulerState({
     "base_lrs": ListOf(Float(0.0)), "_last_lr": ListOf(Float(0.0)), "last_epoch": Int(-1), "_step_count": Int(0),
     "_is_initial": Bool(), "_get_lr_called_within_step": Bool(), "verbose": Bool(),
     # LambdaLR writes a callable object's attributes back into it (fn.__dict__.update); ours are functions: None
     "lr_lambdas": ListOf(Null()),
-}, what="a learning-rate scheduler's state")
+}, extra=OneOf(_SCALAR, ListOf(_SCALAR, max_len=1024)), what="a learning-rate scheduler's state")
 
 RNG_STATE = Record({
     "torch": Tensor(torch.uint8, max_dim=1),

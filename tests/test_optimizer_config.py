@@ -137,3 +137,39 @@ def test_a_checkpoint_cannot_name_an_optimizer():
     # and the module's arguments from a file never take one, whatever the schema lets through
     with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['lr_scheduler'\]"):
         module_arguments({"state_dict": {}, "hyper_parameters": {"lr_scheduler": "StepLR"}}, "x.ckpt")
+
+
+def _opt_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "opt.yaml"
+    path.write_text("optimizer:\n  class_path: SGD\n  init_args: {momentum: 0.9}\n"
+                    "lr_scheduler:\n  class_path: StepLR\n  init_args: {step_size: 1, gamma: 0.5}\n")
+    return path
+
+
+def test_a_run_with_a_configured_scheduler_resumes_where_it_stopped(tmp_path):
+    """The scheduler's own settings and counters (StepLR's step_size, gamma) are stored state the schema
+    accepts, so a resumed run continues the schedule: after 2 + 2 steps the lr is halved 4 times."""
+    opt = _opt_yaml(tmp_path)
+    IGGTCLI(args=["fit", *_fast(tmp_path / "run"), "--config", str(opt), "--model.lr", "0.01"])
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["lr_schedulers"][0]
+    assert stored["step_size"] == 1 and stored["gamma"] == 0.5 and stored["last_epoch"] == 2
+    cli = IGGTCLI(args=["fit", *_fast(tmp_path / "run"), "--config", str(opt), "--model.lr", "0.01",
+                        "--trainer.max_steps", "4", "--ckpt_path", str(ckpt)])
+    assert cli.trainer.global_step == 4
+    heads_lr = max(g["lr"] for g in cli.trainer.optimizers[0].param_groups)
+    assert heads_lr == pytest.approx(0.01 / 16)
+
+
+@pytest.mark.parametrize("field, value", [("step", 1), ("get_last_lr", "x"), ("optimizer", None),
+                                          ("gamma", {"class_path": "os.system"}), ("x y", 1)])
+def test_a_stored_scheduler_field_cannot_shadow_a_method_or_carry_structure(tmp_path, field, value):
+    opt = _opt_yaml(tmp_path)
+    IGGTCLI(args=["fit", *_fast(tmp_path / "run"), "--config", str(opt)])
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["lr_schedulers"][0][field] = value
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save(state, hostile)
+    with pytest.raises(StoredStateError, match=r"lr_schedulers\[0\]"):
+        stored_state_check()(torch.load(hostile, map_location="cpu", weights_only=True), hostile)
