@@ -212,15 +212,9 @@ def _predict(argv: list[str]) -> int:
         if value is not None:
             export_options[key] = value
     from .hub import resolve_checkpoint
+    from .inference.predict import check_before_checkpoint
 
-    try:
-        checkpoint = str(resolve_checkpoint(a.checkpoint))     # a Hub id or model folder -> its weights file
-    except (ValueError, OSError) as err:
-        if os.environ.get("IGGT_DEBUG"):
-            raise
-        print(f"iggt predict: error: {err}", file=sys.stderr)
-        return 2
-    opts = PredictOptions(inputs=a.inputs, checkpoint=checkpoint, out=a.out, preset=a.preset, mode=a.mode,
+    opts = PredictOptions(inputs=a.inputs, checkpoint=a.checkpoint, out=a.out, preset=a.preset, mode=a.mode,
                           size=tuple(a.size) if a.size else None, device=a.device, precision=a.precision,
                           conf_threshold=a.conf_threshold, conf_mode=a.conf_mode, points_from=a.points_from,
                           postprocess=postprocess or None, export_options=export_options, video_frames=a.video_frames,
@@ -228,6 +222,8 @@ def _predict(argv: list[str]) -> int:
                           progress=not a.quiet, trust_code=a.trust_checkpoint_code,
                           global_attention=global_attention)
     try:
+        check_before_checkpoint(opts)             # options, photos, output folder: before any Hub download
+        opts.checkpoint = str(resolve_checkpoint(a.checkpoint))     # a Hub id or model folder -> its weights file
         summary = run_predict(opts)
     except (ValueError, FileNotFoundError, CheckpointError, OSError) as err:  # every message names the path/option
         if os.environ.get("IGGT_DEBUG"):

@@ -38,6 +38,8 @@ def routed(monkeypatch):
         raise ValueError("stop here")
 
     monkeypatch.setattr(iggt_lightning.inference.predict, "run_predict", photos)
+    # the checks before a Hub id is resolved read the photos: these paths are only routed, never read
+    monkeypatch.setattr(iggt_lightning.inference.predict, "check_before_checkpoint", lambda opts: None)
     return calls
 
 

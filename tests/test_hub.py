@@ -149,6 +149,21 @@ def test_bad_hub_ids_are_one_line_naming_the_id(hub, models, tmp_path, capsys, s
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_refuses_its_own_mistakes_before_resolving_a_hub_id(hub, models, tmp_path, capsys, monkeypatch):
+    """A wrong output folder or option is refused before the Hub is asked (a download may be gigabytes)."""
+    import iggt_lightning.hub as hub_module
+
+    asked = []
+    monkeypatch.setattr(hub_module, "resolve_checkpoint", lambda spec: asked.append(spec) or spec)
+    photos = models / "photos"
+    assert main(["predict", str(photos), "-c", "someone/missing", "-o", str(photos / "out"), "--quiet"]) == 2
+    assert "output directory" in capsys.readouterr().err
+    assert main(["predict", str(photos), "-c", "someone/missing", "-o", str(tmp_path / "o"), "--conf-threshold",
+                 "120", "--quiet"]) == 2
+    assert "--conf-threshold" in capsys.readouterr().err
+    assert asked == [] and not (tmp_path / "o").exists() and not (photos / "out").exists()
+
+
 def test_model_folders_without_one_weight_file_are_refused(models, tmp_path):
     empty = tmp_path / "snapshot"
     empty.mkdir()

@@ -75,9 +75,10 @@ def refuse_overlap(out: str | os.PathLike | None, inputs, what: str = "output") 
     return real
 
 
-def check_output_folder(o, paths: list[Path]) -> Path:
+def check_output_folder(o, paths: list[Path], checkpoint: bool = True) -> Path:
     """The output folder is never an input, never holds one, never lies in one (:func:`refuse_overlap`), and
-    never is the current directory or one of its parents. Returns it resolved (symlinks and ``..`` followed)."""
+    never is the current directory or one of its parents. Returns it resolved (symlinks and ``..`` followed).
+    ``checkpoint=False``: leave the checkpoint out (a Hub id not resolved to its file yet)."""
     out = Path(os.path.realpath(o.out))
     cwd = Path(os.path.realpath(os.getcwd()))
     if out == cwd or lies_inside(cwd, out):
@@ -89,7 +90,8 @@ def check_output_folder(o, paths: list[Path]) -> Path:
         kind = "input folder" if Path(raw).is_dir() else "input video" if is_video(Path(raw)) else "input photo"
         items.append((kind, str(raw)))
     items += [("input video" if is_video(p) else "input photo", str(p)) for p in paths]
-    items.append(("checkpoint", str(o.checkpoint)))
+    if checkpoint:
+        items.append(("checkpoint", str(o.checkpoint)))
     refuse_overlap(o.out, items, "output directory")
     return out
 

@@ -188,6 +188,13 @@ def _default_patch_size() -> int:
     return int(inspect.signature(Aggregator.__init__).parameters["patch_size"].default)
 
 
+def check_before_checkpoint(o: PredictOptions) -> None:
+    """The checks that need neither the checkpoint nor a decoded photo: run before a Hub id is resolved, so a
+    mistyped option or a wrong output folder is refused before any download (:func:`validate` repeats them)."""
+    check_options(o)
+    check_output_folder(o, list_images(o.inputs), checkpoint=False)
+
+
 def validate(o: PredictOptions) -> Plan:
     """Every check of a run that needs no photo decoded and no model built, shared by ``dry_run`` and the real
     run (so both refuse the same options with the same messages). Nothing is written."""
