@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from lightning import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .checkpoints import CheckpointError, load_state, load_weights, read_for_building
 from .losses.options import check_loss_options
@@ -83,6 +83,11 @@ class IGGTLitModule(LightningModule):
                                log_images_every_n_steps=log_images_every_n_steps)
         self.optimizer_spec = resolve_optimizer(optimizer, "optimizer")
         self.lr_scheduler_spec = resolve_optimizer(lr_scheduler, "lr_scheduler")
+        if self.lr_scheduler_spec is not None and warmup_steps:
+            # nothing silent: a configured scheduler replaces the warm-up cosine one, warm-up included
+            rank_zero_warn(f"model.warmup_steps={warmup_steps} is not used: lr_scheduler "
+                           f"{self.lr_scheduler_spec[0].__name__} replaces the default warm-up + cosine schedule "
+                           "(set model.warmup_steps 0 to silence this, or leave lr_scheduler out)")
         # configs written before post-processing was its own component name tracking / open_vocab as heads
         heads, moved = move_postprocessors_out_of_heads(heads, "model.heads")
         postprocess = {**moved, **dict(postprocess or {})}

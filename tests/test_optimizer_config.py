@@ -173,3 +173,13 @@ def test_a_stored_scheduler_field_cannot_shadow_a_method_or_carry_structure(tmp_
     torch.save(state, hostile)
     with pytest.raises(StoredStateError, match=r"lr_schedulers\[0\]"):
         stored_state_check()(torch.load(hostile, map_location="cpu", weights_only=True), hostile)
+
+
+def test_warm_up_steps_a_configured_scheduler_replaces_are_named_not_silently_dropped(recwarn):
+    step_lr = {"class_path": "StepLR", "init_args": {"step_size": 1}}
+    with pytest.warns(UserWarning, match=r"model.warmup_steps=30 is not used: lr_scheduler StepLR replaces"):
+        IGGTLitModule(preset="nano", warmup_steps=30, lr_scheduler=step_lr)
+    recwarn.clear()
+    IGGTLitModule(preset="nano", warmup_steps=0, lr_scheduler=step_lr)      # nothing replaced: nothing said
+    IGGTLitModule(preset="nano", warmup_steps=30)                            # the default schedule uses it
+    assert not [w for w in recwarn if "warmup_steps" in str(w.message)]
