@@ -22,7 +22,7 @@ import sys
 from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .checkpoint_error import CheckpointError
 
@@ -143,16 +143,9 @@ class Registry:
             raise ValueError(f"a {self.kind} must be named by a string; {source} gives {name!r}")
         cls = self.registered(name)
         if cls is None and "." in name:
-            if not trust_code:
-                raise UntrustedCodeError(
-                    f"{source} names {self.kind} class {name!r}, which is not a registered {self.kind}; importing it "
-                    f"would run code from that file. Registered: {sorted(self.classes)}. If you trust the file, "
-                    f"pass {TRUST_OPT_IN}; better, install the package that defines it so that it registers itself")
-            module, _, attr = name.rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(module), attr)
-            except (ImportError, AttributeError) as err:
-                raise ValueError(f"cannot import {self.kind} class {name!r}: {err}") from err
+            cls = import_trusted_class(name, self.kind, sorted(self.classes), trust_code, source,
+                                       advice="; better, install the package that defines it so that it registers "
+                                              "itself")
         if cls is None:
             hint = ""
             other = _other_kind(self).registered(name)
@@ -167,6 +160,21 @@ class Registry:
     @property
     def config_field(self) -> str:
         return "heads" if self is HEADS else "postprocess"
+
+
+def import_trusted_class(name: str, kind: str, registered: list[str], trust_code: bool, source: str,
+                         advice: str = "") -> Any:
+    """What the dotted path ``name`` names, imported only when the user trusts where it came from (the one rule
+    for every plugin kind: heads, post-processors, exporters); otherwise one :class:`UntrustedCodeError`."""
+    if not trust_code:
+        raise UntrustedCodeError(f"{source} names {kind} class {name!r}, which is not a registered {kind}; importing "
+                                 f"it would run code from that file. Registered: {registered}. If you trust the file, "
+                                 f"pass {TRUST_OPT_IN}{advice}")
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {kind} class {name!r}: {err}") from err
 
 
 def _imported_class(ref: str) -> type | None:

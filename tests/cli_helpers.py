@@ -125,3 +125,17 @@ class RecordEvalScenes(Callback):
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._record("predict", batch)
+
+
+def pinned_nano_model():
+    """A nano model (no track head) whose camera head predicts identity poses and a 1 rad field of view: random
+    weights often predict a degenerate one, which predict refuses to write."""
+    from iggt_lightning.model import IGGTModel
+
+    torch.manual_seed(0)
+    model = IGGTModel.from_preset("nano", drop_heads=["track"])
+    cam = model.heads["camera"]
+    with torch.no_grad():
+        cam.pose_branch.fc2.weight.zero_()
+        cam.pose_branch.fc2.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1.0]) / cam.num_iterations)
+    return model

@@ -2,17 +2,14 @@
 extracted into a temporary folder and imported; then, with no other edit anywhere, `iggt predict` on the tiny
 test photos and checkpoint writes its file, `--dry-run` and the manifest list it, its option is typed, and a
 misspelt or wrong-typed option of it is one clear error before anything is written."""
-import ast
-import importlib
 import json
-import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from iggt_lightning.exporters import available_exporters, unregister_exporter
+from tests.guide_helpers import guide_code, imported_guide
 from tests.test_predict import assets, predict  # noqa: F401  (the tiny checkpoint + synthetic photos fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,29 +17,14 @@ GUIDE = ROOT / "docs" / "writing-an-exporter.md"
 MODULE, NAME = "iggt_xyz_exporter", "xyz"
 
 
-def guide_code() -> tuple[str, str]:
-    """(the exporter file, the registration line) from the guide's python blocks."""
-    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
-    assert len(blocks) == 2, "the guide should hold the exporter file and the registration line, nothing else"
-    file, line = blocks
-    statements = ast.parse(line).body
-    assert len(statements) == 1 and isinstance(statements[0].value, ast.Call), "one registration call"
-    assert statements[0].value.func.id == "register_exporter"
-    return file, line
-
-
 @pytest.fixture(scope="module")
 def exporter_module(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("exporter")
-    file, line = guide_code()
-    (folder / f"{MODULE}.py").write_text(f"{file}\n{line}")
+    file, line = guide_code(GUIDE, "register_exporter", "exporter")
     assert NAME not in available_exporters()
-    sys.path.insert(0, str(folder))
     try:
-        yield importlib.import_module(MODULE)
+        with imported_guide(tmp_path_factory.mktemp("exporter"), MODULE, file, line) as module:
+            yield module
     finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(MODULE, None)
         unregister_exporter(NAME)
 
 

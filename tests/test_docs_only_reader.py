@@ -3,10 +3,7 @@ extracted into a temporary folder and imported; then, with no other edit anywher
 registry, its fixture is written and read back through the registry with the checks tests/test_datasets.py
 runs on every layout, and `iggt data check` detects it by its markers and checks it (in process by name, and
 as a fresh command line process, which must not import the test-fixture module to find the reader)."""
-import ast
-import importlib
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +15,7 @@ from iggt_lightning.cli import main
 from iggt_lightning.data.check import check_dataset
 from iggt_lightning.data.fixtures import write_fixture
 from iggt_lightning.data.registry import get_layout, layout_names, reader_class, unregister_layout
+from tests.guide_helpers import guide_code, imported_guide
 from tests.test_datasets import SIZE, assert_augmented_samples_aligned, assert_checks_clean, assert_reads_back
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,29 +23,15 @@ GUIDE = ROOT / "docs" / "writing-a-reader.md"
 MODULE, LAYOUT = "iggt_npz_frames", "npz_frames"
 
 
-def guide_code() -> tuple[str, str]:
-    """(the reader file, the registration line) from the guide's python blocks."""
-    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
-    assert len(blocks) == 2, "the guide should hold the reader file and the registration line, nothing else"
-    file, line = blocks
-    statements = ast.parse(line).body
-    assert len(statements) == 1 and isinstance(statements[0].value, ast.Call), "one registration call"
-    assert statements[0].value.func.id == "register_layout"
-    return file, line
-
-
 @pytest.fixture(scope="module")
 def reader_module(tmp_path_factory):
     folder = tmp_path_factory.mktemp("reader")
-    file, line = guide_code()
-    (folder / f"{MODULE}.py").write_text(f"{file}\n{line}")
+    file, line = guide_code(GUIDE, "register_layout", "reader")
     assert LAYOUT not in layout_names()
-    sys.path.insert(0, str(folder))
     try:
-        yield importlib.import_module(MODULE), folder
+        with imported_guide(folder, MODULE, file, line) as module:
+            yield module, folder
     finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(MODULE, None)
         if LAYOUT in layout_names():
             unregister_layout(LAYOUT)
 

@@ -5,7 +5,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
 from torch.utils.data import DistributedSampler, SequentialSampler
 
@@ -100,16 +99,10 @@ def pinned_nano(tmp_path_factory):
     """A nano model whose camera head predicts identity poses and a 1 rad field of view (random weights often
     predict a degenerate one, which predict refuses to write)."""
     from iggt_lightning.checkpoints import save_model
-    from iggt_lightning.model import IGGTModel
+    from tests.cli_helpers import pinned_nano_model
 
-    torch.manual_seed(0)
-    model = IGGTModel.from_preset("nano", drop_heads=["track"])
-    cam = model.heads["camera"]
-    with torch.no_grad():
-        cam.pose_branch.fc2.weight.zero_()
-        cam.pose_branch.fc2.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1.0]) / cam.num_iterations)
     path = tmp_path_factory.mktemp("pinned") / "nano.safetensors"
-    save_model(model, path)
+    save_model(pinned_nano_model(), path)
     return path
 
 

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from iggt_lightning.cli import main
@@ -16,18 +15,11 @@ pytest.importorskip("trimesh")
 def dataset(tmp_path_factory):
     from iggt_lightning.checkpoints import save_model
     from iggt_lightning.data.fixtures import write_fixture
-    from iggt_lightning.model import IGGTModel
+    from tests.cli_helpers import pinned_nano_model
 
     root = tmp_path_factory.mktemp("predict_data")
     samples = write_fixture("scene_folder", root / "data", num_scenes=3, num_views=2, image_size=(56, 84))
-    torch.manual_seed(0)
-    model = IGGTModel.from_preset("nano", drop_heads=["track"])
-    # random weights predict a random (often degenerate) field of view: pin identity poses, a 1 rad field of view
-    cam = model.heads["camera"]
-    with torch.no_grad():
-        cam.pose_branch.fc2.weight.zero_()
-        cam.pose_branch.fc2.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1.0]) / cam.num_iterations)
-    save_model(model, root / "nano.safetensors")
+    save_model(pinned_nano_model(), root / "nano.safetensors")
     config = root / "predict.yaml"
     config.write_text(f"""
 trainer: {{accelerator: cpu, devices: 1, logger: false, enable_progress_bar: false, enable_model_summary: false}}

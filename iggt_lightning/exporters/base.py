@@ -15,7 +15,6 @@ dotted ``module.Class`` path is imported only when the caller trusts where it ca
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any, ClassVar
 
 from iggt_lightning.inference.export import saved_image_names
 from iggt_lightning.inference.option_types import ExportOption, ExportOptionError
-from iggt_lightning.registry import TRUST_OPT_IN, UntrustedCodeError, qualified_name
+from iggt_lightning.registry import import_trusted_class, qualified_name
 
 ENTRY_POINT_GROUP = "iggt_lightning.exporters"
 
@@ -199,15 +198,7 @@ def get_exporter(name: str, trust_code: bool = False, source: str = "the configu
     (configs the user writes), never for a name read from a file."""
     cls = registered_exporter(name)
     if cls is None and isinstance(name, str) and "." in name:
-        if not trust_code:
-            raise UntrustedCodeError(f"{source} names exporter class {name!r}, which is not a registered exporter; "
-                                     f"importing it would run code from that file. Registered: "
-                                     f"{sorted(_EXPORTERS)}. If you trust the file, pass {TRUST_OPT_IN}")
-        module, _, attr = name.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot import exporter class {name!r}: {err}") from err
+        cls = import_trusted_class(name, "exporter", sorted(_EXPORTERS), trust_code, source)
         if not (isinstance(cls, type) and issubclass(cls, Exporter)):
             raise ValueError(f"{source}: {name!r} is {cls!r}, not a subclass of iggt_lightning.exporters.Exporter")
     if cls is None:
