@@ -1,10 +1,10 @@
 """The contrastive-loss ablation on the tiny synthetic config: train each variant (same seed, same budget),
 test it on the synthetic test split, print AP / AP50 / AP25 / T-mIoU / T-SR / AbsRel side by side (+ JSON).
 
-    python benchmarks/ablation.py [--variants full "contrastive off" ...] [--json path] [-- extra CLI args]
-    python benchmarks/ablation.py --parallel 7 --threads 2 -- --trainer.accelerator gpu   # GPU: variants at once
-    python benchmarks/ablation.py --add "my run=--model.lr 1e-3" --variants "my run"     # an ad-hoc variant
-    python benchmarks/ablation.py --readme          # rewrite README's table from benchmarks/ablation.json
+    python -m benchmarks.ablation [--variants full "contrastive off" ...] [--json path] [-- extra CLI args]
+    python -m benchmarks.ablation --parallel 7 --threads 2 -- --trainer.accelerator gpu   # GPU: variants at once
+    python -m benchmarks.ablation --add "my run=--model.lr 1e-3" --variants "my run"     # an ad-hoc variant
+    python -m benchmarks.ablation --readme          # rewrite README's table from benchmarks/ablation.json
 
 ``--parallel N`` trains up to N variants at once, each in its own process (``--threads`` torch threads each);
 results do not depend on it (each process seeds itself from the config). ``--save-weights DIR`` keeps each
@@ -34,12 +34,11 @@ from pathlib import Path
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # readme_block beside this script
-sys.path.insert(0, str(ROOT))
+from iggt_lightning.benchmarking import evaluate, fill_block
+from iggt_lightning.fileio import write_json
+from iggt_lightning.lightning_cli import IGGTCLI
 
-from iggt_lightning.fileio import write_json  # noqa: E402
-from iggt_lightning.lightning_cli import IGGTCLI  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
 # test split, then the val split (same test loop); loss_contrastive is the test loop's (absent when switched off)
@@ -67,7 +66,7 @@ def variants(config: Path) -> dict[str, list[str]]:
     }
 
 
-BEGIN, END = "<!-- ablation.json: python benchmarks/ablation.py --readme -->", "<!-- /ablation.json -->"
+BEGIN, END = "<!-- ablation.json: python -m benchmarks.ablation --readme -->", "<!-- /ablation.json -->"
 # what the README table shows, in order: (metric key, label)
 SHOWN = [("ap", "AP"), ("ap50", "AP50"), ("ap25", "AP25"), ("ap50_objects", "AP50 obj."), ("t_miou", "T-mIoU"),
          ("t_sr", "T-SR"), ("t_miou_objects", "T-mIoU obj."), ("abs_rel", "AbsRel"), ("val_ap50", "val AP50"),
@@ -108,11 +107,7 @@ def _scene_counts(rows: list[dict]) -> str:
 
 
 def update_readme(json_path: str) -> None:
-    import json
-
-    from readme_block import fill_block
-
-    fill_block(BEGIN, END, readme_table(json.loads(Path(json_path).read_text())))
+    fill_block(BEGIN, END, readme_table(json.loads(Path(json_path).read_text())), ROOT)
 
 
 def git_commit() -> str:
@@ -129,12 +124,6 @@ def slug(name: str) -> str:
 
 def weights_file(directory: str, name: str) -> Path:
     return Path(directory) / f"{slug(name)}.pt"
-
-
-def evaluate(cli, prefix: str, **where) -> dict:
-    """One test loop (clustering, AP, tracking, geometry); ``where`` picks the data (datamodule or dataloaders)."""
-    metrics = cli.trainer.test(cli.model, verbose=False, **where)[0]
-    return {prefix + k[len("test/"):]: float(v) for k, v in metrics.items() if k.startswith("test/")}
 
 
 def run_variant(config: Path, override: list[str], extra: list[str], save_weights: str | None = None,
@@ -177,7 +166,8 @@ def run_parallel(a, table: dict, names: list[str], log_dir: Path, progress=None)
         while pending and len(running) < a.parallel:
             name = pending.pop(0)
             part = log_dir / f"{slug(name)}.json"
-            cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--config", str(a.config),
+            # the same cwd as this run (the repository root: python -m benchmarks.ablation), so relative paths agree
+            cmd = [sys.executable, "-u", "-m", "benchmarks.ablation", "--config", str(a.config),
                    "--threads", str(a.threads), "--json", str(part), "--variants", name,
                    *(["--add", f"{name}={shlex.join(table[name])}"] if name in a.added else []),
                    *(["--save-weights", a.save_weights] if a.save_weights else []),

@@ -1,7 +1,7 @@
 """Speed, agreement and pixel scaling of the clusterers, CPU.
 
-    python benchmarks/clustering.py [--views 8] [--size 336 504] [--scaling-views 1 4 16 64] [--threads 2]
-    python benchmarks/clustering.py --readme      # only rewrite README's block from the JSON
+    python -m benchmarks.clustering [--views 8] [--size 336 504] [--scaling-views 1 4 16 64] [--threads 2]
+    python -m benchmarks.clustering --readme      # only rewrite README's block from the JSON
 
 The features stand in for a trained instance head: SyntheticScenes renders the views (instance ids and
 world points of procedural rooms); each instance, and the background, gets a random unit vector, and every
@@ -27,15 +27,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from iggt_lightning.benchmarking import fill_block_from_json
+from iggt_lightning.data import SyntheticScenes
+from iggt_lightning.fileio import write_json
+from iggt_lightning.inference import build_clusterer
 
-from iggt_lightning.data import SyntheticScenes  # noqa: E402
-from iggt_lightning.fileio import write_json  # noqa: E402
-from iggt_lightning.inference import build_clusterer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_JSON = ROOT / "benchmarks" / "clustering.json"
-BEGIN, END = "<!-- clustering.json: python benchmarks/clustering.py --readme -->", "<!-- /clustering.json -->"
+BEGIN, END = "<!-- clustering.json: python -m benchmarks.clustering --readme -->", "<!-- /clustering.json -->"
 SPECS = {"torch (default)": "torch",
          "hdbscan (official, 20k sample)": {"name": "hdbscan", "preset": "large", "backend": "hdbscan"},
          # scikit-learn's epsilon merge fails under NumPy >= 2.4 (issue 33219): shows what that costs
@@ -142,8 +142,7 @@ def main() -> int:
     p.add_argument("--readme", action="store_true", help="only rewrite README's block from --json")
     a = p.parse_args()
     if a.readme:
-        from readme_block import fill_block_from_json
-        fill_block_from_json(BEGIN, END, readme_table, a.json)
+        fill_block_from_json(BEGIN, END, readme_table, a.json, ROOT)
         return 0
     torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)

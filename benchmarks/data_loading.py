@@ -1,6 +1,6 @@
 """Loading throughput of the real-dataset readers: scenes/s at 8 views, 336x504, through a DataLoader (CPU).
 
-    PYTHONPATH=. python3 benchmarks/data_loading.py [--layouts scannetpp re10k] [--samples 32] [--workers 2]
+    python -m benchmarks.data_loading [--layouts scannetpp re10k] [--samples 32] [--workers 2]
                                                     [--quick] [--out benchmarks/results/data_loading.json]
 
 For each layout a fixture is written to a temporary folder with ``write_fixture`` (4 scenes x 12 frames,
@@ -37,13 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from iggt_lightning.data import collate_checked
+from iggt_lightning.data.fixtures import write_fixture
+from iggt_lightning.data.registry import layouts, reader_class
+from iggt_lightning.fileio import write_json
 
-from iggt_lightning.data import collate_checked  # noqa: E402
-from iggt_lightning.data.fixtures import write_fixture  # noqa: E402
-from iggt_lightning.data.registry import layouts, reader_class  # noqa: E402
-from iggt_lightning.fileio import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LAYOUTS = tuple(r.name for r in layouts() if not r.cameras_only)    # the training layouts (depth or ids)
 STORED = (378, 560)       # (H, W) written: multiples of 14 (the renderer's constraint), larger than the target

@@ -1,7 +1,7 @@
 """Our `iggt test` results next to the published numbers of the protocol they ran (configs/eval/published.yaml).
 
     iggt test --config configs/eval/scannet_table1.yaml ... --results runs/eval/scannet_table1.json
-    python benchmarks/eval_report.py runs/eval/*.json [--json report.json] [--markdown report.md]
+    python -m benchmarks.eval_report runs/eval/*.json [--json report.json] [--markdown report.md]
 
 Each results file names the configs it ran (``--results`` writes them); the protocol is the first config whose
 name (without ``.yaml``) is an entry of published.yaml, or ``--protocol NAME`` for all files. Our metrics are
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                        "rows": rows_for(results, published[name])})
     text = markdown(report)
     print(text)
-    from iggt_lightning.fileio import write_json   # noqa: E402 (after argument errors, which need no torch)
+    from iggt_lightning.fileio import write_json   # after argument errors, which need no torch
 
     if a.json:
         write_json(a.json, {"report": report})
@@ -107,5 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -6,11 +6,11 @@ markdown table and writes the results as JSON.
 
 Usage (from the repository root)::
 
-    PYTHONPATH=. python3 benchmarks/forward.py --preset tiny --views 1 2 4 8 --sizes 224x224 336x504
-    PYTHONPATH=. python3 benchmarks/forward.py --preset iggt-large --device cuda --dtype bf16 \\
+    python -m benchmarks.forward --preset tiny --views 1 2 4 8 --sizes 224x224 336x504
+    python -m benchmarks.forward --preset iggt-large --device cuda --dtype bf16 \\
         --views 1 8 32 --sizes 518x518 --time-budget 600
 
-    PYTHONPATH=. python3 benchmarks/forward.py --preset tiny --views 8 16 32 64 128 256 --repeats 1 \\
+    python -m benchmarks.forward --preset tiny --views 8 16 32 64 128 256 --repeats 1 \\
         --plot benchmarks/forward_views.png --json benchmarks/forward_views.json
 
 Options: ``--preset`` (tiny), ``--views`` (1 2 4 8 16 32), ``--sizes`` HxW, multiples of the patch
@@ -19,7 +19,7 @@ size 14 (224x224), ``--batch`` (1), ``--device`` (cuda if available, else cpu), 
 (3), ``--warmup`` untimed runs (1), ``--json`` output path
 (``benchmarks/results/forward_<preset>_<device>.json``), ``--time-budget`` seconds, ``--threads``
 (``torch.set_num_threads``), ``--official CHECKOUT`` (also time the official model classes from a local
-checkout of lifuguan/IGGT_official, with the same weights: benchmarks/official.py; the official forward fails
+checkout of lifuguan/IGGT_official, with the same weights: iggt_lightning/benchmarking/official.py; the official forward fails
 above 12 views, which the table then shows as an error), ``--plot PNG`` (time and memory against views, one
 line per model and size; needs matplotlib, the ``bench`` extra).
 
@@ -67,66 +67,44 @@ commit), the preset's parameter count and, per configuration, every timed run.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import gc
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from iggt_lightning.benchmarking import (MIB, CpuPeakRSS, environment, fill_block_from_json, is_oom, parse_size,
+                                         positive_int, sync)
+from iggt_lightning.fileio import write_json
+from iggt_lightning.model import PRESETS, IGGTModel
+
 _REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:  # allow running without PYTHONPATH=.
-    sys.path.insert(0, str(_REPO))
-
-from iggt_lightning.fileio import write_json  # noqa: E402
-from iggt_lightning.model import PRESETS, IGGTModel  # noqa: E402
-
+FIXTURES = _REPO / "tests" / "data" / "reference"   # the parity fixtures the small official presets are built from
 _T0 = time.perf_counter()
-MIB = 1024 ** 2
 
 
 # ----------------------------------------------------------------------------- arguments
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HxW (e.g. 224x224), got {text!r}") from None
-    if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
-
-
-def _positive(text: str) -> int:
-    v = int(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Time the IGGTModel forward pass over image sizes and view counts.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    p.add_argument("--views", type=_positive, nargs="+", default=[1, 2, 4, 8, 16, 32], help="views per sample (S)")
-    p.add_argument("--sizes", type=_size, nargs="+", default=[(224, 224)], help="image sizes HxW")
-    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--views", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="views per sample (S)")
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(224, 224)], help="image sizes HxW")
+    p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = torch.autocast")
-    p.add_argument("--repeats", type=_positive, default=3, help="timed runs per configuration")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per configuration")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration")
     p.add_argument("--json", default=None, help="output path (default benchmarks/results/forward_<preset>_<device>.json)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="skip the configurations not yet started once this much time has elapsed")
-    p.add_argument("--threads", type=_positive, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--official", default=None, metavar="CHECKOUT",
                    help="also time the official classes from this local checkout of lifuguan/IGGT_official")
@@ -141,137 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ----------------------------------------------------------------------------- memory
-def _read_status(field: str) -> int | None:
-    """A ``kB`` field of /proc/self/status, in bytes (None where unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_hwm() -> bool:
-    """Reset the kernel's peak-RSS mark VmHWM (Linux >= 4.0); True if it worked."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class CpuPeakRSS:
-    """Peak RSS increase (bytes) over the value at ``start()``: a 5 ms VmRSS sampler plus VmHWM."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval = interval
-        self.proc = _read_status("VmRSS") is not None
-        self.method = None
-        self._stop = threading.Event()
-        self._thread = None
-
-    def start(self) -> None:
-        gc.collect()
-        _malloc_trim()
-        if self.proc:
-            self.hwm_ok = _reset_hwm()
-            self.baseline = _read_status("VmRSS")
-            self.peak = self.baseline
-            self.method = "VmRSS sampler (5 ms)" + (" + VmHWM reset per config" if self.hwm_ok else "")
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        else:  # fall back to the lifetime peak of getrusage (KiB on Linux, bytes on macOS)
-            import resource
-
-            scale = 1 if sys.platform == "darwin" else 1024
-            self._ru = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-            self.baseline = self._ru()
-            self.method = "ru_maxrss delta (lifetime peak, not resettable)"
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            rss = _read_status("VmRSS")
-            if rss is not None and rss > self.peak:
-                self.peak = rss
-
-    def stop(self) -> tuple[int, int]:
-        """Returns (peak increase, baseline) in bytes."""
-        if self.proc:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self.peak, _read_status("VmRSS") or 0)
-            if self.hwm_ok:
-                peak = max(peak, _read_status("VmHWM") or 0)
-        else:
-            peak = self._ru()
-        return max(0, peak - self.baseline), self.baseline
-
-
-def _is_oom(err: BaseException) -> bool:
-    if isinstance(err, getattr(torch.cuda, "OutOfMemoryError", ())):
-        return True
-    msg = str(err).lower()
-    return isinstance(err, (RuntimeError, MemoryError)) and (
-        isinstance(err, MemoryError) or "out of memory" in msg or "can't allocate memory" in msg)
-
-
-# ----------------------------------------------------------------------------- environment
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO,
-                               capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(device: torch.device) -> dict:
-    env = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "git_commit": _git_commit(),
-        "hostname": platform.node(),
-        # Other processes compete for the CPU on a shared machine; a load average above the core
-        # count at the start means the timings are likely inflated.
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    try:
-        with open("/proc/meminfo") as f:
-            env["mem_total_mib"] = round(int(f.readline().split()[1]) / 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu=props.name,
-                   gpu_memory_mib=round(props.total_memory / MIB),
-                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
-    return env
-
-
 # ----------------------------------------------------------------------------- benchmark
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _over_budget(args) -> bool:
     return args.time_budget is not None and time.perf_counter() - _T0 > args.time_budget
 
@@ -288,7 +136,7 @@ def run_config(model, args, device, H: int, W: int, S: int) -> dict:
         if device.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
-            _sync(device)
+            sync(device)
             torch.cuda.reset_peak_memory_stats(device)
             res["baseline_mib"] = torch.cuda.memory_allocated(device) / MIB
         else:
@@ -296,10 +144,10 @@ def run_config(model, args, device, H: int, W: int, S: int) -> dict:
             cpu_mem.start()
         with torch.no_grad(), autocast:
             for i in range(args.warmup + args.repeats):
-                _sync(device)
+                sync(device)
                 t = time.perf_counter()
                 out = model(x)
-                _sync(device)
+                sync(device)
                 dt = time.perf_counter() - t
                 del out
                 if i >= args.warmup:
@@ -308,7 +156,7 @@ def run_config(model, args, device, H: int, W: int, S: int) -> dict:
                     break
         res["status"] = "ok" if len(times) == args.repeats else f"ok ({len(times)}/{args.repeats} runs)"
     except Exception as err:  # noqa: BLE001 - reported, not raised
-        if _is_oom(err):
+        if is_oom(err):
             res["status"] = "OOM"
         else:
             res["status"] = "error"
@@ -426,7 +274,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
-BEGIN, END = "<!-- forward_views.json: python benchmarks/forward.py --readme -->", "<!-- /forward_views.json -->"
+BEGIN, END = "<!-- forward_views.json: python -m benchmarks.forward --readme -->", "<!-- /forward_views.json -->"
 
 
 def readme_table(payload: dict) -> str:
@@ -444,11 +292,8 @@ def readme_table(payload: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.readme:
-        sys.path.insert(0, str(_REPO / "benchmarks"))
-        from readme_block import fill_block_from_json
-
         source = Path(args.json or _REPO / "benchmarks" / "forward_views.json")
-        fill_block_from_json(BEGIN, END, readme_table, source)
+        fill_block_from_json(BEGIN, END, readme_table, source, _REPO)
         if args.plot:  # redraw the plot from the same JSON
             plot_payload(json.loads(source.read_text()), Path(args.plot))
         return 0
@@ -462,13 +307,12 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     models = {}
     if args.official:
-        sys.path.insert(0, str(_REPO / "benchmarks"))
-        import official as official_lib
+        from iggt_lightning.benchmarking import official as official_lib
 
         if args.preset not in official_lib.PRESETS:
             raise SystemExit(f"--official: preset {args.preset!r} has no official counterpart; "
                              f"expected one of {official_lib.PRESETS}")
-        official, ours = official_lib.build_pair(args.preset, args.official, seed=args.seed)
+        official, ours = official_lib.build_pair(args.preset, args.official, FIXTURES, seed=args.seed)
         models = {"ours": ours.to(device), "official": official.to(device)}
     else:
         models = {"ours": IGGTModel.from_preset(args.preset).eval().to(device)}
@@ -480,7 +324,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"sizes {bad} are not multiples of the patch size {patch}")
     n_params = sum(p.numel() for p in model.parameters())
     n_backbone = sum(p.numel() for p in model.backbone.parameters())
-    env = environment(device)
+    env = environment(device, _REPO)
 
     header = {
         "preset": args.preset,
@@ -516,7 +360,7 @@ def main(argv=None) -> int:
                                    else nullcontext()):
                 for m in models.values():
                     m(torch.rand(1, 1, 3, h, w, device=device))
-            _sync(device)
+            sync(device)
         except Exception as err:  # noqa: BLE001 - the configuration itself will report it
             print(f"  global warm-up failed: {type(err).__name__}: {err}", file=sys.stderr)
     done: dict[tuple[str, int, int, int], dict] = {}

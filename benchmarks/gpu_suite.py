@@ -43,7 +43,7 @@ peaks extended to the free GPU memory. For a measured bracket give it the time:
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, *including* the weights
 (fp32 here) and the input (``baseline_bytes`` is what was allocated before the run). On CPU the peak increase
-of the process's RSS over its value before the run (``benchmarks/forward.py``'s ``CpuPeakRSS``), *excluding*
+of the process's RSS over its value before the run (``iggt_lightning.benchmarking.CpuPeakRSS``), *excluding*
 the weights. GB = 10^9 bytes.
 """
 from __future__ import annotations
@@ -52,7 +52,6 @@ import argparse
 import copy
 import datetime
 import gc
-import importlib.util
 import json
 import math
 import os
@@ -68,26 +67,12 @@ from pathlib import Path
 
 import torch
 
-_HERE = Path(__file__).resolve().parent
-_REPO = _HERE.parent
-if str(_REPO) not in sys.path:  # allow running without PYTHONPATH=.
-    sys.path.insert(0, str(_REPO))
+from iggt_lightning.benchmarking import MIB, CpuPeakRSS, environment, is_oom, parse_size, positive_int, sync
+from iggt_lightning.fileio import write_json
+from iggt_lightning.model import PRESETS, IGGTModel
 
-
-def _load_forward():
-    """benchmarks/forward.py (CpuPeakRSS, _is_oom, environment), loaded by path: benchmarks/ is not a package."""
-    spec = importlib.util.spec_from_file_location("iggt_benchmark_forward", _HERE / "forward.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fwd = _load_forward()
-from iggt_lightning.fileio import write_json  # noqa: E402
-from iggt_lightning.model import PRESETS, IGGTModel  # noqa: E402
-
+_REPO = Path(__file__).resolve().parent.parent
 GB = 1e9
-MIB = 1024 ** 2
 STEPS = ("forward", "max_frames", "train_step", "fsdp_fit")  # as reported
 # As run: the open-ended search last, so it gets whatever the steps of a predictable cost leave.
 RUN_ORDER = ("forward", "train_step", "fsdp_fit", "max_frames")
@@ -139,13 +124,10 @@ PROFILES = {
 
 # ----------------------------------------------------------------------------- arguments
 def _size(text: str) -> tuple[int, int]:
-    h, w = fwd._size(text)                   # forward.py's HxW parser, plus the patch grid the models need
+    h, w = parse_size(text)                  # the shared HxW parser, plus the patch grid the models need
     if h % 14 or w % 14:
         raise argparse.ArgumentTypeError(f"size must be positive multiples of the patch size 14, got {text!r}")
     return h, w
-
-
-_positive = fwd._positive
 
 
 def _steps(text: str) -> list[str]:
@@ -169,14 +151,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--json", default=None,
       help="output (gpu: benchmarks/gpu_suite.json; cpu: benchmarks/results/gpu_suite_cpu.json)")
     a("--seed", type=int, default=0)
-    a("--threads", type=_positive, default=None, help="torch.set_num_threads here and --threads of the FSDP fit "
+    a("--threads", type=positive_int, default=None, help="torch.set_num_threads here and --threads of the FSDP fit "
       "(default: torch's own; the fit: its config's)")
     g = p.add_argument_group("1 forward")
     g.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=None)
-    g.add_argument("--frames", type=_positive, nargs="+", default=None)
+    g.add_argument("--frames", type=positive_int, nargs="+", default=None)
     g.add_argument("--size", type=_size, default=None, help="HxW of steps 1")
     g.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="bf16 = torch.autocast (steps 1-3)")
-    g.add_argument("--repeats", type=_positive, default=None, help="timed runs per configuration at most")
+    g.add_argument("--repeats", type=positive_int, default=None, help="timed runs per configuration at most")
     g.add_argument("--warmup", type=int, default=None, help="untimed runs per configuration")
     g.add_argument("--long-run", type=float, default=None, metavar="S", help="after a configuration whose median "
                    "exceeded this, the next larger one of the series gets no warm-up run")
@@ -185,8 +167,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("2 max frames")
     g.add_argument("--fit-preset", choices=sorted(PRESETS), default=None)
     g.add_argument("--fit-size", type=_size, default=None)
-    g.add_argument("--fit-start", type=_positive, default=None, help="first frame count of the doubling")
-    g.add_argument("--fit-max", type=_positive, default=None, help="the doubling stops above this")
+    g.add_argument("--fit-start", type=positive_int, default=None, help="first frame count of the doubling")
+    g.add_argument("--fit-max", type=positive_int, default=None, help="the doubling stops above this")
     g.add_argument("--fit-resolution", type=float, default=None, help="bisection stops when the bracket is "
                    "within this fraction of the largest fitting count")
     g.add_argument("--probe-limit", type=float, default=None, metavar="S", help="seconds per probe at most")
@@ -198,22 +180,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("3 train step")
     g.add_argument("--train-config", default=None, help="the config whose model section (and loss) is trained")
     g.add_argument("--train-preset", default=None, help="overrides the config's preset")
-    g.add_argument("--train-frames", type=_positive, default=None)
+    g.add_argument("--train-frames", type=positive_int, default=None)
     g.add_argument("--train-size", type=_size, default=None)
-    g.add_argument("--train-batch", type=_positive, default=None)
-    g.add_argument("--train-steps", type=_positive, default=None, help="steps run (the first is reported as "
+    g.add_argument("--train-batch", type=positive_int, default=None)
+    g.add_argument("--train-steps", type=positive_int, default=None, help="steps run (the first is reported as "
                    "warm-up: it allocates the optimiser state)")
     g.add_argument("--train-loss", choices=("auto", "model", "sum-of-means"), default="auto",
                    help="model: the config's loss; auto: that, else the sum of the outputs' means")
     g.add_argument("--no-checkpointing", action="store_true", help="train without gradient checkpointing")
     g = p.add_argument_group("4 FSDP2 fit")
     g.add_argument("--fsdp-accelerator", choices=("gpu", "cpu"), default=None)
-    g.add_argument("--fsdp-steps", type=_positive, default=None)
+    g.add_argument("--fsdp-steps", type=positive_int, default=None)
     g.add_argument("--fsdp-precision", default=None, help="trainer.precision override (default: the config's)")
     g.add_argument("--fsdp-size", type=_size, default=None, help="data image size override")
-    g.add_argument("--fsdp-views", type=_positive, default=None)
-    g.add_argument("--fsdp-batch", type=_positive, default=None)
-    g.add_argument("--fsdp-num-train", type=_positive, default=None)
+    g.add_argument("--fsdp-views", type=positive_int, default=None)
+    g.add_argument("--fsdp-batch", type=positive_int, default=None)
+    g.add_argument("--fsdp-num-train", type=positive_int, default=None)
     g.add_argument("--fsdp-workers", type=int, default=None)
     g.add_argument("--fsdp-min-seconds", type=float, default=None, help="not started with less time than this left")
     args = p.parse_args(argv)
@@ -256,11 +238,6 @@ class ProbeTimeout(Exception):
     pass
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _cleanup(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -286,16 +263,16 @@ class Memory:
     def start(self) -> None:
         if self.device.type == "cuda":
             _cleanup(self.device)
-            _sync(self.device)
+            sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline = torch.cuda.memory_allocated(self.device)
         else:
-            self.cpu = fwd.CpuPeakRSS()
+            self.cpu = CpuPeakRSS()
             self.cpu.start()
 
     def stop(self) -> dict:
         if self.device.type == "cuda":
-            _sync(self.device)
+            sync(self.device)
             return {"peak_bytes": torch.cuda.max_memory_allocated(self.device), "baseline_bytes": self.baseline,
                     "peak_reserved_bytes": torch.cuda.max_memory_reserved(self.device)}
         peak, base = self.cpu.stop()
@@ -305,7 +282,7 @@ class Memory:
     def method(self) -> str:
         if self.device.type == "cuda":
             return "torch.cuda.max_memory_allocated, incl. the (fp32) weights and the input"
-        return "peak RSS increase over the value before the run (benchmarks/forward.py CpuPeakRSS), excl. weights"
+        return "peak RSS increase over the value before the run (iggt_lightning.benchmarking.CpuPeakRSS), excl. weights"
 
 
 def build_model(preset: str, device: torch.device, **overrides) -> tuple[IGGTModel, float]:
@@ -347,10 +324,10 @@ def run_config(fn, device: torch.device, args, warmup: int, deadline: float) -> 
     mem.start()
     try:
         for i in range(warmup + args.repeats):
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             out = fn()
-            _sync(device)
+            sync(device)
             dt = time.perf_counter() - t
             del out
             if i < warmup:
@@ -361,7 +338,7 @@ def run_config(fn, device: torch.device, args, warmup: int, deadline: float) -> 
                 break
         res["status"] = "ok" if len(times) == args.repeats else f"ok ({len(times)}/{args.repeats} runs)"
     except Exception as err:  # noqa: BLE001 - reported, not raised
-        res["status"] = "OOM" if fwd._is_oom(err) else "error"
+        res["status"] = "OOM" if is_oom(err) else "error"
         res["error"] = _err(err)
     finally:
         res.update(mem.stop())
@@ -396,7 +373,7 @@ def step_forward(args, device: torch.device, deadline: float, done: dict) -> dic
         try:  # one untimed forward first: one-time initialisation is not charged to the first configuration
             with torch.inference_mode(), _autocast(device, args.dtype):
                 model(torch.rand(1, 1, 3, H, W, device=device, generator=gen))
-            _sync(device)
+            sync(device)
         except Exception as err:  # noqa: BLE001 - the configurations report it
             print(f"  {preset}: global warm-up failed: {_err(err)}", file=sys.stderr)
         history: dict[str, list] = {"aggregator": [], "full": []}
@@ -469,13 +446,13 @@ def probe(model, S: int, args, device: torch.device, deadline: float, cap: float
     try:
         with torch.inference_mode(), _autocast(device, args.dtype):
             out = model(x)
-        _sync(device)
+        sync(device)
         del out
         res["status"] = "fits"
     except ProbeTimeout as err:
         res["status"], res["error"] = "timeout", str(err)
     except Exception as err:  # noqa: BLE001
-        res["status"] = "OOM" if fwd._is_oom(err) else "error"
+        res["status"] = "OOM" if is_oom(err) else "error"
         res["error"] = _err(err)
     finally:
         for h in hooks:
@@ -672,7 +649,7 @@ def step_train(args, device: torch.device, deadline: float, done: dict) -> dict:
             try:
                 return module.compute_losses(out, batch)["loss"]
             except Exception as err:  # noqa: BLE001
-                if args.train_loss == "model" or fwd._is_oom(err):
+                if args.train_loss == "model" or is_oom(err):
                     raise
                 res["model_loss_error"] = _err(err)
                 loss_kind = "sum-of-means"
@@ -685,7 +662,7 @@ def step_train(args, device: torch.device, deadline: float, done: dict) -> dict:
         for i in range(args.train_steps):
             if i and time.time() > deadline:
                 break
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             with _autocast(device, args.dtype):
@@ -695,13 +672,13 @@ def step_train(args, device: torch.device, deadline: float, done: dict) -> dict:
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t)
             losses.append(float(loss.detach()))
             del out, loss
         res["status"] = "ran"
     except Exception as err:  # noqa: BLE001
-        res["status"] = "OOM" if fwd._is_oom(err) else "error"
+        res["status"] = "OOM" if is_oom(err) else "error"
         res["error"] = _err(err)
     finally:
         res.update(mem.stop())
@@ -886,7 +863,7 @@ def main(argv=None) -> int:
 
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _term)
-    env = fwd.environment(device)
+    env = environment(device, _REPO)
     if device.type == "cuda":
         env.update(flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
                    mem_efficient_sdp=torch.backends.cuda.mem_efficient_sdp_enabled(),

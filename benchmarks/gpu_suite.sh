@@ -7,7 +7,7 @@
 #   IGGT_GPU_SUITE_BUDGET=300 bash benchmarks/gpu_suite.sh      # or --budget 300
 #   bash benchmarks/gpu_suite.sh --steps forward,train_step     # a subset; --help lists every size flag
 #
-# What it runs (benchmarks/gpu_suite.py; random weights, nothing downloaded):
+# What it runs (python -m benchmarks.gpu_suite; random weights, nothing downloaded):
 #   1 forward     vggt-large and iggt-large, aggregator only and full model, eval + inference mode + bf16
 #                 autocast, 1/10/50/100/200 frames at 336x518: median CUDA-synchronised time and
 #                 torch.cuda.max_memory_allocated, beside VGGT's published H100 table with ratios.
@@ -73,6 +73,5 @@ hard_limit="$(awk -v b="$budget" 'BEGIN { printf "%d", b + 20.999 }')"
 # The driver counts its budget from here, so interpreter start-up and imports are part of it.
 IGGT_SUITE_T0="$(date +%s.%N)"
 export IGGT_SUITE_T0
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-cd "$repo"
-exec timeout --signal=INT --kill-after=8 "$hard_limit" "$python" "$here/gpu_suite.py" "$@"
+cd "$repo"   # python -m benchmarks.gpu_suite: the repository root is where the benchmarks package is found
+exec timeout --signal=INT --kill-after=8 "$hard_limit" "$python" -m benchmarks.gpu_suite "$@"

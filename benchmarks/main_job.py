@@ -1,8 +1,8 @@
 """The README's main job, exactly as a user runs it from a clone, over several seeds, timed and recorded:
 
-    python benchmarks/main_job.py                          # seeds 0 1 2 -> benchmarks/main_job.json (~20 min a seed)
-    python benchmarks/main_job.py --readme                 # rewrite README's table from the JSON
-    python benchmarks/main_job.py --seeds 0 --agree-with benchmarks/main_job.json --json mine.json
+    python -m benchmarks.main_job                          # seeds 0 1 2 -> benchmarks/main_job.json (~20 min a seed)
+    python -m benchmarks.main_job --readme                 # rewrite README's table from the JSON
+    python -m benchmarks.main_job --seeds 0 --agree-with benchmarks/main_job.json --json mine.json
                                                            # does this machine's run agree with the recorded one?
 
 Each seed runs ``iggt fit --config synthetic_tiny --seed_everything SEED && iggt test --config synthetic_tiny
@@ -31,18 +31,17 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # readme_block beside this script
-sys.path.insert(0, str(ROOT))
+from iggt_lightning.benchmarking import fill_block
+from iggt_lightning.fileio import write_json
 
-from iggt_lightning.fileio import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = "synthetic_tiny"      # the packaged config, by name, as the README's command names it
 CONSTRAINTS = ROOT / "constraints.txt"
 COMMAND = ("iggt fit --config synthetic_tiny --seed_everything {seed} && "
            "iggt test --config synthetic_tiny --ckpt_path last")
 ROW = re.compile(r"(test/[^\s│|┃]+)\s*[│|┃]?\s*([-+]?[0-9][0-9.eE+-]*|nan)\s*[│|┃]?\s*$", re.M)
-BEGIN, END = "<!-- main_job.json: python benchmarks/main_job.py --readme -->", "<!-- /main_job.json -->"
+BEGIN, END = "<!-- main_job.json: python -m benchmarks.main_job --readme -->", "<!-- /main_job.json -->"
 # what the README shows, in order: (metric key, label)
 SHOWN = [("ap", "AP"), ("ap50", "AP50"), ("ap25", "AP25"), ("ap50_objects", "AP50 objects"),
          ("t_miou", "T-mIoU"), ("t_sr", "T-SR"), ("t_miou_objects", "T-mIoU objects"), ("abs_rel", "AbsRel"),
@@ -84,7 +83,7 @@ def readme_table(payload: dict) -> str:
     return "\n".join([BEGIN, *rows, "", note, END])
 
 
-CHECKS_BEGIN = "<!-- main_job checks: python benchmarks/main_job.py --readme -->"
+CHECKS_BEGIN = "<!-- main_job checks: python -m benchmarks.main_job --readme -->"
 CHECKS_END = "<!-- /main_job checks -->"
 # runs of the main job on a second clean clone, compared with main_job.json by --agree-with: (file, what differed)
 CHECKS = [("main_job_second_clone.json", "a second clean clone and venv, same CPU kernels"),
@@ -118,10 +117,8 @@ def _family(env: dict) -> str:
 
 
 def update_readme(json_path: str) -> None:
-    from readme_block import fill_block
-
-    fill_block(BEGIN, END, readme_table(json.loads(Path(json_path).read_text())))
-    fill_block(CHECKS_BEGIN, CHECKS_END, readme_checks(recorded_checks()))
+    fill_block(BEGIN, END, readme_table(json.loads(Path(json_path).read_text())), ROOT)
+    fill_block(CHECKS_BEGIN, CHECKS_END, readme_checks(recorded_checks()), ROOT)
 
 
 def cpu_info() -> dict:

@@ -14,14 +14,14 @@ Three parts, each optional:
     CPU the peak RSS increase over the pre-run baseline, sampled every ~5 ms plus VmHWM; on CUDA
     ``max_memory_allocated``), the speed-up and memory ratios, and ``os.getloadavg()`` before and after.
 (c) **eval** (``--weights PATH``: model weights for ``--config``, default configs/synthetic_tiny.yaml, as
-    ``python benchmarks/ablation.py --save-weights DIR --variants full`` writes them): the config's test loop on
+    ``python -m benchmarks.ablation --save-weights DIR --variants full`` writes them): the config's test loop on
     its test split (``--num-test`` scenes, default the config's) with ``--eval-views`` views per scene (default
     8; the config trains on 2-3), exact vs merged; depth AbsRel, multi-view AP50 (and the rest of the test
     metrics in the JSON).
 
-    python benchmarks/many_view.py --threads 2                                   # (a) and (b): the full table
-    python benchmarks/many_view.py --views 8 16 --error-views 2 4 --time-budget 300 --threads 1   # a short run
-    python benchmarks/many_view.py --weights DIR/full.pt --skip error speed      # (c) only
+    python -m benchmarks.many_view --threads 2                                   # (a) and (b): the full table
+    python -m benchmarks.many_view --views 8 16 --error-views 2 4 --time-budget 300 --threads 1   # a short run
+    python -m benchmarks.many_view --weights DIR/full.pt --skip error speed      # (c) only
 
 Options: ``--ratios`` (0.9) merged variants, ``--merge-options`` JSON of the other ``global_attention`` keys
 (e.g. ``'{"start_block": 4, "scope": "frame"}'``), ``--size`` HxW (224x224), ``--preset`` (tiny), ``--device``,
@@ -44,15 +44,13 @@ from pathlib import Path
 
 import torch
 
+from iggt_lightning.benchmarking import (MIB, CpuPeakRSS, environment, evaluate, fill_block_from_json, is_oom,
+                                         parse_size, sync)
+from iggt_lightning.fileio import write_json
+from iggt_lightning.layers.token_merge import parse_global_attention
+from iggt_lightning.model import PRESETS, IGGTModel
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # forward.py / ablation.py beside this script
-sys.path.insert(0, str(ROOT))
-
-from forward import MIB, CpuPeakRSS, _is_oom, _size, _sync, environment  # noqa: E402
-
-from iggt_lightning.fileio import write_json  # noqa: E402
-from iggt_lightning.layers.token_merge import parse_global_attention  # noqa: E402
-from iggt_lightning.model import PRESETS, IGGTModel  # noqa: E402
 
 _T0 = time.perf_counter()
 OUTPUTS = ("depth", "world_points", "part_feat", "pose_enc")
@@ -64,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    p.add_argument("--size", type=_size, default=(224, 224), help="HxW of parts (a) and (b)")
+    p.add_argument("--size", type=parse_size, default=(224, 224), help="HxW of parts (a) and (b)")
     p.add_argument("--views", type=int, nargs="+", default=[64, 128, 256], help="view counts of the speed part")
     p.add_argument("--error-views", type=int, nargs="+", default=[2, 4, 8], help="view counts of the error part")
     p.add_argument("--eval-views", type=int, default=8, help="views per test scene of the eval part")
@@ -162,7 +160,7 @@ def _one_run(model, x, layers, device) -> tuple[float, float, float]:
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
@@ -172,7 +170,7 @@ def _one_run(model, x, layers, device) -> tuple[float, float, float]:
         t = time.perf_counter()
         with torch.no_grad():
             out = model.backbone(x, layers=layers)
-        _sync(device)
+        sync(device)
         dt = time.perf_counter() - t
         del out
     finally:
@@ -211,7 +209,7 @@ def speed_config(a, model, device, S: int) -> dict:
                 break
         res["status"] = "ok" if timed == a.repeats else f"ok ({max(timed, 0)}/{a.repeats} runs)"
     except Exception as err:  # noqa: BLE001 - reported, not raised
-        res["status"] = "OOM" if _is_oom(err) else "error"
+        res["status"] = "OOM" if is_oom(err) else "error"
         res["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
     finally:
         set_mode(model, {"kind": "exact"})
@@ -249,8 +247,6 @@ def speed_part(a, model, device) -> list[dict]:
 
 # ----------------------------------------------------------------------------- (c) eval
 def eval_part(a) -> list[dict]:
-    from ablation import evaluate
-
     from iggt_lightning.lightning_cli import IGGTCLI
 
     state = torch.load(a.weights, map_location="cpu", weights_only=True)
@@ -333,7 +329,7 @@ def tables(payload: dict) -> str:
     return "\n".join(out)
 
 
-BEGIN, END = "<!-- many_view.json: python benchmarks/many_view.py --readme -->", "<!-- /many_view.json -->"
+BEGIN, END = "<!-- many_view.json: python -m benchmarks.many_view --readme -->", "<!-- /many_view.json -->"
 
 
 def readme_table(payload: dict) -> str:
@@ -343,10 +339,7 @@ def readme_table(payload: dict) -> str:
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.readme:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from readme_block import fill_block_from_json
-
-        fill_block_from_json(BEGIN, END, readme_table, a.json)
+        fill_block_from_json(BEGIN, END, readme_table, a.json, ROOT)
         return 0
     if a.threads is not None:
         torch.set_num_threads(a.threads)
@@ -359,7 +352,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--size {a.size[0]}x{a.size[1]} is not a multiple of the patch size {patch}")
     payload = {"preset": a.preset, "size": f"{a.size[0]}x{a.size[1]}", "device": str(device), "modes": modes,
                "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()},
-               "argv": sys.argv, "environment": environment(device),
+               "argv": sys.argv, "environment": environment(device, ROOT),
                "memory": ("torch.cuda.max_memory_allocated (incl. weights)" if device.type == "cuda"
                           else "peak RSS increase over the pre-run baseline (excl. weights)"),
                "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -1,6 +1,6 @@
 """Open-vocabulary labelling on the synthetic test split: per-class 2D IoU, mIoU/mAcc and 3D mIoU.
 
-    python benchmarks/open_vocab.py [--ckpt runs/synthetic_tiny/checkpoints/last.ckpt] [--scenes 48] [--json path]
+    python -m benchmarks.open_vocab [--ckpt runs/synthetic_tiny/checkpoints/last.ckpt] [--scenes 48] [--json path]
 
 The vocabulary is the synthetic palette's colour names and the encoder the weight-free ``colour`` encoder
 (it can tell those classes apart). Two rows of masks are scored: the ground-truth instances (the labelling
@@ -15,14 +15,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from iggt_lightning.heads.postprocessors.open_vocab import OpenVocabLabels
+from iggt_lightning.data import SyntheticDataModule
+from iggt_lightning.data.normalize import normalize_scene
+from iggt_lightning.data.synthetic import COLOUR_NAMES
+from iggt_lightning.fileio import write_json
 
-from iggt_lightning.heads.postprocessors.open_vocab import OpenVocabLabels  # noqa: E402
-from iggt_lightning.data import SyntheticDataModule  # noqa: E402
-from iggt_lightning.data.normalize import normalize_scene  # noqa: E402
-from iggt_lightning.data.synthetic import COLOUR_NAMES  # noqa: E402
-from iggt_lightning.fileio import write_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:

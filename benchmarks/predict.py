@@ -1,7 +1,7 @@
 """Time per stage of `iggt predict` for 8 photos at 336x504 on CPU, per preset, and peak memory.
 
-    python benchmarks/predict.py [--presets tiny small-dino] [--views 8] [--threads 2] [--json path]
-    python benchmarks/predict.py --ref /path/to/older/checkout --repeats 2    # before/after, interleaved
+    python -m benchmarks.predict [--presets tiny small-dino] [--views 8] [--threads 2] [--json path]
+    python -m benchmarks.predict --ref /path/to/older/checkout --repeats 2    # before/after, interleaved
 
 Each preset runs in its own subprocess (randomly initialised weights saved to a temporary checkpoint, so
 nothing is downloaded) so that its peak resident memory (ru_maxrss) is its own. Random weights predict no
@@ -21,12 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from iggt_lightning.fileio import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, resource, sys, time, torch, numpy as np
 from PIL import Image
-sys.path.insert(0, {root!r})
 from iggt_lightning.checkpoints import save_model
 from iggt_lightning.data import SyntheticScenes
 from iggt_lightning.inference.predict import PredictOptions, run_predict
@@ -55,6 +56,15 @@ print(json.dumps({{"seconds": s["seconds"], "total": total, "points": s["points"
 """
 
 
+def _env_for(root: Path) -> dict:
+    """The child's environment: this checkout's code is the installed package; another checkout (``--ref``, the
+    user's choice) goes first on PYTHONPATH so its ``iggt_lightning`` is the one imported."""
+    env = dict(os.environ)
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["tiny", "small-dino"])
@@ -71,8 +81,9 @@ def main() -> int:
         for repeat in range(a.repeats):
             for tree, root in trees:   # alternate the checkouts so a noisy moment hits both
                 with tempfile.TemporaryDirectory() as work:
-                    code = CHILD.format(root=str(root), threads=a.threads, work=work, preset=preset, views=a.views)
-                    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+                    code = CHILD.format(threads=a.threads, work=work, preset=preset, views=a.views)
+                    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                         env=_env_for(root))
                     if res.returncode:
                         print(f"{tree} ({root}), {preset}:\n{res.stderr[-3000:]}", file=sys.stderr)
                         return 1
@@ -97,9 +108,6 @@ def main() -> int:
                 return vals[len(vals) // 2] if vals else float("nan")
             ratios[preset] = {s: med("this", s) / med("ref", s) for s in [*stages, "total"]}
             print(f"{preset:<12}" + "".join(f"{s}={v:.2f}  " for s, v in ratios[preset].items()))
-    from iggt_lightning.fileio import write_json
-
-    sys.path.insert(0, str(ROOT))
     write_json(a.json, {"views": a.views, "size": [336, 504], "threads": a.threads, "load_avg": load,
                         "ref": str(a.ref) if a.ref else None, "rows": rows, "ratios": ratios})
     print(f"wrote {a.json}")

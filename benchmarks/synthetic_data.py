@@ -1,6 +1,6 @@
 """Throughput of the procedural SyntheticScenes dataset (CPU).
 
-    PYTHONPATH=. python3 benchmarks/synthetic_data.py [--scenes 40] [--out benchmarks/results/synthetic_data.json]
+    python -m benchmarks.synthetic_data [--scenes 40] [--out benchmarks/results/synthetic_data.json]
 
 Prints a table (views, size, workers, scenes/s, ms/scene) and writes it as JSON atomically. ``workers = 0``
 renders in this process; ``workers = 2`` goes through a DataLoader with two worker processes, which is

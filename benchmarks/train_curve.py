@@ -4,7 +4,7 @@ Validates once at initialisation, then trains with the config's validation inter
 step and every validation metric; prints a table and writes JSON. This is how the "trains in <= 10 minutes
 and lowers val AbsRel >= 3x" target of configs/synthetic_tiny.yaml is measured:
 
-    python benchmarks/train_curve.py [--config configs/synthetic_tiny.yaml] [--threads 2] [-- extra CLI args]
+    python -m benchmarks.train_curve [--config configs/synthetic_tiny.yaml] [--threads 2] [-- extra CLI args]
 """
 from __future__ import annotations
 
@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from iggt_lightning.fileio import write_json
+from iggt_lightning.lightning_cli import IGGTCLI
 
-from iggt_lightning.fileio import write_json  # noqa: E402
-from iggt_lightning.lightning_cli import IGGTCLI  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Recorder(Callback):

@@ -1,12 +1,12 @@
 """Our forward against the official IGGT/VGGT forward, same weights, interleaved runs, ratios.
 
-    python benchmarks/vs_official.py --official /path/to/IGGT_official              # the default table
-    python benchmarks/vs_official.py --official PATH --preset vggt-large --configs 224x224:1,2
-    python benchmarks/vs_official.py                                                 # no checkout: ours alone
+    python -m benchmarks.vs_official --official /path/to/IGGT_official              # the default table
+    python -m benchmarks.vs_official --official PATH --preset vggt-large --configs 224x224:1,2
+    python -m benchmarks.vs_official                                                 # no checkout: ours alone
 
 ``--official`` is a local checkout of lifuguan/IGGT_official (never downloaded by this script, never part of
-this repository; see benchmarks/official.py for how its classes are built and which of its unused imports get
-placeholders). Both models get the same random weights, so ``max rel diff`` (max|ours - official| /
+this repository; see iggt_lightning/benchmarking/official.py for how its classes are built and which of its
+unused imports get placeholders). Both models get the same random weights, so ``max rel diff`` (max|ours - official| /
 max|official| over depth, world points, instance features and the last pose encoding) says they compute the
 same function. ``--configs`` lists ``HxW:views,views`` (default ``224x224:1,2,4,8 336x504:4 336x518:4``). The
 official instance decoder cannot run grids with an odd patch count (518 px = 37 patches: its window attention
@@ -15,7 +15,7 @@ needs whole windows), so 336x518 shows its error and 336x504, the nearest size i
 Per configuration: one untimed run of each side, then ``--repeats`` rounds; each round runs both sides once,
 the order alternating between rounds so drift in the machine's load hits both alike. Time = the median of a
 side's runs (``time.perf_counter``, ``torch.no_grad`` for both); ``speed-up`` = official / ours. Memory = the
-peak RSS increase during the side's runs over the RSS just before them (benchmarks/forward.py's
+peak RSS increase during the side's runs over the RSS just before them (iggt_lightning.benchmarking's
 ``CpuPeakRSS``: weights and input excluded). The load average is recorded before and after each
 configuration: these machines are shared, and a load above the core count inflates both sides.
 Writes the JSON atomically (default benchmarks/vs_official.json; with no checkout,
@@ -34,19 +34,16 @@ from pathlib import Path
 
 import torch
 
+from iggt_lightning.benchmarking import CpuPeakRSS, MIB, environment, fill_block_from_json, is_oom
+from iggt_lightning.benchmarking import official as official_lib
+from iggt_lightning.fileio import write_json
+from iggt_lightning.layers.fast_conv import get_conv_algorithm, set_conv_algorithm
+from iggt_lightning.model import IGGTModel
+
 _HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(_HERE))
-sys.path.insert(0, str(_HERE.parent))
-
-import official as official_lib  # noqa: E402
-from forward import CpuPeakRSS, _is_oom, environment  # noqa: E402
-
-from iggt_lightning.fileio import write_json  # noqa: E402
-from iggt_lightning.layers.fast_conv import get_conv_algorithm, set_conv_algorithm  # noqa: E402
-from iggt_lightning.model import IGGTModel  # noqa: E402
-
-MIB = 1024 ** 2
-BEGIN, END = "<!-- vs_official.json: python benchmarks/vs_official.py --readme -->", "<!-- /vs_official.json -->"
+_REPO = _HERE.parent
+FIXTURES = _REPO / "tests" / "data" / "reference"   # the parity fixtures the small official presets are built from
+BEGIN, END = "<!-- vs_official.json: python -m benchmarks.vs_official --readme -->", "<!-- /vs_official.json -->"
 DEFAULT_CONFIGS = ["224x224:1,2,4,8", "336x504:4", "336x518:4"]
 
 
@@ -94,7 +91,7 @@ def run_side(model, x, log: dict) -> None:
         log.setdefault("times_s", []).append(dt)
         log["_last"] = out
     except Exception as err:  # noqa: BLE001 - reported in the table
-        log["status"] = "OOM" if _is_oom(err) else "error"
+        log["status"] = "OOM" if is_oom(err) else "error"
         log["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
     finally:
         peak, _ = mem.stop()
@@ -177,9 +174,7 @@ def readme_table(payload: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.readme:
-        from readme_block import fill_block_from_json
-
-        fill_block_from_json(BEGIN, END, readme_table, args.json or _HERE / "vs_official.json")
+        fill_block_from_json(BEGIN, END, readme_table, args.json or _HERE / "vs_official.json", _REPO)
         return 0
     t0 = time.perf_counter()
     if args.threads:
@@ -187,7 +182,7 @@ def main(argv=None) -> int:
     if args.conv:
         set_conv_algorithm(args.conv)
     if args.official:
-        official, ours = official_lib.build_pair(args.preset, args.official, seed=args.seed)
+        official, ours = official_lib.build_pair(args.preset, args.official, FIXTURES, seed=args.seed)
         sides = {"official": official, "ours": ours}
         print(f"# ours vs official ({args.official}), preset {args.preset}: same weights")
         if official_lib.STUBBED:
@@ -196,7 +191,7 @@ def main(argv=None) -> int:
         print("no --official checkout given: timing ours alone (see --help for the side-by-side run)")
         torch.manual_seed(args.seed)
         sides = {"ours": IGGTModel.from_preset(args.preset).eval()}
-    env = environment(torch.device("cpu"))
+    env = environment(torch.device("cpu"), _REPO)
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}, our conv algorithm "
           f"{get_conv_algorithm()}, load average {env['loadavg'][0]:.2f} on {env['cpu_count']} CPUs\n", flush=True)
     rows = []

@@ -85,7 +85,8 @@ def _parity(argv: list[str]) -> int:
 
 def _heads(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="iggt heads", description="List the registered plugins: heads (parts of the "
-                                "network) and post-processors (run after it).")
+                                "network), post-processors (run after it) and exporters (write the files; "
+                                "'requires': what they consume; iggt predict --exporters picks them by name).")
     p.add_argument("action", choices=["list"])
     p.parse_args(argv)
     from .registry import available_heads, available_postprocessors, head_source
@@ -97,6 +98,10 @@ def _heads(argv: list[str]) -> int:
             rows.append((name, kind, head_source(name), ",".join(getattr(cls, "requires", ())) or "-",
                          ",".join(getattr(cls, "outputs", ())), ",".join(getattr(cls, "loss_terms", ())) or "-",
                          "yes" if trains else "no"))
+    from .exporters import available_exporters, exporter_source
+
+    for name, cls in available_exporters().items():
+        rows.append((name, "exporter", exporter_source(name), ",".join(cls.consumes), "-", "-", "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -162,6 +167,9 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--export-option", action="append", default=[], metavar="KEY=VALUE", help="an export option "
                    "(listed below), e.g. depth_png_scale=1000 (PNG value = depth x scale); repeatable; an unknown "
                    "key or a value of the wrong type or range is an error")
+    p.add_argument("--exporters", default=None, metavar="NAME,...", help="write only these formats, e.g. "
+                   "ply,cameras_json,colmap (iggt heads list names the exporters; default: every one whose inputs the "
+                   "prediction has)")
     p.add_argument("--colmap-format", choices=["txt", "bin"], default=None, help="COLMAP model format (default txt)")
     p.add_argument("--colmap-max-points", type=int, default=None, help="3D points of the COLMAP model, thinned by "
                    "voxels keeping the most confident (default 100000); each with its track of observations")
@@ -204,7 +212,8 @@ def _predict(argv: list[str]) -> int:
         if key in export_options:
             p.error(f"--export-option {key} is given twice")
         export_options[key] = value          # text: each option's declaration reads it (inference/options.py)
-    for key, value, flag in (("colmap_format", a.colmap_format, "--colmap-format"),
+    for key, value, flag in (("exporters", a.exporters, "--exporters"),
+                             ("colmap_format", a.colmap_format, "--colmap-format"),
                              ("colmap_max_points", a.colmap_max_points, "--colmap-max-points"),
                              ("colmap_ba", a.ba or None, "--ba")):
         if value is not None and key in export_options:

@@ -37,7 +37,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -205,6 +205,25 @@ def _as_dict(spec):
     return spec.as_dict() if hasattr(spec, "as_dict") else spec
 
 
+# Lightning's subcommands as ``iggt``'s table (iggt_lightning/cli.py) names them; the others keep their names
+TYPED_NAMES = {"predict": "predict-dataset"}
+
+
+class IggtArgumentParser(LightningArgumentParser):
+    """Lightning's parser whose usage line names what a user typed: jsonargparse sets a subcommand parser's
+    ``prog`` to ``"iggt [options] predict"`` when it adds it, and ``iggt predict-dataset --help`` should say
+    ``usage: iggt predict-dataset``."""
+
+    @property
+    def prog(self) -> str:
+        return self._typed_prog
+
+    @prog.setter
+    def prog(self, value: str) -> None:
+        head, sep, method = (value or "").rpartition(" [options] ")
+        self._typed_prog = f"{head} {TYPED_NAMES.get(method, method)}" if sep else value
+
+
 class IGGTCLI(LightningCLI):
     """Lightning's CLI over :class:`IGGTLitModule` and the scene datamodules, with the checkpoint checks of this
     project. Only public hooks are overridden, except ``_parse_ckpt_path`` (the one place a ``--ckpt_path`` file's
@@ -222,6 +241,7 @@ class IGGTCLI(LightningCLI):
         # LightningCLI's automatic optimizer would build one group over all parameters and replace the module's
         # configure_optimizers: the optimizer arguments are linked to the module instead (add_arguments_to_parser)
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_class", IggtArgumentParser)
         super().__init__(IGGTLitModule, SceneDataModule, subclass_mode_model=False, subclass_mode_data=True,
                          args=args, run=run, **kwargs)
 
@@ -289,7 +309,7 @@ class IGGTCLI(LightningCLI):
             torch.set_num_threads(int(threads))
         if not self.subcommand:
             return
-        typed = {"predict": "predict-dataset"}        # Lightning's predict as iggt's table names it
+        typed = TYPED_NAMES
         for key, owners in SUBCOMMAND_OPTIONS.items():
             if config.get(key) is not None and self.subcommand not in owners:
                 takes = " and ".join(f"iggt {typed.get(s, s)}" for s in owners)

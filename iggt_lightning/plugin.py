@@ -35,6 +35,8 @@ class Plugin:
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
+    # the GLB files of the colour layers its describe adds (scene.add_colour_layer); the GLB exporter writes them
+    colour_layers: ClassVar[tuple[str, ...]] = ()
 
     def check_inputs(self, images: "torch.Tensor", query_points: "torch.Tensor | None") -> None:
         """Raise ``ValueError`` naming what this plugin cannot work with (images [B,S,3,H,W], query points [B,N,2]
@@ -65,11 +67,11 @@ class Plugin:
     @classmethod
     def planned_files(cls, stems: list[str]) -> list[str]:
         """The files a prediction holds because of this plugin, for views named ``stems`` (shown by ``iggt predict
-        --dry-run``): by default those of the exporters consuming its ``outputs``; a plugin adding colour layers
-        or writing with :meth:`export` lists those too."""
+        --dry-run``): by default those of the exporters consuming its ``outputs`` and of its ``colour_layers``; a
+        plugin writing with :meth:`export` lists its own files too."""
         from iggt_lightning.exporters import files_for_outputs
 
-        return files_for_outputs(cls.outputs, stems)
+        return [*cls.colour_layers, *files_for_outputs(cls.outputs, stems)]
 
 
 def init_params(cls: type) -> set[str]:

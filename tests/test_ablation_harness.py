@@ -1,5 +1,4 @@
 """benchmarks/ablation.py: every variant is an override that reaches the model, and a run reports every column."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,10 +17,9 @@ SHRINK = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--mo
 
 
 def load_harness():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from benchmarks import ablation
+
+    return ablation
 
 
 def build(override: list[str], tmp_path: Path):
@@ -50,10 +48,10 @@ def test_every_variant_changes_exactly_what_it_names(tmp_path):
 
 def test_harness_trains_tests_and_writes_every_column(tmp_path):
     out = tmp_path / "ablation.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--threads", "1",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "--threads", "1",
                           "--variants", "contrastive off", "--add", "tiny lr=--model.lr 1e-4", "--parallel", "2",
                           "--save-weights", str(tmp_path / "w"), "--json", str(out), "--", *SHRINK],
-                         capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     # an --add'ed variant runs next to the named ones
@@ -69,10 +67,10 @@ def test_harness_trains_tests_and_writes_every_column(tmp_path):
 
     # --from-weights evaluates the saved weights again without training and reproduces every metric
     again = tmp_path / "again.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--threads", "1",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "--threads", "1",
                           "--variants", "tiny lr", "--add", "tiny lr=--model.lr 1e-4",
                           "--from-weights", str(tmp_path / "w"), "--json", str(again), "--", *SHRINK],
-                         capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (row,) = json.loads(again.read_text())["rows"]
     assert row["steps"] == 0 and row["trained_from"].endswith("tiny_lr.pt")

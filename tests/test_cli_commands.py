@@ -130,3 +130,11 @@ def test_subcommand_defaults_are_set_before_anything_is_built(args, expected):
     with pytest.raises(_Stop):
         Spy(args=[args[0], "--config", "synthetic_tiny", *args[1:]])
     assert seen == expected
+
+
+@pytest.mark.parametrize("name", [n for n, c in COMMANDS.items() if c.trainer_method])
+def test_each_lightning_row_says_its_own_name_in_its_usage_line(name, capsys):
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage.startswith(f"usage: iggt {name} "), usage

@@ -30,12 +30,9 @@ NYU = ["wall", "chair", "refridgerator", "box"]       # what the fixture's label
 
 
 def _report():
-    import importlib.util
+    from benchmarks import eval_report
 
-    spec = importlib.util.spec_from_file_location("eval_report", ROOT / "benchmarks" / "eval_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return eval_report.main
 
 
 def _label_table(path: Path) -> None:

@@ -1,7 +1,6 @@
 """benchmarks/gpu_suite.sh: it parses (and passes shellcheck where installed), and its CPU fallback runs a
 miniature of every step end to end, writing one JSON with each step ran or skipped with a reason and VGGT's
 published table beside our numbers. No timing is asserted."""
-import importlib.util
 import json
 import os
 import shutil
@@ -36,10 +35,9 @@ def test_shellcheck():
 
 
 def _driver():
-    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "benchmarks" / "gpu_suite.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import gpu_suite
+
+    return gpu_suite
 
 
 def test_cpu_runs_never_target_the_gpu_results():

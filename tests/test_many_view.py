@@ -224,13 +224,8 @@ def test_yaml_and_lightning_module(tmp_path):
 
 
 def test_benchmark_script_runs_small(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from benchmarks import many_view as bench
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "many_view.py"
-    spec = importlib.util.spec_from_file_location("many_view", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / "mv.json"
     assert bench.main(["--preset", "nano", "--size", "28x28", "--views", "3", "--error-views", "2", "--repeats", "1",
                        "--warmup", "0", "--ratios", "0", "0.5", "--json", str(out)]) == 0

@@ -342,3 +342,27 @@ def test_an_output_needing_a_missing_package_stops_before_inference(assets, tmp_
     # the dataset path (iggt predict --config ... --data ...) refuses it when its writer is made, before the model
     with pytest.raises(PredictError, match=rf"pip install 'iggt-lightning\[{extra}\]'"):
         PredictionWriter(str(tmp_path / "preds"), options={option: True})
+
+
+@pytest.mark.parametrize("selection", ["ply,cameras_json", "masks,glb,colmap", "depth_maps"])
+def test_exporters_option_writes_exactly_the_chosen_formats_and_the_dry_run_says_so(assets, tmp_path, capsys,
+                                                                                       selection):
+    capsys.readouterr()
+    assert predict(assets, tmp_path / "dry", "--dry-run", "--exporters", selection) == 0
+    said = {line.strip() for line in capsys.readouterr().out.splitlines()}
+    assert predict(assets, tmp_path / "out", "--exporters", selection) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["exporters"] == [n for n in manifest["exporters"] if n in selection.split(",")]
+    assert set(manifest["exporters"]) == set(selection.split(","))
+    written = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert written == set(manifest["files"])
+    assert written <= said, written - said                          # the dry run listed every file written
+    assert not any(f.startswith("images/") for f in written)        # the views are an exporter too
+    assert "manifest.json" in written
+
+
+def test_an_unknown_exporter_is_one_line_naming_the_option_and_the_registered_names(assets, tmp_path, capsys):
+    assert predict(assets, tmp_path / "out", "--exporters", "ply,plyy") != 0
+    err = capsys.readouterr().err
+    assert "exporters" in err and "'plyy'" in err and "cameras_json" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -1,22 +1,20 @@
 """Figures quoted in the README come from committed benchmark JSON: the main-job table is
 benchmarks/main_job.json rendered by benchmarks/main_job.py, the ablation table benchmarks/ablation.json rendered
 by benchmarks/ablation.py (never typed by hand)."""
-import importlib.util
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from benchmarks import ablation, main_job
+from iggt_lightning.benchmarking import text_holding
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _main_job():
-    spec = importlib.util.spec_from_file_location("main_job", ROOT / "benchmarks" / "main_job.py")
-    main_job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main_job)
     return main_job, json.loads((ROOT / "benchmarks" / "main_job.json").read_text())
 
 
@@ -69,36 +67,17 @@ def test_the_main_job_json_measured_the_code_as_it_is():
     worst = max(abs(a - b) / max(abs(b), 1e-6) for key in main_job.FINGERPRINT_KEYS
                 for a, b in zip(now[key], recorded[key], strict=True))
     assert worst <= 2e-3, (f"the main job's first {recorded['steps']} training steps changed (largest relative "
-                           f"difference {worst:.2e}): re-run python benchmarks/main_job.py\nnow: {now}\n"
+                           f"difference {worst:.2e}): re-run python -m benchmarks.main_job\nnow: {now}\n"
                            f"recorded: {recorded}")
 
 
 def _text_holding(begin: str) -> str:
     """The one page (README.md or docs/*.md) holding the block that starts with ``begin``: where the script refills it."""
-    spec = importlib.util.spec_from_file_location("readme_block", ROOT / "benchmarks" / "readme_block.py")
-    readme_block = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(readme_block)
-    return readme_block.text_holding(begin)
+    return text_holding(begin, ROOT)
 
 
 def test_the_ablation_table_is_its_json():
-    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
     payload = json.loads((ROOT / "benchmarks" / "ablation.json").read_text())
     assert ablation.readme_table(payload) in _text_holding(ablation.BEGIN)     # docs/training.md
     assert sorted(r["variant"] for r in payload["rows"]) == sorted(ablation.variants(ablation.CONFIG))
     assert all("error" not in r and r["steps"] == 520 for r in payload["rows"])
-
-
-def test_the_survey_sentence_is_its_json():
-    spec = importlib.util.spec_from_file_location("bad_inputs", ROOT / "benchmarks" / "bad_inputs.py")
-    bad_inputs = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bad_inputs       # its dataclasses look their module up there
-    spec.loader.exec_module(bad_inputs)
-    now = json.loads((ROOT / "benchmarks" / "bad_inputs.json").read_text())
-    before = json.loads((ROOT / "benchmarks" / "bad_inputs_before_s.json").read_text())
-    assert bad_inputs.readme_summary(now, before) in _text_holding(bad_inputs.README_BEGIN)   # docs/security.md
-    # every case of the survey ran, and none of them is a failure a user would suffer
-    assert now["tried"] == len(bad_inputs.CASES) == len(now["cases"])
-    assert not any(now["counts"][k] for k in ("vague", "silent", "data loss", "escape", "exec", "refused"))

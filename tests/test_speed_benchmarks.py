@@ -1,7 +1,7 @@
 """The speed benchmarks run (tiny sizes, no official checkout needed) and their tables in the docs are their JSON."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -9,22 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from iggt_lightning import benchmarking
+from iggt_lightning.benchmarking import official
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """A benchmark script as a module (benchmarks/ is a package beside tests/, on the path as the rootdir)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_vs_official_without_a_checkout_times_ours_alone(tmp_path):
     out = tmp_path / "vs.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_official.py"), "--configs", "28x28:1,2",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.vs_official", "--configs", "28x28:1,2",
                           "--repeats", "1", "--threads", "1", "--json", str(out)],
-                         capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "no --official checkout given" in run.stdout
     payload = json.loads(out.read_text())
@@ -34,18 +34,17 @@ def test_vs_official_without_a_checkout_times_ours_alone(tmp_path):
 
 
 def test_official_builder_refuses_a_folder_that_is_not_a_checkout(tmp_path):
-    official = _module("official")
     with pytest.raises(FileNotFoundError, match="not a checkout of lifuguan/IGGT_official"):
         official.import_official(tmp_path)
     with pytest.raises(ValueError, match="no official counterpart"):
-        official.build_pair("nano", tmp_path)
+        official.build_pair("nano", tmp_path, tmp_path)
 
 
 def test_forward_plot_and_memory_slopes(tmp_path):
     out, png = tmp_path / "f.json", tmp_path / "views.png"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "forward.py"), "--preset", "nano", "--views",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.forward", "--preset", "nano", "--views",
                           "1", "2", "3", "--sizes", "28x28", "--repeats", "1", "--threads", "1", "--json", str(out),
-                          "--plot", str(png)], capture_output=True, text=True, timeout=300)
+                          "--plot", str(png)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads(out.read_text())["results"]
@@ -68,9 +67,9 @@ def test_memory_fit_recovers_a_line_and_flags_a_bend():
 
 def test_clustering_benchmark_scales_and_renders(tmp_path):
     out = tmp_path / "c.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "clustering.py"), "--views", "2", "--size", "28",
+    run = subprocess.run([sys.executable, "-m", "benchmarks.clustering", "--views", "2", "--size", "28",
                           "42", "--scaling-views", "1", "3", "--repeat", "1", "--threads", "1", "--json", str(out)],
-                         capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     payload = json.loads(out.read_text())
     assert payload["agreement"]["pixels"] == 2 * 28 * 42
@@ -85,26 +84,25 @@ def test_clustering_benchmark_scales_and_renders(tmp_path):
 def test_readme_blocks_are_their_json(name, json_name):
     mod = _module(name)
     payload = json.loads((ROOT / "benchmarks" / json_name).read_text())
-    assert mod.readme_table(payload) in _module("readme_block").text_holding(mod.BEGIN)   # its docs page
+    assert mod.readme_table(payload) in benchmarking.text_holding(mod.BEGIN, ROOT)   # its docs page
 
 
 def test_a_block_is_refilled_in_the_one_page_that_holds_it(tmp_path):
-    readme_block = _module("readme_block")
-    begin, end = "<!-- x.json: python benchmarks/x.py --readme -->", "<!-- /x.json -->"
+    begin, end = "<!-- x.json: python -m benchmarks.x --readme -->", "<!-- /x.json -->"
     (tmp_path / "docs").mkdir()
     (tmp_path / "README.md").write_text("# doorway\n")
     page = tmp_path / "docs" / "x.md"
     page.write_text(f"intro\n{begin}\nold\n{end}\nafter\n")
-    readme_block.fill_block(begin, end, f"{begin}\nnew\n{end}", root=tmp_path)
+    benchmarking.fill_block(begin, end, f"{begin}\nnew\n{end}", tmp_path)
     assert page.read_text() == f"intro\n{begin}\nnew\n{end}\nafter\n"
-    assert readme_block.text_holding(begin, tmp_path) == page.read_text()
+    assert benchmarking.text_holding(begin, tmp_path) == page.read_text()
     (tmp_path / "README.md").write_text(f"{begin}\nstale copy\n{end}\n")      # two holders: which one is true?
     with pytest.raises(SystemExit, match=r"exactly one .* found in README.md, docs/x.md"):
-        readme_block.fill_block(begin, end, f"{begin}\nnew\n{end}", root=tmp_path)
+        benchmarking.fill_block(begin, end, f"{begin}\nnew\n{end}", tmp_path)
     with pytest.raises(SystemExit, match="found in none of README.md, docs/"):
-        readme_block.text_holding("<!-- y.json -->", tmp_path)
+        benchmarking.text_holding("<!-- y.json -->", tmp_path)
     page.write_text(f"{begin}\nno end marker\n")
     (tmp_path / "README.md").write_text("# doorway\n")
     with pytest.raises(SystemExit, match="no .* block to fill"):
-        readme_block.fill_block(begin, end, f"{begin}\nnew\n{end}", root=tmp_path)
+        benchmarking.fill_block(begin, end, f"{begin}\nnew\n{end}", tmp_path)
     assert page.read_text() == f"{begin}\nno end marker\n"                     # nothing half-written

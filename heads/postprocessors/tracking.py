@@ -32,6 +32,7 @@ def ids_to_masks(ids: torch.Tensor) -> torch.Tensor:
 class InstanceTracking(PostProcessor):
     requires = ("instance",)
     outputs = ("instance_masks", "instance_scores")
+    colour_layers = ("instances.glb",)
     default = True          # every model with an instance head gets multi-view instances unless it drops this
 
     def __init__(self, clusterer: str | dict = "torch", stages: tuple[str, ...] = ("validate", "test", "predict"),
@@ -115,7 +116,3 @@ class InstanceTracking(PostProcessor):
         scene.add_colour_layer("instances.glb", palette[ids.clamp(0, scores.numel())])
         scene.manifest["instances"] = int(scores.numel())
 
-    @classmethod
-    def planned_files(cls, stems: list[str]) -> list[str]:
-        """Its colour layer, then the files the exporters make of its outputs (masks/)."""
-        return ["instances.glb", *super().planned_files(stems)]

@@ -341,21 +341,13 @@ def overlap_pairs(frames: list[Frame], pairs: int, max_candidates: int = 64) -> 
 
 
 def pose_files(layout: str, ds, record) -> tuple[str, str]:
-    """(the files a scene's poses are read from, the convention the reader expects in them), for messages."""
+    """(the files a scene's poses are read from, the convention the reader expects in them), for messages: the
+    reader's own answer for this scene (a layout whose scenes keep poses in more than one form), else what the
+    layout registered."""
     d = ds.scene_dir(record)
-    if layout == "scene_folder" and record.info.get("views"):
-        return f"{d / 'cameras.json'} ('extrinsic')", "world-to-camera"
-    if layout == "scene_folder":
-        first = next(iter(sorted((d / "cam").glob("*.npz"))), None)
-        keys: set = set()
-        try:
-            if first is not None:
-                with np.load(first) as z:
-                    keys = set(z.files)
-        except (OSError, ValueError):
-            pass
-        return ((f"{d / 'cam'}/*.npz ('extrinsics')", "world-to-camera") if "extrinsics" in keys
-                else (f"{d / 'cam'}/*.npz ('pose')", "camera-to-world"))
+    own = ds.pose_source(record)
+    if own is not None:
+        return own
     poses = get_layout(layout).poses
     return (f"{d / poses.where}", poses.convention) if poses else (str(d), "world-to-camera")
 

@@ -261,6 +261,11 @@ class MultiViewScenes(Dataset):
             return np.random.default_rng([self.seed, int(index)])
         return np.random.default_rng([self.seed, int(index), 0x7EA1, epoch_of(index, self.epoch)])
 
+    def pose_source(self, record: SceneRecord) -> tuple[str, str] | None:
+        """(the files this scene's poses are read from, their convention) where a reader's scenes differ from one
+        another; None: what the layout registered (iggt_lightning/data/registry.py) holds for every scene."""
+        return None
+
     def poses_of(self, record: SceneRecord) -> np.ndarray:
         if record.poses is not None:
             return record.poses

@@ -193,7 +193,7 @@ def _register_builtins() -> None:
     register_layout("scannet", "iggt_lightning.data.scannet:ScanNetScenes", priority=50,
                     markers=(("*/color", "*/pose"),), writer=f"{writers}:write_scannet_scene",
                     poses=("pose/*.txt", "camera-to-world"), shared_intrinsics=True)
-    # a folder of scenes or one scene; check.pose_files tells its two camera formats apart per scene
+    # a folder of scenes or one scene; its reader's pose_source tells its two camera formats apart per scene
     register_layout("scene_folder", "iggt_lightning.data.scene_folder:SceneFolderScenes", priority=10,
                     markers=("cameras.json", "cam", "*/cameras.json", "*/cam"),
                     writer=f"{writers}:write_scene_folder_scene",

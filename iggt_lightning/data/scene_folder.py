@@ -109,6 +109,23 @@ class SceneFolderScenes(MultiViewScenes):
         info["depth_npz"] = depth_npz if depth_npz.is_file() else None
         return SceneRecord(d.name, keys, info)
 
+    def pose_source(self, record) -> tuple[str, str]:
+        """A scene keeps its poses in cameras.json or in cam/*.npz, the latter as world-to-camera ``extrinsics``
+        or camera-to-world ``pose`` (decided by the first file's keys, as the messages need only the form)."""
+        d = self.scene_dir(record)
+        if record.info.get("views"):
+            return f"{d / 'cameras.json'} ('extrinsic')", "world-to-camera"
+        first = next(iter(sorted((d / "cam").glob("*.npz"))), None)
+        keys: set = set()
+        try:
+            if first is not None:
+                with np.load(first) as z:
+                    keys = set(z.files)
+        except (OSError, ValueError):
+            pass
+        return ((f"{d / 'cam'}/*.npz ('extrinsics')", "world-to-camera") if "extrinsics" in keys
+                else (f"{d / 'cam'}/*.npz ('pose')", "camera-to-world"))
+
     def _read_cameras_json(self, d: Path, info: dict) -> list[str]:
         """cameras.json's views into ``info`` (every field checked for type, shape and finiteness, one
         :class:`DatasetError` naming the file, the view and the field otherwise); -> the views' file names."""

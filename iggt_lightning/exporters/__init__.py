@@ -3,8 +3,8 @@
 package registers the built-ins, in the order they write: per-view maps, then the scene's files
 (docs/writing-an-exporter.md)."""
 from .base import (ENTRY_POINT_GROUP, SCENE_SLOTS, Exporter, FilePlan, NoOptions, ViewerLayer, applicable_exporters,
-                   available_exporters, export_option, files_for_outputs, get_exporter, is_scene_exporter,
-                   register_exporter, registered_exporter, unregister_exporter, viewer_layer_table)
+                   available_exporters, chosen, export_option, exporter_source, files_for_outputs, get_exporter,
+                   is_scene_exporter, register_exporter, selected_exporters, registered_exporter, unregister_exporter, viewer_layer_table)
 from .view_maps import INSTANCE_ATTRIBUTE, DepthMaps, InstanceMasks
 from .scene_files import (COLMAP_DIR, DEFAULT_COLMAP_POINTS, CamerasJson, ColmapModel, GlbLayers, PlyCloud,
                           SavedViews, TransformsJson)
@@ -12,5 +12,5 @@ from .scene_files import (COLMAP_DIR, DEFAULT_COLMAP_POINTS, CamerasJson, Colmap
 __all__ = ["COLMAP_DIR", "DEFAULT_COLMAP_POINTS", "ENTRY_POINT_GROUP", "INSTANCE_ATTRIBUTE", "SCENE_SLOTS",
            "CamerasJson", "ColmapModel", "DepthMaps", "Exporter", "FilePlan", "GlbLayers", "InstanceMasks",
            "NoOptions", "PlyCloud", "SavedViews", "TransformsJson", "ViewerLayer", "applicable_exporters",
-           "available_exporters", "export_option", "files_for_outputs", "get_exporter", "is_scene_exporter",
-           "register_exporter", "registered_exporter", "unregister_exporter", "viewer_layer_table"]
+           "available_exporters", "chosen", "export_option", "exporter_source", "files_for_outputs", "get_exporter",
+           "is_scene_exporter", "register_exporter", "selected_exporters", "registered_exporter", "unregister_exporter", "viewer_layer_table"]

@@ -50,10 +50,11 @@ class NoOptions:
 @dataclass(frozen=True)
 class FilePlan:
     """What decides a scene's file names before anything is predicted: the views' ``stems`` (per-view files),
-    ``image_names`` (the views' files under ``images/``; None when they are not saved), ``photo_sizes`` (W, H;
+    ``colour_layers`` (the GLB files of the colour layers the plugins declare), ``image_names`` (the views' files under ``images/``; None when they are not saved), ``photo_sizes`` (W, H;
     None: not known) and the export ``options`` given so far (the rest at their defaults)."""
 
     stems: list[str] = field(default_factory=list)
+    colour_layers: tuple[str, ...] = ()
     image_names: list[str] | None = None
     photo_sizes: list[tuple[int, int]] | None = None
     options: dict = field(default_factory=dict)
@@ -185,6 +186,12 @@ def available_exporters() -> dict[str, type[Exporter]]:
     return dict(_EXPORTERS)
 
 
+def exporter_source(name: str) -> str:
+    """Where exporter ``name`` came from: its module, or the entry point and distribution that advertised it."""
+    available_exporters()
+    return _SOURCES.get(name, "?")
+
+
 def registered_exporter(name: str) -> type[Exporter] | None:
     """The exporter registered under ``name`` or whose dotted class path ``name`` is; imports nothing."""
     classes = available_exporters()
@@ -218,11 +225,32 @@ def is_scene_exporter(cls: type[Exporter]) -> bool:
     return not cls.consumed_outputs()
 
 
-def files_for_outputs(outputs, stems: list[str]) -> list[str]:
-    """The files of the exporters consuming any of ``outputs`` (a plugin's declared keys), for views ``stems``."""
-    plan = FilePlan(stems=list(stems))
+def selected_exporters(selection: str | None) -> list[str]:
+    """The names in ``selection`` (the ``exporters`` export option: comma-separated), each a registered exporter;
+    every registered name when ``selection`` is None. One error naming the unknown name and the registered ones."""
+    registered = available_exporters()
+    if selection is None:
+        return list(registered)
+    names = [n.strip() for n in selection.split(",") if n.strip()]
+    unknown = [n for n in names if n not in registered]
+    if unknown or not names:
+        raise ExportOptionError(f"export option exporters: {unknown[0] if unknown else selection!r} is not a "
+                                f"registered exporter; expected comma-separated names among {sorted(registered)}")
+    return list(dict.fromkeys(names))
+
+
+def chosen(classes, selection: str | None) -> list:
+    """``classes`` (exporter classes, in run order) kept when ``selection`` names them (None: all)."""
+    names = set(selected_exporters(selection))
+    return [c for c in classes if c.name in names]
+
+
+def files_for_outputs(outputs, stems: list[str], colour_layers=(), selection: str | None = None) -> list[str]:
+    """The files of the exporters consuming any of ``outputs`` (a plugin's declared keys), for views ``stems``,
+    among the exporters ``selection`` names (None: all)."""
+    plan = FilePlan(stems=list(stems), colour_layers=tuple(colour_layers))
     found: list[str] = []
-    for cls in available_exporters().values():
+    for cls in chosen(available_exporters().values(), selection):
         if set(cls.consumed_outputs()) & set(outputs):
             found += [f for f in cls.planned(plan) if f not in found]
     return found

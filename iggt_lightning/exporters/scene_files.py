@@ -50,7 +50,7 @@ class GlbLayers(Exporter):
 
     @classmethod
     def files(cls, plan: FilePlan, options) -> list[str]:
-        return ["scene.glb"]     # the layers' files: the plugins that describe them list them (planned_files)
+        return ["scene.glb", *plan.colour_layers]     # the layers the plugins declare (Plugin.colour_layers)
 
     def write(self, scene, outputs: dict) -> None:
         cloud, frusta = scene.cloud, _frusta(scene)

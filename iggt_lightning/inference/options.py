@@ -15,7 +15,7 @@ import difflib
 import textwrap
 from typing import Any, Iterable
 
-from iggt_lightning.exporters import DEFAULT_COLMAP_POINTS, applicable_exporters
+from iggt_lightning.exporters import DEFAULT_COLMAP_POINTS, applicable_exporters, selected_exporters
 
 from .option_types import TYPE_NAMES, ExportOption, ExportOptionError
 
@@ -32,6 +32,9 @@ WRITER_OPTIONS = (
                  choices=("percentile", "absolute")),
     ExportOption("points_from", str, None, "the source of the point clouds, one the heads offer (depth, point, "
                  "...); null: the one they rank first (--points-from)", optional=True),
+    ExportOption("exporters", str, None, "the exporters to run, comma-separated names (iggt heads list shows "
+                 "them; e.g. ply,cameras_json,colmap); null: every exporter whose inputs the prediction has (--exporters)",
+                 optional=True),
 )
 
 
@@ -73,6 +76,10 @@ def resolve_export_options(given: dict | None, plugins: Iterable[tuple[str, Any]
             raise ExportOptionError(_unknown(key, table))
     values = {name: opt.parse(given[name]) if name in given else opt.default for name, (opt, _) in table.items()}
     _check_together(values)
+    if values["exporters"] is not None:
+        values["exporters"] = ",".join(selected_exporters(values["exporters"]))
+        if "images" not in values["exporters"].split(",") and "save_images" in values:
+            values["save_images"] = False     # no views under images/, so nothing may refer to them there
     return values
 
 

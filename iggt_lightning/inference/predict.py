@@ -39,6 +39,7 @@ from . import export
 from .images import is_video, list_images, load_image, load_video_frames, preprocess
 from .output_folder import (MANIFEST_FORMAT, check_existing, check_free_space,  # noqa: F401 (MANIFEST_FORMAT: API)
                             check_output_folder, clean_leftovers, find_leftovers)
+from ..exporters import selected_exporters
 from ..layers.token_merge import parse_global_attention
 from .options import resolve_export_options
 from .scene import View
@@ -253,12 +254,22 @@ def estimate_output_bytes(model_size: tuple[int, int], photo_sizes: list[tuple[i
 
 def planned_files(names: list[str], plugins: list, save_images: bool = True,
                   image_names: list[str] | None = None, colmap_format: str = "txt",
-                  photo_sizes: list[tuple[int, int]] | None = None) -> list[str]:
+                  photo_sizes: list[tuple[int, int]] | None = None, selection: str | None = None) -> list[str]:
+    """What a scene's folder will hold (``--dry-run``, the free-space estimate): the files of the exporters the
+    ``exporters`` option (``selection``) keeps, and those a plugin writing with its own ``export`` lists."""
+    from iggt_lightning.exporters import files_for_outputs
+    from iggt_lightning.plugin import Plugin
+
     stems = [Path(n).stem for n in names]
+    layers = [f for _, cls in plugins for f in getattr(cls, "colour_layers", ())]
     files = scene_file_names((image_names or [s + ".png" for s in stems]) if save_images else None, colmap_format,
-                             photo_sizes)
+                             photo_sizes, layers if "glb" in selected_exporters(selection) else (), selection)
     for _, cls in plugins:
-        files += [f for f in cls.planned_files(stems) if f not in files]
+        files += [f for f in files_for_outputs(cls.outputs, stems, selection=selection) if f not in files]
+        if getattr(cls.planned_files, "__func__", None) is not Plugin.planned_files.__func__:
+            # a plugin's own listing: its files, less those of exporters the selection leaves out
+            left_out = set(files_for_outputs(cls.outputs, stems)) | set(getattr(cls, "colour_layers", ()))
+            files += [f for f in cls.planned_files(stems) if f not in files and f not in left_out]
     return files
 
 
@@ -439,7 +450,7 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
     options = plan.export_options
     view_names = _view_names(names, options["save_images"])
     files = planned_files(names, plan.plugins, options["save_images"], view_names, options["colmap_format"],
-                          photo_sizes)
+                          photo_sizes, options["exporters"])
     need = estimate_output_bytes((W, H), photo_sizes, files, [Path(n).stem for n in names])
     free = check_free_space(o, plan.out, need)
     st.done()

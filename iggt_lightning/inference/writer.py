@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from iggt_lightning.exporters import (COLMAP_DIR, DEFAULT_COLMAP_POINTS, Exporter, FilePlan,  # noqa: F401 (API)
-                                      applicable_exporters, available_exporters, is_scene_exporter)
+                                      applicable_exporters, available_exporters, chosen, is_scene_exporter)
 from iggt_lightning.fileio import write_json
 from iggt_lightning.plugin import Plugin
 
@@ -113,14 +113,16 @@ def _keep_mask(scene: SceneExport, points: torch.Tensor, conf: torch.Tensor, fro
 
 
 def scene_file_names(image_names: list[str] | None, colmap_format: str = "txt",
-                     photo_sizes: list[tuple[int, int]] | None = None) -> list[str]:
+                     photo_sizes: list[tuple[int, int]] | None = None, colour_layers=(),
+                     selection: str | None = None) -> list[str]:
     """The scene-level files a prediction may hold (for ``--dry-run``; which ones appear depends on the heads):
-    the manifest and what every exporter of the scene as a whole plans. ``photo_sizes`` (W, H) decide the
-    downscaled copies (all factors when not given)."""
-    plan = FilePlan(image_names=image_names, photo_sizes=photo_sizes,
+    the manifest and what every exporter of the scene as a whole plans, among those ``selection`` (the
+    ``exporters`` option) names. ``photo_sizes`` (W, H) decide the downscaled copies (all factors when not
+    given); ``colour_layers``: the GLB files of the plugins' colour layers."""
+    plan = FilePlan(image_names=image_names, photo_sizes=photo_sizes, colour_layers=tuple(colour_layers),
                     options={"colmap_format": colmap_format, "save_images": image_names is not None})
     files = ["manifest.json"]
-    for cls in available_exporters().values():
+    for cls in chosen(available_exporters().values(), selection):
         if is_scene_exporter(cls):
             files += [f for f in cls.planned(plan) if f not in files]
     return files
@@ -155,12 +157,13 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
         state["scene"] = scene
     for _, plugin in plugins:
         plugin.describe(outputs, scene)
-    chosen = _choose_points(scene)
-    if chosen is not None:
-        scene.cloud = Cloud(*chosen[:3], _keep_mask(scene, *chosen[1:]))
+    points = _choose_points(scene)
+    if points is not None:
+        scene.cloud = Cloud(*points[:3], _keep_mask(scene, *points[1:]))
     summary: dict[str, Any] = {"points": 0}     # the scene's summary in the manifest: 0 points without a cloud
     ran = []
-    for name, step in run_order(plugins, [cls(options) for cls in applicable_exporters(plugins)]):
+    exporters = [cls(options) for cls in chosen(applicable_exporters(plugins), options.get("exporters"))]
+    for name, step in run_order(plugins, exporters):
         if isinstance(step, Exporter):
             if not step.ready(scene, outputs):
                 continue

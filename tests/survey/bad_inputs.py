@@ -1,6 +1,10 @@
 """Survey of bad inputs and faults, tried against the `iggt` command line as a hostile or careless user would.
 
-    python benchmarks/bad_inputs.py [--json benchmarks/bad_inputs.json] [--only NAME ...] [--code-root DIR]
+    python -m tests.survey.bad_inputs [--json tests/survey/bad_inputs.json] [--only NAME ...] [--code-root DIR]
+    python -m pytest -m survey tests/test_bad_input_survey.py      # the same cases as tests, one per case
+
+It is a test of behaviour, not a measurement, so it lives beside the tests; it is left out of the default test run
+(``-m "not survey"`` in setup.cfg) because its 124 subprocesses take about 10 minutes on 2 cores.
 
 Each case builds its inputs in a fresh temporary folder, runs one `iggt ...` command in a subprocess and is
 classified from what a user sees:
@@ -43,7 +47,8 @@ from typing import Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 MARKER = "PWNED"
 CONFIG = str(ROOT / "configs" / "synthetic_tiny.yaml")
 
@@ -1298,11 +1303,11 @@ def readme_summary(now: dict, before: dict) -> str:
         shown = [f"{n} {k}" for k, n in payload["counts"].items() if n]
         return ", ".join(shown)
 
-    return (f"{README_BEGIN}\n`python benchmarks/bad_inputs.py` tries {now['tried']} hostile or careless inputs against "
+    return (f"{README_BEGIN}\n`python -m tests.survey.bad_inputs` tries {now['tried']} hostile or careless inputs against "
             f"the CLI as a user would and classifies what they see: {counts(now)} "
-            f"([benchmarks/bad_inputs.json](../benchmarks/bad_inputs.json), commit {now['commit'][:7]}). The "
+            f"([tests/survey/bad_inputs.json](../tests/survey/bad_inputs.json), commit {now['commit'][:7]}). The "
             f"{before['tried']} cases added in the last round gave {counts(before)} on the code before it "
-            f"([bad_inputs_before_s.json](../benchmarks/bad_inputs_before_s.json), `--code-root` at commit "
+            f"([bad_inputs_before_s.json](../tests/survey/bad_inputs_before_s.json), `--code-root` at commit "
             f"{before['commit'][:7]}).\n{README_END}")
 
 
@@ -1311,7 +1316,7 @@ README_BEGIN, README_END = "<!-- bad-inputs -->", "<!-- /bad-inputs -->"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "bad_inputs.json"))
+    ap.add_argument("--json", default=str(HERE / "bad_inputs.json"))
     ap.add_argument("--only", nargs="*", default=None, help="substrings of case names to run")
     ap.add_argument("--names", default=None, help="a file of exact case names, one per line (names may start with --)")
     ap.add_argument("--code-root", default=str(ROOT), help="checkout whose iggt_lightning is tried")
@@ -1319,12 +1324,11 @@ def main() -> None:
     ap.add_argument("--readme", action="store_true", help="only refill the survey sentence (docs/security.md) from the JSONs")
     a = ap.parse_args()
     if a.readme:
-        from readme_block import fill_block
+        from iggt_lightning.benchmarking import fill_block
 
-        before = json.loads((ROOT / "benchmarks" / "bad_inputs_before_s.json").read_text())
-        fill_block(README_BEGIN, README_END, readme_summary(json.loads(Path(a.json).read_text()), before))
+        before = json.loads((HERE / "bad_inputs_before_s.json").read_text())
+        fill_block(README_BEGIN, README_END, readme_summary(json.loads(Path(a.json).read_text()), before), ROOT)
         return
-    sys.path.insert(0, str(ROOT))
     names = set(Path(a.names).read_text().splitlines()) if a.names else None
     cases = [c for c in CASES if (not a.only or any(s in c.name for s in a.only)) and (names is None or c.name in names)]
     rows = []

@@ -4,7 +4,7 @@ Nothing here downloads or stores official code: the caller passes the path of a 
 lifuguan/IGGT_official (its ``iggt`` package holds both the IGGT and the VGGT classes), e.g.::
 
     git clone https://github.com/lifuguan/IGGT_official /somewhere/IGGT_official
-    python benchmarks/vs_official.py --official /somewhere/IGGT_official
+    python -m benchmarks.vs_official --official /somewhere/IGGT_official
 
 The official package imports a few libraries only for names its forward never uses
 (``huggingface_hub.PyTorchModelHubMixin``, ``transformers.Mask2FormerConfig``, ``basicsr``'s ``to_2tuple`` /
@@ -27,13 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from iggt_lightning.checkpoints import convert_official_state_dict  # noqa: E402
-from iggt_lightning.model import IGGTModel  # noqa: E402
-from iggt_lightning.parity import load_fixture, model_config_from_fixture  # noqa: E402
+from ..checkpoints import convert_official_state_dict
+from ..model import IGGTModel
+from ..parity import load_fixture, model_config_from_fixture
 
 STUBBED: list[str] = []
 # Presets whose official module arguments are read from a parity fixture (small widths the official
@@ -41,7 +37,6 @@ STUBBED: list[str] = []
 FIXTURE_PRESETS = {"tiny": "parity_tiny.pt", "small-dino": "parity_small_dino.pt"}
 CLASS_PRESETS = {"iggt-large": "IGGT", "vggt-large": "VGGT"}
 PRESETS = sorted(FIXTURE_PRESETS) + sorted(CLASS_PRESETS)
-FIXTURES = _REPO / "tests" / "data" / "reference"
 
 
 def _placeholder(module: str, names: dict) -> None:
@@ -123,14 +118,15 @@ def _from_fixture_config(off: types.SimpleNamespace, config: dict) -> nn.Module:
     return model
 
 
-def build_pair(preset: str, checkout: str | Path, seed: int = 0) -> tuple[nn.Module, IGGTModel]:
-    """(official model, our model) in eval mode with the same weights."""
+def build_pair(preset: str, checkout: str | Path, fixtures: str | Path, seed: int = 0) -> tuple[nn.Module, IGGTModel]:
+    """(official model, our model) in eval mode with the same weights. ``fixtures``: the folder holding the parity
+    fixtures of :data:`FIXTURE_PRESETS` (a checkout's tests/data/reference; they are not installed)."""
     if preset not in PRESETS:
         raise ValueError(f"no official counterpart for preset {preset!r}; expected one of {PRESETS}")
     off = import_official(checkout)
     torch.manual_seed(seed)
     if preset in FIXTURE_PRESETS:
-        config = load_fixture(str(FIXTURES / FIXTURE_PRESETS[preset]))["config"]
+        config = load_fixture(str(Path(fixtures) / FIXTURE_PRESETS[preset]))["config"]
         official = _from_fixture_config(off, config)
         ours = IGGTModel(**model_config_from_fixture(config))
     else:
