@@ -150,13 +150,19 @@ def _random_size(rng: np.random.Generator, shape: str) -> tuple[float, ...]:
     return (rng.uniform(0.1, 0.3), rng.uniform(0.3, 1.1))
 
 
-def _place(rng: np.random.Generator, radius: float, placed: list[tuple[float, float, float]]):
-    """Rejection-sample a floor position with no footprint overlap; None after too many tries."""
-    reach = _PLACE_RADIUS - radius
+def _place(rng: np.random.Generator, radius: float, placed: list[tuple[float, float, float]],
+           centre: tuple[float, float] = (0.0, 0.0), place_radius: float = _PLACE_RADIUS):
+    """Rejection-sample a floor position with no footprint overlap, the object entirely inside the disc
+    ``place_radius`` around ``centre``; None after too many tries. (The centre is added after the draw, so
+    the default draws exactly what it always drew.)"""
+    reach = place_radius - radius
+    if reach < 0:
+        return None
     for _ in range(60):
         x, z = rng.uniform(-reach, reach, 2)
         if math.hypot(x, z) > reach:
             continue
+        x, z = x + centre[0], z + centre[1]
         if all(math.hypot(x - px, z - pz) > radius + pr + 0.05 for px, pz, pr in placed):
             return float(x), float(z)
     return None
