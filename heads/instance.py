@@ -104,6 +104,7 @@ class InstanceDecoder(nn.Module):
 class InstanceHead(Head):
     requires = ("point",)  # for the geometry fusion; an instance with fusion=False needs nothing
     outputs = ("part_feat",)
+    colour_layers = ("features.glb",)
     loss_terms = ("contrastive",)
     loss_functions = {"contrastive": contrastive_loss}   # variant + the chosen loss's keyword parameters
     official_prefixes = (("part_adaptor.", "adaptor."), ("part_head.", "decoder."))
@@ -152,10 +153,6 @@ class InstanceHead(Head):
         S, D, h, w = f.shape
         pca = pca_colours(f.permute(1, 0, 2, 3).reshape(D, S * h, w)).reshape(3, S, h, w).permute(1, 2, 3, 0)
         scene.add_colour_layer("features.glb", pca)
-
-    @classmethod
-    def planned_files(cls, stems: list[str]) -> list[str]:
-        return ["features.glb"]
 
     def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict:
         """``contrastive``: the 3D-consistent pixel-pair loss (paper Eq. 4), or with ``variant: mean`` the

@@ -173,8 +173,20 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--colmap-format", choices=["txt", "bin"], default=None, help="COLMAP model format (default txt)")
     p.add_argument("--colmap-max-points", type=int, default=None, help="3D points of the COLMAP model, thinned by "
                    "voxels keeping the most confident (default 100000); each with its track of observations")
-    p.add_argument("--ba", action="store_true", help="bundle-adjust the COLMAP model with pycolmap (poses and points; "
-                   "needs the [colmap] extra); the manifest reports the reprojection error before and after")
+    w = p.add_argument_group("long videos (docs/long-videos.md)")
+    w.add_argument("--window", type=int, default=None, metavar="N", help="run the frames in overlapping windows "
+                   "of N, aligned into one reconstruction with instance ids kept across windows (every frame of a "
+                   "video, streamed; --stride to thin them)")
+    w.add_argument("--overlap", type=int, default=None, metavar="K", help="frames consecutive windows share "
+                   "(default a quarter of the window, at least 2)")
+    w.add_argument("--stride", type=int, default=1, help="with --window: every stride-th frame (default 1)")
+    w.add_argument("--no-association", action="store_true", help="with --window: new instance ids in every "
+                   "window (a baseline to compare against)")
+    p.add_argument("--ba", action="store_true", help="bundle-adjust the cameras on the point-track head's predicted "
+                   "tracks (pycolmap, the [colmap] extra; a checkpoint with the track head); the refined cameras "
+                   "go to every output and the manifest reports the reprojection error before and after and how "
+                   "far the poses moved")
+    p.add_argument("--ba-refine-focal", action="store_true", help="with --ba: refine the focal lengths too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder, only if it is a "
                    "previous prediction (has our manifest.json)")
     p.add_argument("--dry-run", action="store_true", help="check the inputs and every option as the real run does, "
@@ -214,8 +226,7 @@ def _predict(argv: list[str]) -> int:
         export_options[key] = value          # text: each option's declaration reads it (inference/options.py)
     for key, value, flag in (("exporters", a.exporters, "--exporters"),
                              ("colmap_format", a.colmap_format, "--colmap-format"),
-                             ("colmap_max_points", a.colmap_max_points, "--colmap-max-points"),
-                             ("colmap_ba", a.ba or None, "--ba")):
+                             ("colmap_max_points", a.colmap_max_points, "--colmap-max-points")):
         if value is not None and key in export_options:
             p.error(f"{flag} and --export-option {key} are both given; give one")
         if value is not None:
@@ -229,7 +240,9 @@ def _predict(argv: list[str]) -> int:
                           postprocess=postprocess or None, export_options=export_options, video_frames=a.video_frames,
                           overwrite=a.overwrite, save_images=not a.no_images, dry_run=a.dry_run,
                           progress=not a.quiet, trust_code=a.trust_checkpoint_code,
-                          global_attention=global_attention)
+                          global_attention=global_attention, window=a.window, overlap=a.overlap,
+                          stride=a.stride, no_association=a.no_association, ba=a.ba,
+                          ba_refine_focal=a.ba_refine_focal)
     try:
         check_before_checkpoint(opts)             # options, photos, output folder: before any Hub download
         opts.checkpoint = str(resolve_checkpoint(a.checkpoint))     # a Hub id or model folder -> its weights file
@@ -239,6 +252,10 @@ def _predict(argv: list[str]) -> int:
             raise
         print(f"iggt predict: error: {err}", file=sys.stderr)
         return 2
+    if summary.get("dry_run") and "windows" in summary:
+        print(f"dry run: {summary['views']} frame(s) in {summary['windows']} window(s); would "
+              f"{'replace' if summary['replaces'] else 'write'} {summary['out']}")
+        return 0
     if summary.get("dry_run"):
         from .inference.output_folder import human_size as _human
 
@@ -255,6 +272,12 @@ def _predict(argv: list[str]) -> int:
             print(f"would put {summary['out']} back from {summary['restore']} (left by a run that died replacing it)")
         return 0
     print(f"{summary['views']} views, {summary.get('instances', 0)} instances, {summary['points']:,} points -> {a.out}")
+    ba = summary.get("bundle_adjustment") or {}
+    if ba:
+        print(f"  bundle adjustment on {ba['tracks']:,} predicted tracks: reprojection error "
+              f"{ba['reprojection_error_before']:.2f} -> {ba['reprojection_error_after']:.3g} px"
+              + (f"; kept the predicted cameras: {ba['kept_predicted_cameras']}" if "kept_predicted_cameras" in ba
+                 else f"; poses moved up to {ba['rotation_change_max_deg']:.2f} deg"))
     if summary.get("invalid_views"):
         print(f"  {len(summary['invalid_views'])} view(s) with non-finite predictions: see invalid_views in "
               f"{os.path.join(a.out, 'manifest.json')}")

@@ -80,10 +80,10 @@ def test_a_wrong_type_or_range_names_the_option_and_what_it_expects(given, field
 
 
 def test_text_is_read_by_the_declared_type_and_defaults_fill_the_rest():
-    got = resolve_export_options({"save_images": "0", "colmap_ba": "true", "colmap_max_points": "500",
+    got = resolve_export_options({"save_images": "0", "colmap_max_points": "500",
                                   "depth_png_scale": "256", "conf_mode": "absolute", "conf_threshold": "150"},
                                  depth_plugins())
-    assert got["save_images"] is False and got["colmap_ba"] is True and got["colmap_max_points"] == 500
+    assert got["save_images"] is False and got["colmap_max_points"] == 500
     assert got["depth_png_scale"] == 256.0 and got["conf_threshold"] == 150.0
     assert got["colmap_format"] == "txt" and got["points_from"] is None     # declared defaults
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from iggt_lightning.cli import main
 from iggt_lightning.inference.images import ViewTransform, list_images, preprocess
-from iggt_lightning.inference.writer import OPTIONAL_PACKAGES
 
 
 @pytest.fixture(scope="module")
@@ -323,25 +322,19 @@ def test_default_outputs_need_no_optional_package(assets, tmp_path):
     assert set(planned) == set(listed) and all((out / f).is_file() for f in listed)
 
 
-@pytest.mark.parametrize("option, module, extra", [entry[:3] for entry in OPTIONAL_PACKAGES])
-def test_an_output_needing_a_missing_package_stops_before_inference(assets, tmp_path, capsys, monkeypatch,
-                                                                    option, module, extra):
-    from iggt_lightning.inference.writer import PredictError, PredictionWriter
+def test_ba_without_pycolmap_stops_before_inference(assets, tmp_path, capsys, monkeypatch):
     from iggt_lightning.module import IGGTLitModule
 
     def no_inference(*a, **k):
         raise AssertionError("the model was loaded: the missing package was found only after inference started")
 
-    monkeypatch.setitem(sys.modules, module, None)          # import <module> now raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "pycolmap", None)      # import pycolmap now raises ModuleNotFoundError
     monkeypatch.setattr(IGGTLitModule, "from_checkpoint_file", no_inference)
     for dry in (["--dry-run"], []):
-        assert predict(assets, tmp_path / "out", "--export-option", f"{option}=true", *dry) == 2
+        assert predict(assets, tmp_path / "out", "--ba", *dry) == 2
         err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and f"pip install 'iggt-lightning[{extra}]'" in err and module in err, err
+        assert err.count("\n") == 0 and "pip install 'iggt-lightning[colmap]'" in err and "--ba" in err, err
         assert list(tmp_path.iterdir()) == []                # no output folder, no temporary one
-    # the dataset path (iggt predict --config ... --data ...) refuses it when its writer is made, before the model
-    with pytest.raises(PredictError, match=rf"pip install 'iggt-lightning\[{extra}\]'"):
-        PredictionWriter(str(tmp_path / "preds"), options={option: True})
 
 
 @pytest.mark.parametrize("selection", ["ply,cameras_json", "masks,glb,colmap", "depth_maps"])

@@ -122,7 +122,6 @@ class ColmapOptions:
     colmap_depth_tolerance: float = export_option(0.03, "a track's visibility test: relative depth difference "
                                                   "to the view's own surface", low=0, high=1, low_open=True,
                                                   high_open=True)
-    colmap_ba: bool = export_option(False, "bundle-adjust the COLMAP model with pycolmap (--ba)")
 
 
 @register_exporter("colmap")
@@ -159,8 +158,6 @@ class ColmapModel(Exporter):
                 "mean_reprojection_error": float(tracks.errors.mean()) if len(tracks.errors) else None,
                 "max_points": o.colmap_max_points, "depth_tolerance": o.colmap_depth_tolerance,
                 "pixel_coordinates": "pixel i's centre at i + 0.5 (COLMAP's convention)"}
-        if o.colmap_ba and len(tracks.points):
-            info["bundle_adjustment"] = colmap.bundle_adjust(folder, o.colmap_format)
         # written by colmap.write_model (and pycolmap, which may add files), not through scene.path
         scene.files += sorted(f"{COLMAP_DIR}/{p.name}" for p in folder.iterdir() if p.is_file())
         return {"colmap": info}

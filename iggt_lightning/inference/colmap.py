@@ -239,15 +239,18 @@ def _write_binary(folder, extrinsics, intrinsics, sizes, names, ids, tracks, t_i
     atomic_write(folder / "points3D.bin", points)
 
 
-def bundle_adjust(folder: str | os.PathLike, fmt: str) -> dict:
-    """Refine the model in ``folder`` with pycolmap's bundle adjustment (poses, points; intrinsics fixed) and
-    write it back in place, without the points only one view sees; returns the mean reprojection errors
-    before (all points) and after (pixels)."""
+def bundle_adjust(folder: str | os.PathLike, fmt: str, refine_focal: bool = False, robust_scale: float | None = None
+                  ) -> dict:
+    """Refine the model in ``folder`` with pycolmap's bundle adjustment (poses, points; the focal lengths too
+    with ``refine_focal``; a Cauchy loss of scale ``robust_scale`` pixels when given, so that a few wrong
+    observations do not pull the cameras) and write it back in place, without the points only one view sees;
+    returns the mean reprojection errors before (all points) and after (pixels)."""
     try:
         import pycolmap
     except ImportError as err:
         raise ValueError("--ba needs pycolmap: pip install 'iggt-lightning[colmap]'") from err
     rec = pycolmap.Reconstruction(str(folder))
+    rec.update_point_3d_errors()          # the errors stored in the file are whatever its writer put there
     before = float(rec.compute_mean_reprojection_error())
     # COLMAP's adjuster needs every point seen twice; a point seen once constrains nothing and an SfM model
     # never holds one, so the refined model keeps the multi-view points only
@@ -257,10 +260,16 @@ def bundle_adjust(folder: str | os.PathLike, fmt: str) -> dict:
     if rec.num_points3D() == 0:
         raise ValueError("--ba: no 3D point is seen by two views; nothing to adjust")
     options = pycolmap.BundleAdjustmentOptions()
-    options.refine_focal_length = False
+    options.refine_focal_length = bool(refine_focal)
+    options.print_summary = False
+    if robust_scale is not None:
+        options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+        options.ceres.loss_function_scale = float(robust_scale)
+    pycolmap.logging.minloglevel = max(int(pycolmap.logging.minloglevel), 1)    # its INFO lines are not for users
     options.refine_principal_point = False
     options.refine_extra_params = False
     pycolmap.bundle_adjustment(rec, options)
+    rec.update_point_3d_errors()
     after = float(rec.compute_mean_reprojection_error())
     if fmt == "bin":
         rec.write_binary(str(folder))

@@ -40,6 +40,7 @@ from .images import is_video, list_images, load_image, load_video_frames, prepro
 from .output_folder import (MANIFEST_FORMAT, check_existing, check_free_space,  # noqa: F401 (MANIFEST_FORMAT: API)
                             check_output_folder, clean_leftovers, find_leftovers)
 from ..exporters import selected_exporters
+from .windowed import default_overlap, plan_windows
 from ..layers.token_merge import parse_global_attention
 from .options import resolve_export_options
 from .scene import View
@@ -72,6 +73,12 @@ class PredictOptions:
     trust_code: bool = False             # let the checkpoint's stored config import unregistered head classes
     global_attention: dict | None = None  # the backbone's global attention for this run (docs/many-view.md,
                                           # e.g. {"kind": "merged", "ratio": 0.9}); None: the checkpoint's own
+    window: int | None = None            # frames per window (docs/long-videos.md); None: every frame in one pass
+    overlap: int | None = None           # frames consecutive windows share; None: a quarter of the window (>= 2)
+    stride: int = 1                      # with --window: every stride-th frame (and photo)
+    no_association: bool = False         # with --window: new instance ids in every window (a baseline)
+    ba: bool = False                     # bundle-adjust the cameras on the track head's predicted tracks
+    ba_refine_focal: bool = False        # with --ba: the focal lengths too
 
 
 @dataclass
@@ -138,6 +145,34 @@ def check_options(o: PredictOptions) -> None:
         parse_global_attention(o.global_attention, field="--global-attention")
     if PRECISIONS[o.precision] == "16-mixed" and torch.device(o.device).type == "cpu":
         raise ValueError(f"--precision {o.precision}: float16 autocast needs a GPU; use bf16 on the CPU")
+    _check_windowing(o)
+    if o.ba_refine_focal and not o.ba:
+        raise ValueError("--ba-refine-focal refines what --ba adjusts: give --ba too")
+    if o.ba:
+        try:
+            import pycolmap  # noqa: F401
+        except ImportError as err:
+            raise PredictError(f"--ba needs pycolmap, which cannot be imported here ({err}); install it with "
+                               "pip install 'iggt-lightning[colmap]', or run without it") from None
+
+
+def _check_windowing(o: PredictOptions) -> None:
+    """--window / --overlap / --stride alone (the frame count is checked when the input is counted)."""
+    given = [f for f, v in (("--overlap", o.overlap), ("--no-association", o.no_association or None),
+                            ("--stride", o.stride if o.stride != 1 else None)) if v is not None]
+    if o.window is None:
+        if given:
+            raise ValueError(f"{given[0]} applies to windowed runs: give --window N too")
+        return
+    for name, value, low in (("--window", o.window, 3), ("--stride", o.stride, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    overlap = o.overlap if o.overlap is not None else default_overlap(o.window)
+    if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 2:
+        raise ValueError(f"--overlap {overlap}: at least 2 shared frames are needed to align two windows")
+    if o.window <= overlap:
+        raise ValueError(f"--window {o.window} must be larger than --overlap {overlap} (each window must bring "
+                         "new frames)")
 
 
 def _check_device(device: str) -> None:
@@ -425,6 +460,54 @@ def _as_is(item):
     return item
 
 
+def _load_module(o: PredictOptions, plan: Plan):
+    from iggt_lightning.module import IGGTLitModule
+
+    module = IGGTLitModule.from_checkpoint_file(o.checkpoint, preset=o.preset, trust_code=o.trust_code,
+                                                postprocess=o.postprocess)
+    if module.model.backbone.patch_size != plan.patch_size:
+        raise PredictError(f"{o.checkpoint}: the model's patch size {module.model.backbone.patch_size} differs "
+                           f"from its header's {plan.patch_size}")
+    if o.global_attention is not None:
+        module.model.backbone.set_global_attention(o.global_attention, field="--global-attention")
+    if o.ba and "track" not in module.model.heads:
+        raise PredictError(f"--ba: {o.checkpoint} has no point-track head, whose predicted tracks are the "
+                           "observations bundle adjustment needs (the official IGGT/VGGT checkpoints have one)")
+    return module
+
+
+def _track_refinement(o: PredictOptions, module):
+    """With --ba: the writer's hook that bundle-adjusts a scene's cameras on predicted tracks before export."""
+    if not o.ba:
+        return None
+    from .track_ba import refine_outputs
+
+    return lambda outputs, images: refine_outputs(module, outputs, images, refine_focal=o.ba_refine_focal)
+
+
+def _run_windowed(o: PredictOptions, plan: Plan, st: Stages) -> dict:
+    """--window: the frames counted and the windows planned before the model is loaded (a window larger than the
+    input is refused first), then :func:`.predict_windowed.run_windowed`."""
+    from .predict_windowed import count_frames, run_windowed
+
+    total = count_frames(plan.paths, o.stride)
+    overlap = o.overlap if o.overlap is not None else default_overlap(o.window)
+    windows = plan_windows(total, o.window, overlap)
+    if o.dry_run:
+        return {"dry_run": True, "views": total, "windows": len(windows), "out": str(o.out),
+                "replaces": plan.replaces, "leftovers": [str(p) for p in plan.remove],
+                "restore": str(plan.restore) if plan.restore else None, "files": []}
+    with _quiet_lightning():
+        st.start("load model")
+        module = _load_module(o, plan)
+        st.done()
+        st.start("windowed inference and export")
+        summary = run_windowed(o, plan, module, plan.export_options, {"mode": o.mode, "seconds": dict(st.seconds)},
+                               total, windows, overlap)
+        st.done()
+    return summary
+
+
 def _trainer_device(device: str) -> dict:
     dev = torch.device(device)
     if dev.type == "cpu":
@@ -438,8 +521,8 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
     from lightning import Trainer
     from torch.utils.data import DataLoader
 
-    from iggt_lightning.module import IGGTLitModule
-
+    if o.window is not None:
+        return _run_windowed(o, plan, st)
     st.start("read photos")
     photos, names = _read_photos(plan.paths, o.video_frames)
     st.done()
@@ -462,19 +545,14 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
                 "files": files}
     with _quiet_lightning():
         st.start("load model")
-        module = IGGTLitModule.from_checkpoint_file(o.checkpoint, preset=o.preset, trust_code=o.trust_code,
-                                                    postprocess=o.postprocess)
-        if module.model.backbone.patch_size != plan.patch_size:
-            raise PredictError(f"{o.checkpoint}: the model's patch size {module.model.backbone.patch_size} differs "
-                               f"from its header's {plan.patch_size}")
-        if o.global_attention is not None:
-            module.model.backbone.set_global_attention(o.global_attention, field="--global-attention")
+        module = _load_module(o, plan)
         st.done()
         st.start("inference and export")
         t0 = time.perf_counter()
         views = [View(n, Path(n).stem, i, t, p) for n, i, t, p in zip(names, view_names, transforms, photos)]
         writer = PredictionWriter(str(plan.out), overwrite=o.overwrite, options=options, one_folder=True,
-                                  display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds)})
+                                  display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds)},
+                                  refine=_track_refinement(o, module))
         batch = {"images": images[None], "scene_id": ["photos"], "views": [ViewList(views)]}
         trainer = Trainer(**_trainer_device(o.device), precision=PRECISIONS[o.precision], callbacks=[writer],
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -46,9 +46,7 @@ class PredictError(OutputFolderError):
 
 
 # export options whose files need a package outside the core install: (option, module, extra, what it makes)
-OPTIONAL_PACKAGES = (
-    ("colmap_ba", "pycolmap", "colmap", "--ba (export option colmap_ba: bundle adjustment of sparse/0/)"),
-)
+OPTIONAL_PACKAGES: tuple[tuple[str, str, str, str], ...] = ()
 
 
 def check_output_packages(options: dict) -> None:
@@ -282,8 +280,10 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self, out_dir: str, overwrite: bool = False, options: dict | None = None,
                  manifest: dict | None = None, one_folder: bool = False, display: str | None = None,
-                 inputs: list[str] | None = None) -> None:
+                 inputs: list[str] | None = None, refine=None) -> None:
         super().__init__(write_interval="batch")
+        # refine(outputs of one scene, its images [S,3,H,W]) -> (outputs, report): e.g. --ba's cameras, before export
+        self.refine = refine
         self.out_dir, self.overwrite, self.one_folder = Path(out_dir), overwrite, one_folder
         self.check_inputs([("input", str(p)) for p in inputs or ()])   # e.g. the dataset's roots
         # a misspelt key, a bad value or a missing optional package stops the run here, before the model is loaded
@@ -342,6 +342,11 @@ class PredictionWriter(BasePredictionWriter):
                          global_attention=pl_module.model.backbone.global_attention.to_dict())
             if not self.one_folder:
                 extra["scene"] = str(scene_id)
-            self.written.append(write_prediction(folder, plugins, prediction, b, views, images[b], self.options,
-                                                 extra, overwrite=self.overwrite, display=display))
+            scene_outputs = prediction
+            if self.refine is not None:          # photos: one scene per batch (iggt predict)
+                if images.shape[0] != 1:
+                    raise PredictError("refining cameras needs one scene per batch")
+                scene_outputs, extra["bundle_adjustment"] = self.refine(prediction, images[0])
+            self.written.append(write_prediction(folder, plugins, scene_outputs, b, views, images[b],
+                                                 self.options, extra, overwrite=self.overwrite, display=display))
         self.seconds += time.perf_counter() - t0
