@@ -131,34 +131,78 @@ def score_folder(folder: Path, seq, frames: range) -> dict:
     return {k: v for k, v in m.compute().items()}
 
 
+def _oracle_run(seq, frames: range, window: int, overlap: int, associate: bool) -> dict:
+    import torch
+
+    from iggt_lightning.benchmarking.oracle import GroundTruthNetwork
+    from iggt_lightning.geometry import pose_encoding_to_extri_intri
+    from iggt_lightning.inference.windowed import WindowOptions, iter_windows, plan_windows, reconstruct
+    from iggt_lightning.metrics.sequence import SequenceMetrics
+
+    class Part:                       # the frames [start, stop) of the sequence as a sequence of their own
+        def __init__(self, seq, frames):
+            self.seq, self.offset, self.objects = seq, frames.start, seq.objects
+
+        def frame(self, i):
+            return self.seq.frame(self.offset + i)
+
+    part, n = Part(seq, frames), len(frames)
+    net = GroundTruthNetwork(part, seed=0)
+    plan = plan_windows(n, window, overlap) if window < n else [(0, n)]
+    starts = iter([s for s, _ in plan])
+    stream = (torch.as_tensor(part.frame(i)["images"]) for i in range(n))
+    t0 = time.perf_counter()
+    result = reconstruct(lambda images: net(images, next(starts)), iter_windows(plan, stream), n,
+                         WindowOptions(window if window < n else n, overlap, associate=associate))
+    seconds = time.perf_counter() - t0
+    out = result.outputs
+    H, W = out["images"].shape[-2:]
+    E, _ = pose_encoding_to_extri_intri(out["pose_enc"][-1][0], (H, W))
+    m = SequenceMetrics()
+    for k in range(n):
+        f = part.frame(k)
+        m.update(k, out["instance_masks"][0, k], f["instance_ids"], out["depth"][0, k, ..., 0], f["depth"])
+    m.set_trajectory(E, seq.extrinsics[frames.start:frames.stop])
+    return {"status": "ok", "seconds": round(seconds, 2), "metrics": m.compute()}
+
+
 def accuracy(a, work: Path) -> dict:
     from iggt_lightning.data.long_sequence import LongSequence
 
     seq = LongSequence(frames=a.accuracy_frames, seed=a.seed)
+    runs = {}
+    for part, frames, kinds in (("long", range(0, a.accuracy_frames), ("windowed", "no_association")),
+                                ("short", range(0, a.accuracy_exact_frames),
+                                 ("windowed", "no_association", "exact"))):
+        for kind in kinds:
+            window = len(frames) if kind == "exact" else a.window
+            r = _oracle_run(seq, frames, window, a.overlap, associate=kind != "no_association")
+            runs[f"oracle {part}/{kind}"] = r
+            print("oracle", part, kind, r["metrics"], flush=True)
     photos = work / "photos"
     seq.write_photos(photos)
     names = sorted(p for p in photos.glob("*.png"))
     short = work / "short"
     short.mkdir()
-    for p in names[: a.exact_frames]:
+    for p in names[: a.accuracy_exact_frames]:
         os.link(p, short / p.name)
-    common = ["-c", a.trained, "--size", "112", "84", "--quiet", "--threads", str(a.threads),
-              "--exporters", "masks,depth_maps,cameras_json"]
-    runs = {}
     plans = {"long": (photos, range(0, a.accuracy_frames), ("windowed", "no_association")),
-             "short": (short, range(0, a.exact_frames), ("windowed", "no_association", "exact"))}
-    for part, (folder, frames, kinds) in plans.items():
-        for kind in kinds:
-            out = work / f"{part}_{kind}"
-            extra = [] if kind == "exact" else ["--window", str(a.window), "--overlap", str(a.overlap)]
-            if kind == "no_association":
-                extra.append("--no-association")
-            r = run_measured(["predict", str(folder), *common, "-o", str(out), *extra], work, a.timeout)
-            if r["status"] == "ok":
-                r["metrics"] = score_folder(out, seq, frames)
-            runs[f"{part}/{kind}"] = r
-            print(part, kind, r.get("metrics", r), flush=True)
-    return {"checkpoint": a.trained, "frames": a.accuracy_frames, "exact_frames": a.exact_frames,
+             "short": (short, range(0, a.accuracy_exact_frames), ("windowed", "no_association", "exact"))}
+    for label, ckpt in zip(a.labels or [Path(c).parent.parent.name for c in a.trained], a.trained):
+        common = ["-c", ckpt, "--size", "112", "84", "--quiet", "--exporters", "masks,depth_maps,cameras_json"]
+        for part, (folder, frames, kinds) in plans.items():
+            for kind in kinds:
+                out = work / f"{label}_{part}_{kind}"
+                extra = [] if kind == "exact" else ["--window", str(a.window), "--overlap", str(a.overlap)]
+                if kind == "no_association":
+                    extra.append("--no-association")
+                r = run_measured(["predict", str(folder), *common, "-o", str(out), *extra], work, a.timeout)
+                if r["status"] == "ok":
+                    r["metrics"] = score_folder(out, seq, frames)
+                runs[f"{label} {part}/{kind}"] = r
+                print(label, part, kind, r.get("metrics", r), flush=True)
+    return {"checkpoints": dict(zip(a.labels or [Path(c).parent.parent.name for c in a.trained], a.trained)),
+            "frames": a.accuracy_frames, "exact_frames": a.accuracy_exact_frames, "seed": a.seed,
             "window": a.window, "overlap": a.overlap, "runs": runs}
 
 
@@ -193,8 +237,10 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--overlap", type=int, default=4)
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--trained", default=None, help="the main job's checkpoint, for the accuracy part")
+    ap.add_argument("--trained", nargs="*", default=[], help="trained checkpoints for the accuracy part")
+    ap.add_argument("--labels", nargs="*", default=None, help="a name per --trained checkpoint (default: its run)")
     ap.add_argument("--accuracy-frames", type=int, default=300)
+    ap.add_argument("--accuracy-exact-frames", type=int, default=48, help="the first frames, where one pass fits")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3600)
@@ -213,7 +259,7 @@ def main(argv=None) -> int:
         if "scaling" not in a.skip:
             payload["scaling"] = scaling(a, Path(tmp))
             write_json(a.json, payload)
-        if "accuracy" not in a.skip and a.trained:
+        if "accuracy" not in a.skip:
             payload["accuracy"] = accuracy(a, Path(tmp))
     payload["load_after"] = os.getloadavg()
     write_json(a.json, payload)

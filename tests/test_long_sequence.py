@@ -123,3 +123,24 @@ def test_bad_parameters_are_named():
         LongSequence(image_size=(80, 112))
     with pytest.raises(ValueError, match="laps"):
         LongSequence(laps=1.5)
+
+
+def test_video_windows_are_consecutive_frames_in_the_batch_contract():
+    from iggt_lightning.data import VideoWindowsDataModule
+    from iggt_lightning.data.long_sequence import LongSequence, LongSequenceWindows
+    from iggt_lightning.data.validate import check_sample
+
+    ds = LongSequenceWindows(length=6, num_views=5, frames=120, sequences=3, steps=(2, 2), background_id=100)
+    sample = ds[4]
+    check_sample(sample)
+    assert sample["images"].shape == (5, 3, 84, 112) and sample["extrinsics"].shape == (5, 3, 4)
+    seed, start, step = (int(v) for v in sample["scene_id"].split("-")[1:])
+    assert step == 2 and seed == ds.seed + 4 % 3
+    seq = LongSequence(frames=120, seed=seed)
+    for k in range(5):                                  # the frames it says, rendered the same
+        f = seq.frame(start + k * step)
+        assert torch.equal(sample["images"][k], f["images"])
+        assert torch.equal(sample["instance_ids"][k], f["instance_ids"].masked_fill(f["instance_ids"] == 0, 100))
+    assert torch.equal(ds[4]["images"], sample["images"])        # a pure function of (seed, index)
+    dm = VideoWindowsDataModule(num_train=2, num_val=1, num_test=1, frames=120, sequences=2)
+    assert min(d.seed for d in (dm.datasets["train"], dm.datasets["val"], dm.datasets["test"])) >= 1000

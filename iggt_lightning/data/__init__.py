@@ -1,5 +1,5 @@
 """Datasets: procedurally generated scenes, real-dataset readers, co-transforms, mixing, datamodules."""
-from .datamodule import GroupedBatchSampler, SceneDataModule, SyntheticDataModule, collate_checked
+from .datamodule import GroupedBatchSampler, SceneDataModule, SyntheticDataModule, VideoWindowsDataModule, collate_checked
 from .frames import DatasetError, Frame
 from .infinigen import InfinigenScenes
 from .mixed import MixedScenes
@@ -17,5 +17,5 @@ from .validate import SampleError, check_sample
 __all__ = ["CLASS_NAMES", "CO3DScenes", "ColorJitter", "Compose", "CropResize", "DatasetError", "Frame", "GroupedBatchSampler",
            "InfinigenScenes", "MixedScenes", "MultiViewScenes", "PoseListScenes", "RE10KScenes", "SampleError", "ScanNetPPScenes",
            "ScanNetScenes", "Scene", "SceneDataModule", "SceneFolderScenes", "SceneObject", "SceneRecord",
-           "SyntheticDataModule", "SyntheticScenes", "check_sample", "collate_checked", "collate_scenes",
+           "SyntheticDataModule", "SyntheticScenes", "VideoWindowsDataModule", "check_sample", "collate_checked", "collate_scenes",
            "normalize_scene", "render_scene"]

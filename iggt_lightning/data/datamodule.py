@@ -206,3 +206,26 @@ class SyntheticDataModule(SceneDataModule):
                          test=SyntheticScenes(num_test, seed=seed + 2_000_006, **common),
                          batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                          persistent_workers=persistent_workers, check_samples=check_samples)
+
+
+class VideoWindowsDataModule(SceneDataModule):
+    """Consecutive frames of long camera paths (:class:`~iggt_lightning.data.long_sequence.LongSequenceWindows`):
+    what a model needs to see to run on videos. Train, val and test use sequences of seeds ``1000 + seed``,
+    ``100_003 + seed`` and ``200_006 + seed``: never seed 0, the long-video benchmark's sequence."""
+
+    def __init__(self, num_train: int = 1000, num_val: int = 16, num_test: int = 32, num_views: int = 8,
+                 frames: int = 300, sequences: int = 50, steps: tuple[int, int] = (1, 3),
+                 image_size: tuple[int, int] = (84, 112), background_id: int = 0, seed: int = 0,
+                 batch_size: int = 1, eval_batch_size: int | None = None, num_workers: int = 0,
+                 persistent_workers: bool = True, check_samples: bool = True) -> None:
+        from .long_sequence import LongSequenceWindows
+
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+        common = dict(num_views=num_views, frames=frames, sequences=sequences, steps=steps, image_size=image_size,
+                      background_id=background_id)
+        super().__init__(train=LongSequenceWindows(num_train, seed=1000 + seed, **common),
+                         val=LongSequenceWindows(num_val, seed=100_003 + seed, **common),
+                         test=LongSequenceWindows(num_test, seed=200_006 + seed, **common),
+                         batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                         persistent_workers=persistent_workers, check_samples=check_samples)

@@ -402,3 +402,64 @@ def _in_frustum(obj: SceneObject, extrinsics: np.ndarray, intrinsics: np.ndarray
     v_lo, v_hi = np.where(front, v, inf).min(1), np.where(front, v, -inf).max(1)
     overlaps = (u_hi >= -0.5) & (u_lo <= W - 0.5) & (v_hi >= -0.5) & (v_lo <= H - 0.5)
     return (front.all(1) & overlaps) | (front.any(1) & ~front.all(1))
+
+
+class LongSequenceWindows(torch.utils.data.Dataset):
+    """Training samples for video: ``num_views`` consecutive frames (every ``step``-th, ``step`` drawn from
+    ``steps``) of long sequences, in the batch contract of :func:`~iggt_lightning.data.synthetic.render_scene`.
+
+    Sample ``index`` is a pure function of (seed, index): its sequence is ``LongSequence(frames, seed=seed +
+    index % sequences)`` and its start frame is drawn from ``default_rng([seed, index])``. Keep ``seed`` apart from
+    the sequences you evaluate on (the benchmarks use seed 0; the config trains from 1000).
+    """
+
+    def __init__(self, length: int = 1000, num_views: int = 8, frames: int = 300, sequences: int = 50,
+                 steps: tuple[int, int] = (1, 3), image_size: tuple[int, int] = (84, 112), seed: int = 1000,
+                 background_id: int = 0) -> None:
+        if not isinstance(length, int) or length < 0:
+            raise ValueError(f"length must be a non-negative int; got {length!r}")
+        if not isinstance(num_views, int) or not 1 <= num_views <= frames:
+            raise ValueError(f"num_views must be an int in [1, frames]; got {num_views!r}")
+        if not isinstance(sequences, int) or sequences < 1:
+            raise ValueError(f"sequences must be a positive int; got {sequences!r}")
+        steps = tuple(steps)
+        if len(steps) != 2 or not 1 <= steps[0] <= steps[1] or (num_views - 1) * steps[1] >= frames:
+            raise ValueError(f"steps must be (min, max) >= 1 with (num_views - 1) * max < frames; got {steps!r}")
+        self.length, self.num_views, self.frames, self.sequences = length, num_views, frames, sequences
+        self.steps, self.image_size, self.seed = steps, tuple(image_size), int(seed)
+        self.background_id = int(background_id)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def input_roots(self) -> list:
+        return []
+
+    def sample_shape(self, index: int) -> tuple[int, int, int]:
+        return self.num_views, *self.image_size
+
+    def __getitem__(self, index: int) -> dict:
+        if index < 0:
+            index += self.length
+        rng = np.random.default_rng([self.seed, int(index)])
+        seq_seed = self.seed + int(index) % self.sequences
+        seq = LongSequence(frames=self.frames, image_size=self.image_size, seed=seq_seed)
+        step = int(rng.integers(self.steps[0], self.steps[1] + 1))
+        start = int(rng.integers(0, self.frames - (self.num_views - 1) * step))
+        views = [seq.frame(start + k * step) for k in range(self.num_views)]
+        ids = torch.stack([v["instance_ids"] for v in views])
+        if self.background_id:
+            ids = ids.masked_fill(ids == 0, self.background_id)
+        return {
+            "images": torch.stack([v["images"] for v in views]),
+            "depth": torch.stack([v["depth"] for v in views]),
+            "extrinsics": torch.stack([v["extrinsics"] for v in views]).float(),
+            "intrinsics": torch.stack([v["intrinsics"] for v in views]).float(),
+            "world_points": torch.stack([v["world_points"] for v in views]),
+            "valid_mask": torch.stack([v["valid_mask"] for v in views]),
+            "instance_ids": ids,
+            "scene_id": f"long-{seq_seed}-{start}-{step}",
+            "frame_ids": [f"long-{seq_seed}/{v['frame_id']}" for v in views],
+            "class_names": [o.class_name for o in seq.objects],
+            "instance_classes": torch.tensor([o.class_index for o in seq.objects], dtype=torch.int64),
+        }

@@ -307,7 +307,8 @@ def _hit_cylinder(o, d: Planes, obj: SceneObject):
     b = dx * ox + dz * oz
     c = ox * ox + oz * oz - r * r
     t_side = _stable_near_root(b, c, b * b - a * c)
-    y = o[1] + t_side * dy
+    with np.errstate(invalid="ignore"):          # inf * 0 for a miss seen exactly level: NaN, then a miss below
+        y = o[1] + t_side * dy
     t_side = np.where((y >= 0) & (y <= h), t_side, np.float32(np.inf))
     t = t_side
     on_cap = np.zeros(dx.shape, bool)
