@@ -39,7 +39,7 @@ from iggt_lightning.fileio import write_json
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- long-video-table -->", "<!-- /long-video-table -->"
 THREADS = [2]          # torch threads of the runs (--threads)
-METRICS = ("t_miou", "t_sr", "id_switches", "ate", "rpe_trans", "rpe_rot_deg", "abs_rel")
+METRICS = ("t_miou", "t_sr", "id_switches", "ate", "rpe_trans", "rpe_rot_deg", "abs_rel_median")
 
 
 def run_measured(args: list[str], cwd: Path, timeout: float) -> dict:
@@ -225,6 +225,15 @@ def table(payload: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(
                 (f"{m[k]:.3f}" if isinstance(m.get(k), float) else str(m.get(k, r['status']))) for k in METRICS)
                 + " |")
+    env = payload["environment"]
+    lines.append(f"\n(commit {env['git_commit'][:7]}, {env.get('cpu_model') or env['processor']}, "
+                 f"{env['cpu_count']} cores, torch {env['torch']}; load average {payload['load_before'][0]:.2f} "
+                 f"before, {payload['load_after'][0]:.2f} after; scaling: "
+                 f"{(sc or {}).get('checkpoint', '-')}, windows of {(sc or {}).get('window', '-')} sharing "
+                 f"{(sc or {}).get('overlap', '-')}, input 112x84, every exporter; accuracy: sequence seed "
+                 f"{(acc or {}).get('seed', '-')}, {(acc or {}).get('frames', '-')} frames (the first "
+                 f"{(acc or {}).get('exact_frames', '-')} for short), checkpoints "
+                 f"{', '.join((acc or {}).get('checkpoints', {})) or '-'})")
     lines.append(END)
     return "\n".join(lines)
 

@@ -81,3 +81,16 @@ def test_the_ablation_table_is_its_json():
     assert ablation.readme_table(payload) in _text_holding(ablation.BEGIN)     # docs/training.md
     assert sorted(r["variant"] for r in payload["rows"]) == sorted(ablation.variants(ablation.CONFIG))
     assert all("error" not in r and r["steps"] == 520 for r in payload["rows"])
+
+
+def test_the_long_video_table_is_its_json_and_covers_what_the_docs_claim():
+    from benchmarks import long_video
+
+    payload = json.loads((ROOT / "benchmarks" / "long_video.json").read_text())
+    assert long_video.table(payload) in _text_holding(long_video.BEGIN)          # docs/long-videos.md
+    rows = payload["scaling"]["rows"]
+    assert max(r["frames"] for r in rows if (r.get("windowed") or {}).get("status") == "ok") >= 1000
+    assert any((r.get("exact") or {}).get("status") == "ok" for r in rows)       # exact where it fits
+    runs = payload["accuracy"]["runs"]
+    assert {"oracle long/windowed", "oracle long/no_association", "oracle short/exact"} <= set(runs)
+    assert all(r["status"] == "ok" for r in runs.values())

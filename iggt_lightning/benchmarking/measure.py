@@ -142,6 +142,15 @@ def git_commit(repo: Path) -> str | None:
         return None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``), which the timings and the CPU kernels depend on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def environment(device: torch.device, repo: Path) -> dict:
     """Where a run ran: versions, machine, threads, load, GPU, and the git commit of ``repo`` (the checkout the
     benchmark script belongs to)."""
@@ -150,6 +159,8 @@ def environment(device: torch.device, repo: Path) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
