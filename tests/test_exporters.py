@@ -19,7 +19,7 @@ from iggt_lightning.inference.writer import export_scene, scene_file_names
 from iggt_lightning.plugin import Plugin
 from iggt_lightning.registry import UntrustedCodeError, available_heads, available_postprocessors
 
-BUILTINS = ["depth_maps", "masks", "ply", "glb", "images", "cameras_json", "colmap", "transforms"]
+BUILTINS = ["depth_maps", "masks", "ply", "glb", "images", "cameras_json", "colmap", "transforms", "instances3d"]
 
 
 @pytest.fixture

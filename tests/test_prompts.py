@@ -1,0 +1,115 @@
+"""Point prompts (iggt_lightning/inference/prompts.py) and the click protocol (iggt_lightning/metrics/interactive.py)
+on rendered scenes with features that identify each object (what a well-trained instance head gives), so what
+a prompt must return is known exactly."""
+import numpy as np
+import pytest
+import torch
+
+from iggt_lightning.data import SyntheticScenes
+from iggt_lightning.inference.prompts import (Click, Prompt, PromptError, otsu_threshold, photo_to_model,
+                                              prompt_mask)
+from iggt_lightning.metrics.interactive import click_ious, interior_click, matched_mious
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return SyntheticScenes(length=1, num_views=3, image_size=(84, 112), seed=2, num_objects=(4, 4),
+                           repeat_prob=0.0)[0]
+
+
+def features_of(ids: torch.Tensor, noise: float = 0.05, seed: int = 0, merge: tuple[int, int] | None = None):
+    """[S,D,H,W] features: a random unit code per id (the room, id 0, too) plus noise; ``merge`` gives two ids one
+    code, as an under-trained head that cannot tell them apart."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.nn.functional.normalize(torch.randn(int(ids.max()) + 1, 16, generator=g), dim=1)
+    if merge is not None:
+        codes[merge[1]] = codes[merge[0]]
+    f = codes[ids].permute(0, 3, 1, 2)
+    return f + noise * torch.randn(f.shape, generator=g)
+
+
+def test_one_click_finds_the_object_in_every_view(scene):
+    ids = scene["instance_ids"]
+    feats = features_of(ids)
+    for obj in [int(i) for i in ids.unique() if i]:
+        click = interior_click((ids == obj).numpy(), True)
+        result = prompt_mask(feats, Prompt((click,)))
+        inter = (result.mask & (ids == obj)).sum().item()
+        union = (result.mask | (ids == obj)).sum().item()
+        assert inter / union > 0.98, obj
+        assert 0.5 <= result.threshold < 1
+
+
+def test_a_negative_click_splits_what_the_features_merge(scene):
+    ids = scene["instance_ids"]
+    objs = [int(i) for i in ids.unique() if i]
+    a, b = objs[0], objs[1]
+    feats = features_of(ids, merge=(a, b), noise=0.02)
+    # the merged code plus a little of each object's own: a negative click on b must push b out
+    own = torch.nn.functional.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(5)), dim=1)
+    feats += 0.4 * (ids == a)[:, None] * own[0][None, :, None, None] + 0.4 * (ids == b)[:, None] * own[1][None, :, None, None]
+    pos, neg = interior_click((ids == a).numpy(), True), interior_click((ids == b).numpy(), False)
+    one = prompt_mask(feats, Prompt((pos,))).mask
+    two = prompt_mask(feats, Prompt((pos, neg))).mask
+    gt = ids == a
+    assert (one & (ids == b)).sum() > 0.5 * (ids == b).sum()          # one click takes both
+    assert (two & (ids == b)).sum() < 0.02 * (ids == b).sum()         # the negative click removes b
+    assert (two & gt).sum() > 0.95 * gt.sum()
+
+
+def test_a_3d_point_prompt_takes_the_object_at_that_point(scene):
+    ids, points = scene["instance_ids"], scene["world_points"]
+    obj = int(ids.unique()[1])
+    v, y, x = (int(t[len(t) // 2]) for t in torch.nonzero(ids == obj, as_tuple=True))
+    result = prompt_mask(features_of(ids), Prompt(point=tuple(points[v, y, x].tolist())), points=points)
+    assert (result.mask & (ids == obj)).sum() > 0.98 * (ids == obj).sum()
+    assert result.clicks[-1].positive
+
+
+@pytest.mark.parametrize("prompt, words", [
+    (Prompt((Click(3, 5, 5),)), "clicks[0].view: 3 is not one of the 3 views"),
+    (Prompt((Click(0, 200, 5),)), "outside the 112x84 image"),
+    (Prompt((Click(0, 5, 5, positive=False),)), "only negative clicks"),
+    (Prompt(()), "no clicks and no 3D point"),
+])
+def test_bad_prompts_are_one_line_naming_the_field(scene, prompt, words):
+    with pytest.raises(PromptError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        prompt_mask(features_of(scene["instance_ids"]), prompt)
+
+
+def test_clicks_follow_the_error_and_three_beat_one_on_a_merged_head(scene):
+    ids = scene["instance_ids"]
+    objs = [int(i) for i in ids.unique() if i]
+    feats = features_of(ids, merge=(objs[0], objs[1]), noise=0.02)
+    own = torch.nn.functional.normalize(torch.randn(2, 16, generator=torch.Generator().manual_seed(5)), dim=1)
+    feats += 0.4 * (ids == objs[0])[:, None] * own[0][None, :, None, None]
+    feats += 0.4 * (ids == objs[1])[:, None] * own[1][None, :, None, None]
+    ious = click_ious(lambda p: prompt_mask(feats, p).mask, ids == objs[0], clicks=3)
+    assert len(ious) == 3 and ious[2] > ious[0] + 0.2 and ious[2] > 0.9, ious
+    # the clustering side: a prediction equal to the ground truth matches every object at IoU 1
+    assert matched_mious(ids, ids, objs) == [1.0] * len(objs)
+
+
+def test_otsu_splits_two_groups_and_photo_clicks_map_to_the_model_input():
+    values = torch.cat([torch.full((100,), 0.1), torch.full((50,), 0.9)])
+    assert 0.1 < otsu_threshold(values) < 0.9
+
+    class T:                               # photo 224 wide -> model 112: half scale, no offset
+        scale, offset = (0.5, 0.5), (0.0, 0.0)
+
+    assert photo_to_model(0, 0, T) == (-0.25, -0.25) and photo_to_model(223, 167, T) == (111.25, 83.25)
+    assert np.allclose(photo_to_model(100, 50, T), (49.75, 24.75))
+
+
+def test_with_points_a_click_takes_its_copy_only_not_the_identical_one_elsewhere():
+    scene = SyntheticScenes(length=1, num_views=3, image_size=(84, 112), seed=7, num_objects=(4, 4),
+                            repeat_prob=1.0)[0]
+    ids, points = scene["instance_ids"], scene["world_points"]
+    objs = [int(i) for i in ids.unique() if i]
+    feats = features_of(ids, merge=(objs[0], objs[1]), noise=0.02)       # the copies look the same
+    click = interior_click((ids == objs[0]).numpy(), True)
+    blind = prompt_mask(feats, Prompt((click,))).mask
+    placed = prompt_mask(feats, Prompt((click,)), points=points).mask
+    assert (blind & (ids == objs[1])).sum() > 0.9 * (ids == objs[1]).sum()      # features alone take both
+    assert (placed & (ids == objs[1])).sum() == 0                              # 3D connectivity keeps one
+    assert (placed & (ids == objs[0])).sum() > 0.95 * (ids == objs[0]).sum()
