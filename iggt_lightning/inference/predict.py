@@ -76,8 +76,8 @@ class PredictOptions:
     window: int | None = None            # frames per window (docs/long-videos.md); None: every frame in one pass
     overlap: int | None = None           # frames consecutive windows share; None: a quarter of the window (>= 2)
     stride: int = 1                      # with --window: every stride-th frame (and photo)
-    no_association: bool = False         # with --window: new instance ids in every window (a baseline)
-    ba: bool = False                     # bundle-adjust the cameras on the track head's predicted tracks
+    no_association: bool = False         # with --window: every window numbers its objects anew (a baseline)
+    ba: bool = False                     # bundle-adjust the cameras on predicted tracks (.track_ba)
     ba_refine_focal: bool = False        # with --ba: the focal lengths too
 
 
@@ -470,9 +470,10 @@ def _load_module(o: PredictOptions, plan: Plan):
                            f"from its header's {plan.patch_size}")
     if o.global_attention is not None:
         module.model.backbone.set_global_attention(o.global_attention, field="--global-attention")
-    if o.ba and "track" not in module.model.heads:
-        raise PredictError(f"--ba: {o.checkpoint} has no point-track head, whose predicted tracks are the "
-                           "observations bundle adjustment needs (the official IGGT/VGGT checkpoints have one)")
+    if o.ba:
+        from .track_ba import require_tracker
+
+        require_tracker(module, o.checkpoint)
     return module
 
 

@@ -205,6 +205,16 @@ def adjust(extrinsics: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]
 
 
 # ------------------------------------------------------------------------------------------- with the model
+TRACK_HEAD = "track"          # the head whose outputs (track, vis, conf) this module reads
+
+
+def require_tracker(module, checkpoint) -> None:
+    """One line when the module's network has no point-track head (``--ba`` cannot work without it)."""
+    if TRACK_HEAD not in module.model.heads:
+        raise ValueError(f"--ba: {checkpoint} has no point-track head, whose predicted tracks are the observations "
+                         "bundle adjustment needs (the official IGGT/VGGT checkpoints have one)")
+
+
 def head_tracker(module, device: torch.device | None = None):
     """``track(images [S,3,H,W], queries [N,2])`` with the model's point-track head (the whole network runs: the
     head reads the backbone's tokens of these frames)."""
