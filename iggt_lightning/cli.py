@@ -187,6 +187,10 @@ def _predict(argv: list[str]) -> int:
                    "go to every output and the manifest reports the reprojection error before and after and how "
                    "far the poses moved")
     p.add_argument("--ba-refine-focal", action="store_true", help="with --ba: refine the focal lengths too")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="a JSON file of point prompts ({\"prompts\": "
+                   "[{\"name\": ..., \"clicks\": [{\"view\": PHOTO, \"x\": COLUMN, \"y\": ROW, \"positive\": "
+                   "true}]}]}): these instances, ids in the file's order, instead of the clustering's "
+                   "(docs/evaluation.md#steering-instances-by-clicks-and-3d-boxes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder, only if it is a "
                    "previous prediction (has our manifest.json)")
     p.add_argument("--dry-run", action="store_true", help="check the inputs and every option as the real run does, "
@@ -242,7 +246,7 @@ def _predict(argv: list[str]) -> int:
                           progress=not a.quiet, trust_code=a.trust_checkpoint_code,
                           global_attention=global_attention, window=a.window, overlap=a.overlap,
                           stride=a.stride, no_association=a.no_association, ba=a.ba,
-                          ba_refine_focal=a.ba_refine_focal)
+                          ba_refine_focal=a.ba_refine_focal, prompts=a.prompts)
     try:
         check_before_checkpoint(opts)             # options, photos, output folder: before any Hub download
         opts.checkpoint = str(resolve_checkpoint(a.checkpoint))     # a Hub id or model folder -> its weights file

@@ -113,3 +113,71 @@ def test_with_points_a_click_takes_its_copy_only_not_the_identical_one_elsewhere
     assert (blind & (ids == objs[1])).sum() > 0.9 * (ids == objs[1]).sum()      # features alone take both
     assert (placed & (ids == objs[1])).sum() == 0                              # 3D connectivity keeps one
     assert (placed & (ids == objs[0])).sum() > 0.95 * (ids == objs[0]).sum()
+
+
+# ------------------------------------------------------------------------------------ iggt predict --prompts
+@pytest.fixture(scope="module")
+def predict_assets(tmp_path_factory):
+    from PIL import Image
+
+    from iggt_lightning.checkpoints import save_model
+    from iggt_lightning.model import IGGTModel
+
+    root = tmp_path_factory.mktemp("prompts")
+    torch.manual_seed(0)
+    save_model(IGGTModel.from_preset("nano", drop_heads=["track"]), root / "nano.safetensors")
+    (root / "photos").mkdir()
+    scene = SyntheticScenes(length=1, num_views=3, image_size=(84, 112), seed=1)[0]
+    for i, im in enumerate(scene["images"]):
+        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(root / "photos" / f"view_{i}.png")
+    return root
+
+
+def _predict(root, out, prompts: dict | str):
+    import json
+
+    from iggt_lightning.cli import main
+
+    path = root / "p.json"
+    path.write_text(prompts if isinstance(prompts, str) else json.dumps(prompts))
+    return main(["predict", str(root / "photos"), "-c", str(root / "nano.safetensors"), "-o", str(out),
+                 "--size", "112", "84", "--quiet", "--prompts", str(path)])
+
+
+def test_predict_writes_the_prompted_instances_with_their_ids_and_record(predict_assets, tmp_path):
+    import json
+
+    from PIL import Image
+
+    prompts = {"prompts": [{"name": "left", "clicks": [{"view": "view_0.png", "x": 20, "y": 40}]},
+                           {"clicks": [{"view": 2, "x": 90, "y": 40},
+                                       {"view": 2, "x": 20, "y": 40, "positive": False}]}]}
+    assert _predict(predict_assets, tmp_path / "out", prompts) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    record = manifest["prompted_instances"]["prompts"]
+    assert [r["id"] for r in record] == [1, 2] and record[0]["name"] == "left"
+    assert all(0.5 <= r["threshold"] <= 1 for r in record) and record[1]["clicks"][1]["positive"] is False
+    ids = set()
+    for i in range(3):
+        ids |= set(np.unique(np.asarray(Image.open(tmp_path / "out" / "masks" / f"view_{i}.png"))).tolist())
+    assert ids <= {0, 1, 2} and 1 in ids
+    coco = json.loads((tmp_path / "out" / "masks" / "instances.json").read_text())
+    assert {a["track_id"] for a in coco["annotations"]} <= {1, 2}
+    boxes = json.loads((tmp_path / "out" / "instances3d.json").read_text())["instances"]
+    assert {b["id"] for b in boxes} <= {1, 2}
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "not a readable JSON file"),
+    ({"prompts": []}, 'expected {"prompts": [one or more prompts]}'),
+    ({"prompts": [{"clicks": [{"view": "nope.png", "x": 1, "y": 1}]}]}, "prompts[0].clicks[0].view: 'nope.png'"),
+    ({"prompts": [{"clicks": [{"view": 0, "x": 500, "y": 1}]}]}, "is outside view_0.png"),
+    ({"prompts": [{"clicks": [{"view": 0, "x": 5, "y": 5, "positive": False}]}]}, "prompts[0]: only negative"),
+    ({"prompts": [{"clicks": [{"view": 0, "x": 5, "y": 5}], "run": "rm -rf /"}]}, "prompts[0]: expected an object"),
+])
+def test_a_bad_prompts_file_is_one_line_naming_the_field_and_writes_nothing(predict_assets, tmp_path, capsys,
+                                                                           content, words):
+    assert _predict(predict_assets, tmp_path / "out", content) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err and "p.json" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()

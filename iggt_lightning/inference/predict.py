@@ -79,6 +79,7 @@ class PredictOptions:
     no_association: bool = False         # with --window: every window numbers its objects anew (a baseline)
     ba: bool = False                     # bundle-adjust the cameras on predicted tracks (.track_ba)
     ba_refine_focal: bool = False        # with --ba: the focal lengths too
+    prompts: str | None = None           # a prompts file: these instances instead of the clustering's (.prompts)
 
 
 @dataclass
@@ -146,6 +147,10 @@ def check_options(o: PredictOptions) -> None:
     if PRECISIONS[o.precision] == "16-mixed" and torch.device(o.device).type == "cpu":
         raise ValueError(f"--precision {o.precision}: float16 autocast needs a GPU; use bf16 on the CPU")
     _check_windowing(o)
+    if o.prompts is not None and o.window is not None:
+        raise ValueError("--prompts with --window: prompted instances are made in one pass; leave out --window")
+    if o.prompts is not None and not Path(o.prompts).is_file():
+        raise FileNotFoundError(f"--prompts: {o.prompts} is not a file")
     if o.ba_refine_focal and not o.ba:
         raise ValueError("--ba-refine-focal refines what --ba adjusts: give --ba too")
     if o.ba:
@@ -477,13 +482,26 @@ def _load_module(o: PredictOptions, plan: Plan):
     return module
 
 
-def _track_refinement(o: PredictOptions, module):
-    """With --ba: the writer's hook that bundle-adjusts a scene's cameras on predicted tracks before export."""
-    if not o.ba:
+def _refinement(o: PredictOptions, module, prompts: list | None):
+    """The writer's hook run on a scene's outputs before export: --ba bundle-adjusts the cameras on predicted
+    tracks, --prompts replaces the clustering's instances by the prompted ones."""
+    if not o.ba and not prompts:
         return None
-    from .track_ba import refine_outputs
 
-    return lambda outputs, images: refine_outputs(module, outputs, images, refine_focal=o.ba_refine_focal)
+    def refine(outputs, images):
+        reports = {}
+        if o.ba:
+            from .track_ba import refine_outputs
+
+            outputs, reports["bundle_adjustment"] = refine_outputs(module, outputs, images,
+                                                                   refine_focal=o.ba_refine_focal)
+        if prompts:
+            from .prompts import prompted_outputs
+
+            outputs, reports["prompted_instances"] = prompted_outputs(outputs, prompts, o.checkpoint)
+        return outputs, reports
+
+    return refine
 
 
 def _run_windowed(o: PredictOptions, plan: Plan, st: Stages) -> dict:
@@ -531,6 +549,11 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
     images, transforms = preprocess(photos, o.mode, o.size, plan.patch_size, names)
     S, _, H, W = images.shape
     photo_sizes = [t.photo_size for t in transforms]
+    prompts = None
+    if o.prompts is not None:              # checked with the photos it points into, before the model is loaded
+        from .prompts import read_prompts
+
+        prompts = read_prompts(o.prompts, [Path(n).name for n in names], transforms, photo_sizes)
     options = plan.export_options
     view_names = _view_names(names, options["save_images"])
     files = planned_files(names, plan.plugins, options["save_images"], view_names, options["colmap_format"],
@@ -553,7 +576,7 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
         views = [View(n, Path(n).stem, i, t, p) for n, i, t, p in zip(names, view_names, transforms, photos)]
         writer = PredictionWriter(str(plan.out), overwrite=o.overwrite, options=options, one_folder=True,
                                   display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds)},
-                                  refine=_track_refinement(o, module))
+                                  refine=_refinement(o, module, prompts))
         batch = {"images": images[None], "scene_id": ["photos"], "views": [ViewList(views)]}
         trainer = Trainer(**_trainer_device(o.device), precision=PRECISIONS[o.precision], callbacks=[writer],
                           logger=False, enable_checkpointing=False, enable_progress_bar=False,

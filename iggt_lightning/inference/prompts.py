@@ -178,3 +178,101 @@ def photo_to_model(column: float, row: float, transform) -> tuple[float, float]:
     (continuous coordinates: the photo pixel's centre is column + 0.5)."""
     (sx, sy), (ox, oy) = transform.scale, transform.offset
     return ((column + 0.5) * sx + ox - 0.5, (row + 0.5) * sy + oy - 0.5)
+
+
+# ------------------------------------------------------------------------------------ iggt predict --prompts
+PROMPT_KEYS = {"name", "clicks", "point"}
+CLICK_KEYS = {"view", "x", "y", "positive"}
+
+
+def read_prompts(path, view_names: list[str], transforms, photo_sizes: list[tuple[int, int]]) -> list[Prompt]:
+    """A prompts file (JSON: ``{"prompts": [{"name": ..., "clicks": [{"view": <photo name or index>, "x": <column>,
+    "y": <row>, "positive": true}], "point": [x, y, z]}]}``, clicks in photo pixels) -> prompts in model-input
+    pixels. One :class:`PromptError` naming the file and the field of the first problem; nothing in the file is
+    run or followed (it is data: names, numbers, booleans)."""
+    import json
+    import math
+    from pathlib import Path
+
+    where = str(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise PromptError(f"{where}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict) or set(data) != {"prompts"} or not isinstance(data["prompts"], list) \
+            or not data["prompts"]:
+        raise PromptError(f"{where}: expected {{\"prompts\": [one or more prompts]}}")
+    index = {n: i for i, n in enumerate(view_names)}
+    out = []
+    for p, entry in enumerate(data["prompts"]):
+        field = f"{where}: prompts[{p}]"
+        if not isinstance(entry, dict) or set(entry) - PROMPT_KEYS:
+            raise PromptError(f"{field}: expected an object with keys among {sorted(PROMPT_KEYS)}")
+        name = entry.get("name")
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
+            raise PromptError(f"{field}.name: expected a non-empty string of at most 200 characters")
+        clicks = []
+        for c, click in enumerate(entry.get("clicks") or []):
+            cf = f"{field}.clicks[{c}]"
+            if not isinstance(click, dict) or set(click) - CLICK_KEYS or not {"view", "x", "y"} <= set(click):
+                raise PromptError(f"{cf}: expected an object with view, x, y (and positive)")
+            view = click["view"]
+            v = index.get(view) if isinstance(view, str) else view if type(view) is int else None
+            if v is None or not 0 <= v < len(view_names):
+                raise PromptError(f"{cf}.view: {view!r} is not one of the views ({', '.join(view_names[:5])}"
+                                  f"{', ...' if len(view_names) > 5 else ''}, or an index 0..{len(view_names) - 1})")
+            x, y = click["x"], click["y"]
+            if not all(isinstance(u, (int, float)) and not isinstance(u, bool) and math.isfinite(u) for u in (x, y)):
+                raise PromptError(f"{cf}: x and y must be finite numbers (photo pixels)")
+            W, H = photo_sizes[v]
+            if not (0 <= x < W and 0 <= y < H):
+                raise PromptError(f"{cf}: ({x}, {y}) is outside {view_names[v]} ({W}x{H} pixels)")
+            positive = click.get("positive", True)
+            if not isinstance(positive, bool):
+                raise PromptError(f"{cf}.positive: expected true or false")
+            mx, my = photo_to_model(x, y, transforms[v])
+            clicks.append(Click(v, mx, my, positive))
+        point = entry.get("point")
+        if point is not None:
+            if not (isinstance(point, list) and len(point) == 3 and all(
+                    isinstance(u, (int, float)) and not isinstance(u, bool) and math.isfinite(u) for u in point)):
+                raise PromptError(f"{field}.point: expected [x, y, z], three finite numbers")
+            point = tuple(float(u) for u in point)
+        prompt = Prompt(tuple(clicks), point, name)
+        if not clicks and point is None:
+            raise PromptError(f"{field}: no clicks and no point; expected at least one positive click or a point")
+        if point is None and not any(c.positive for c in clicks):
+            raise PromptError(f"{field}: only negative clicks; give at least one positive click or a point")
+        out.append(prompt)
+    return out
+
+
+def prompted_outputs(outputs: dict, prompts: list[Prompt], checkpoint: str = "the model") -> tuple[dict, dict]:
+    """A scene's outputs (batch of one) with ``instance_masks`` / ``instance_scores`` replaced by the prompted
+    instances, ids 1..P in the file's order (a pixel two prompts take goes to the one it is more similar to);
+    returns them and the manifest's record of each prompt."""
+    if "part_feat" not in outputs:
+        raise PromptError(f"--prompts: {checkpoint} predicts no instance features (it has no instance head)")
+    feats = outputs["part_feat"][0].detach().float().cpu()
+    points = outputs.get("world_points")
+    points = points[0].detach().float().cpu() if points is not None else None
+    S, _, H, W = feats.shape
+    best = torch.full((S, H, W), -float("inf"))
+    ids = torch.zeros((S, H, W), dtype=torch.long)
+    records, scores = [], []
+    for k, prompt in enumerate(prompts, 1):
+        r = prompt_mask(feats, prompt, points)
+        take = r.mask & (r.similarity > best)
+        ids[take], best[take] = k, r.similarity[take]
+        scores.append(float(r.similarity[r.mask].mean()) if r.mask.any() else 0.0)
+        records.append({"id": k, "name": prompt.name, "threshold": round(r.threshold, 4),
+                        "clicks": [{"view": c.view, "x": round(c.x, 2), "y": round(c.y, 2), "positive": c.positive}
+                                   for c in r.clicks],
+                        "point": list(prompt.point) if prompt.point is not None else None})
+    for rec in records:
+        rec["pixels"] = int((ids == rec["id"]).sum())
+    out = dict(outputs)
+    out["instance_masks"] = ids[None].to(outputs["instance_masks"].device if "instance_masks" in outputs else "cpu")
+    out["instance_scores"] = [torch.tensor(scores)]
+    return out, {"prompts": records,
+                 "clicks_in": "model-input pixels (x right, y down, centres at integer coordinates)"}

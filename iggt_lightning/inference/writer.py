@@ -282,7 +282,8 @@ class PredictionWriter(BasePredictionWriter):
                  manifest: dict | None = None, one_folder: bool = False, display: str | None = None,
                  inputs: list[str] | None = None, refine=None) -> None:
         super().__init__(write_interval="batch")
-        # refine(outputs of one scene, its images [S,3,H,W]) -> (outputs, report): e.g. --ba's cameras, before export
+        # refine(outputs of one scene, its images [S,3,H,W]) -> (outputs, {manifest key: report}): e.g. --ba's
+        # cameras or --prompts' instances, before export
         self.refine = refine
         self.out_dir, self.overwrite, self.one_folder = Path(out_dir), overwrite, one_folder
         self.check_inputs([("input", str(p)) for p in inputs or ()])   # e.g. the dataset's roots
@@ -346,7 +347,8 @@ class PredictionWriter(BasePredictionWriter):
             if self.refine is not None:          # photos: one scene per batch (iggt predict)
                 if images.shape[0] != 1:
                     raise PredictError("refining cameras needs one scene per batch")
-                scene_outputs, extra["bundle_adjustment"] = self.refine(prediction, images[0])
+                scene_outputs, reports = self.refine(prediction, images[0])
+                extra.update(reports)
             self.written.append(write_prediction(folder, plugins, scene_outputs, b, views, images[b],
                                                  self.options, extra, overwrite=self.overwrite, display=display))
         self.seconds += time.perf_counter() - t0
