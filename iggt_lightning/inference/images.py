@@ -118,6 +118,13 @@ def _frame_count_hint(av, path: Path) -> int:
         stream = _video_stream(container, path)
         if stream.frames > 0:
             return int(stream.frames)
+    return count_packets(av, path)
+
+
+def count_packets(av, path: Path) -> int:
+    """The video stream's frames counted from its packets, without decoding (headers can be wrong)."""
+    with av.open(str(path)) as container:
+        stream = _video_stream(container, path)
         return sum(1 for packet in container.demux(stream) if packet.size)
 
 

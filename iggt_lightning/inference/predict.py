@@ -35,15 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import export
 from .images import is_video, list_images, load_image, load_video_frames, preprocess
 from .output_folder import (MANIFEST_FORMAT, check_existing, check_free_space,  # noqa: F401 (MANIFEST_FORMAT: API)
                             check_output_folder, clean_leftovers, find_leftovers)
 from ..exporters import selected_exporters
-from .windowed import default_overlap, plan_windows
+from .windowed import check_window, default_overlap, plan_windows
 from ..layers.token_merge import parse_global_attention
 from .options import resolve_export_options
-from .scene import View
+from .scene import View, saved_view_names, unique_view_names
 from .writer import COLMAP_DIR, PredictError, PredictionWriter, ViewList, check_output_packages, scene_file_names
 
 PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
@@ -169,15 +168,9 @@ def _check_windowing(o: PredictOptions) -> None:
         if given:
             raise ValueError(f"{given[0]} applies to windowed runs: give --window N too")
         return
-    for name, value, low in (("--window", o.window, 3), ("--stride", o.stride, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    overlap = o.overlap if o.overlap is not None else default_overlap(o.window)
-    if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 2:
-        raise ValueError(f"--overlap {overlap}: at least 2 shared frames are needed to align two windows")
-    if o.window <= overlap:
-        raise ValueError(f"--window {o.window} must be larger than --overlap {overlap} (each window must bring "
-                         "new frames)")
+    if not isinstance(o.stride, int) or isinstance(o.stride, bool) or o.stride < 1:
+        raise ValueError(f"--stride must be an integer >= 1; got {o.stride!r}")
+    check_window(o.window, o.overlap if o.overlap is not None else default_overlap(o.window))
 
 
 def _check_device(device: str) -> None:
@@ -313,18 +306,6 @@ def planned_files(names: list[str], plugins: list, save_images: bool = True,
     return files
 
 
-def _unique_names(paths: list[Path]) -> list[str]:
-    names = [p.name for p in paths]
-    if len(set(Path(n).stem for n in names)) != len(names):  # the same stem in two folders: number them
-        names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
-    return names
-
-
-def _view_names(names: list[str], save_images: bool) -> list[str]:
-    """Per view, the name COLMAP's images.txt holds; with ``save_images`` also the file under images/."""
-    return export.colmap_names([Path(n).stem + ".png" for n in names] if save_images else names)
-
-
 def _read_photos(paths: list[Path], video_frames: int) -> tuple[list[np.ndarray], list[str]]:
     photos, frame_paths = [], []
     for p in paths:
@@ -335,7 +316,7 @@ def _read_photos(paths: list[Path], video_frames: int) -> tuple[list[np.ndarray]
         else:
             photos.append(load_image(p))
             frame_paths.append(p)
-    return photos, _unique_names(frame_paths)
+    return photos, unique_view_names(frame_paths)
 
 
 def _warn(msg: str) -> None:
@@ -555,7 +536,7 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
 
         prompts = read_prompts(o.prompts, [Path(n).name for n in names], transforms, photo_sizes)
     options = plan.export_options
-    view_names = _view_names(names, options["save_images"])
+    view_names = saved_view_names(names, options["save_images"])
     files = planned_files(names, plan.plugins, options["save_images"], view_names, options["colmap_format"],
                           photo_sizes, options["exporters"])
     need = estimate_output_bytes((W, H), photo_sizes, files, [Path(n).stem for n in names])

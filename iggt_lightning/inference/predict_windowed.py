@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .images import InputError, is_video, load_image, preprocess
-from .scene import View
+from .images import InputError, _frame_rgb, count_packets, is_video, load_image, preprocess
+from .scene import View, saved_view_names, unique_view_names
 from .windowed import WindowError, WindowOptions, describe_windows, iter_windows, reconstruct
 
 
@@ -74,11 +74,7 @@ def count_frames(paths: list[Path], stride: int) -> int:
         import av
 
         try:
-            with av.open(str(p)) as container:
-                if not container.streams.video:
-                    raise InputError(f"video {p} has no video stream")
-                stream = container.streams.video[0]
-                n = sum(1 for packet in container.demux(stream) if packet.size)
+            n = count_packets(av, p)
         except av.FFmpegError as err:
             raise InputError(f"cannot read video {p}: {err}") from err
         total += (n + stride - 1) // stride
@@ -104,7 +100,7 @@ def stream_frames(paths: list[Path], stride: int) -> Iterator[tuple[str, np.ndar
                 stream.codec_context.thread_type = "AUTO"
                 for index, frame in enumerate(container.decode(stream)):
                     if index % stride == 0:
-                        yield f"{p.stem}_{index:06d}.png", np.array(frame.to_ndarray(format="rgb24"), copy=True)
+                        yield f"{p.stem}_{index:06d}.png", _frame_rgb(frame)
         except av.FFmpegError as err:
             raise InputError(f"cannot decode video {p} after frame {index}: {err}") from err
 
@@ -124,8 +120,7 @@ def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, win
                 if i >= total:
                     raise InputError(f"the input holds more frames than its {total} counted packets (frame {i})")
                 images, transforms = preprocess([photo], o.mode, o.size, plan.patch_size, [name])
-                views.append(View(name, Path(name).stem, name if options["save_images"] else None, transforms[0],
-                                  cache.add(photo)))
+                views.append(View(name, Path(name).stem, name, transforms[0], cache.add(photo)))
                 yield images[0]
 
         device = torch.device(o.device)
@@ -146,9 +141,10 @@ def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, win
         manifest = dict(manifest)
         if o.ba:
             manifest["bundle_adjustment"] = _adjust_sequence(result, o.ba_refine_focal)
-        names = _unique([v.name for v in views])
-        views = [View(n, Path(n).stem, n if options["save_images"] else None, v.transform, v.photo)
-                 for n, v in zip(names, views)]
+        # named as a one-pass run names them (images/ holds PNGs, so a saved view is <stem>.png)
+        names = unique_view_names([Path(v.name) for v in views])
+        views = [View(n, Path(n).stem, s, v.transform, v.photo)
+                 for n, s, v in zip(names, saved_view_names(names, options["save_images"]), views)]
         images = result.outputs["images"][0]
         manifest["windowed"] = {"window": o.window, "overlap": overlap, "stride": stride,
                                 "association": not o.no_association, **describe_windows(result.windows)}
@@ -189,21 +185,6 @@ def _adjust_sequence(result, refine_focal: bool) -> dict:
     out["pose_enc"] = [extri_intri_to_pose_encoding(torch.as_tensor(E1).float(), torch.as_tensor(K1).float(),
                                                     (H, W))[None]]
     return report
-
-
-def _unique(names: list[str]) -> list[str]:
-    """Names made unique by a numeric suffix (two folders may hold photos of one name)."""
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        if n in seen:
-            seen[n] += 1
-            stem, dot, ext = n.rpartition(".")
-            n = f"{stem}_{seen[n]}.{ext}" if dot else f"{n}_{seen[n]}"
-        else:
-            seen[n] = 0
-        out.append(n)
-    return out
 
 
 __all__ = ["CachedPhoto", "PhotoCache", "WindowError", "count_frames", "run_windowed", "stream_frames"]

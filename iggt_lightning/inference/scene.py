@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .export import colmap_names
 from .images import ViewTransform
 
 
@@ -36,6 +37,19 @@ class View:
     @property
     def photo_size(self) -> tuple[int, int]:
         return tuple(self.transform.photo_size)
+
+
+def unique_view_names(paths: list[Path]) -> list[str]:
+    """The views' names from their files: the file names, numbered when two folders hold the same stem."""
+    names = [p.name for p in paths]
+    if len(set(Path(n).stem for n in names)) != len(names):
+        names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
+    return names
+
+
+def saved_view_names(names: list[str], save_images: bool) -> list[str]:
+    """Per view, the name COLMAP's images.txt holds; with ``save_images`` also the file under images/ (a PNG)."""
+    return colmap_names([Path(n).stem + ".png" for n in names] if save_images else names)
 
 
 @dataclass

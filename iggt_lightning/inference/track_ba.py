@@ -108,7 +108,7 @@ def collect_tracks(track: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Ten
 
 def _pose_difference(Ea: np.ndarray, Eb: np.ndarray) -> tuple[float, float]:
     """(largest rotation change in degrees, largest camera-centre change relative to the path's extent)."""
-    rot, moved = [], []
+    rot = []
     ca = -np.einsum("sji,sj->si", Ea[:, :3, :3], Ea[:, :3, 3])
     cb = -np.einsum("sji,sj->si", Eb[:, :3, :3], Eb[:, :3, 3])
     for a, b in zip(Ea, Eb):

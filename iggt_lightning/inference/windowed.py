@@ -48,19 +48,24 @@ class WindowError(ValueError):
 
 def default_overlap(window: int) -> int:
     """The overlap when none is given: a quarter of the window, at least the 2 frames alignment needs."""
-    return max(2, window // 4)
+    return max(2, window // 4) if isinstance(window, int) else 2     # a wrong --window is check_window's
+
+
+def check_window(window: int, overlap: int) -> None:
+    """--window / --overlap alone (before anything is counted or read)."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 3:
+        raise WindowError(f"--window must be an integer >= 3; got {window!r}")
+    if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 2:
+        raise WindowError(f"--overlap {overlap}: at least 2 shared frames are needed to align two windows")
+    if window <= overlap:
+        raise WindowError(f"--window {window} must be larger than --overlap {overlap} (each window must bring "
+                          "new frames)")
 
 
 def plan_windows(frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
     """[start, end) of each window over ``frames`` frames: ``window`` frames each, consecutive windows sharing
     ``overlap``; the last one ends at the last frame (it shares more when the frames do not divide evenly)."""
-    if not isinstance(window, int) or not isinstance(overlap, int):
-        raise WindowError(f"--window and --overlap must be integers; got {window!r} and {overlap!r}")
-    if overlap < 2:
-        raise WindowError(f"--overlap {overlap}: at least 2 shared frames are needed to align two windows")
-    if window <= overlap:
-        raise WindowError(f"--window {window} must be larger than --overlap {overlap} (each window must bring "
-                          "new frames)")
+    check_window(window, overlap)
     if frames < window:
         raise WindowError(f"--window {window}: the input has only {frames} frame(s); give a window of at most "
                           f"{frames} frames or leave --window out to run every frame in one pass")
@@ -385,14 +390,6 @@ def iter_windows(plan: list[tuple[int, int]], frames: Iterator[torch.Tensor]) ->
                 raise WindowError(f"the input ended after {held_from + len(held)} frames; window "
                                   f"[{start}, {end}) needs more") from None
         yield start, end, torch.stack(held[: end - start])
-
-
-def default_window(frames: int, bytes_per_view: float, budget_bytes: float, cap: int = 64) -> int | None:
-    """The largest window (frames) whose forward fits ``budget_bytes`` at ``bytes_per_view`` (measured per view),
-    at most ``cap`` (past what the model saw in training, quality falls); None when every frame fits at once."""
-    fit = int(budget_bytes // max(bytes_per_view, 1))
-    window = max(4, min(cap, fit))
-    return None if frames <= window else window
 
 
 def describe_windows(diagnostics: list[dict]) -> dict:
