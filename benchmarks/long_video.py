@@ -92,24 +92,37 @@ def scaling(a, work: Path) -> dict:
     for n in sorted(set(a.frames) | set(a.exact_frames)):
         video = work / f"seq_{n}.mp4"
         LongSequence(frames=n, seed=a.seed).write_video(video)
-        common = [str(video), "-c", str(ckpt), "--size", "112", "84", "--quiet"]
+        # the point head's maps: every frame's points count (with random weights most predicted cameras are not
+        # valid, so the depth maps unprojected with them would leave most frames out of the cloud)
+        common = [str(video), "-c", str(ckpt), "--size", "112", "84", "--quiet", "--points-from", "point"]
         row = {"frames": n}
         if n in a.frames:
             out = work / f"win_{n}"
             row["windowed"] = run_measured(["predict", *common, "-o", str(out), "--window", str(a.window),
                                             "--overlap", str(a.overlap)], work, a.timeout)
+            row["windowed"].update(_cloud(out))
             print(f"frames {n}: windowed {row['windowed']}", flush=True)
         if n in a.exact_frames and exact_alive:
             out = work / f"exact_{n}"
             row["exact"] = run_measured(["predict", *common, "-o", str(out), "--video-frames", str(n)], work,
                                         a.exact_limit)
             exact_alive = row["exact"]["status"] == "ok"
+            row["exact"].update(_cloud(out))
             print(f"frames {n}: exact {row['exact']}", flush=True)
         rows.append(row)
         for f in work.glob(f"*_{n}"):
             subprocess.run(["rm", "-rf", str(f)])
     return {"checkpoint": "nano preset, random weights (seed 0)" if not a.checkpoint else a.checkpoint,
             "window": a.window, "overlap": a.overlap, "size": [112, 84], "rows": rows}
+
+
+def _cloud(out: Path) -> dict:
+    """The cloud a run wrote: pixels kept by the confidence filter and points written (at most max_points)."""
+    try:
+        m = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"cloud_kept": m["cloud"]["kept"], "cloud_points": m["cloud"]["points"], "max_points": m["cloud"]["max_points"]}
 
 
 def score_folder(folder: Path, seq, frames: range) -> dict:
@@ -210,12 +223,14 @@ def table(payload: dict) -> str:
     lines = [BEGIN]
     sc = payload.get("scaling")
     if sc:
-        lines += ["| frames | windowed s | windowed peak MiB | exact s | exact peak MiB |", "|---|---|---|---|---|"]
+        lines += ["| frames | windowed s | windowed peak MiB | windowed cloud points | exact s | exact peak MiB | "
+                  "exact cloud points |", "|---|---|---|---|---|---|---|"]
         for r in sc["rows"]:
             w, e = r.get("windowed") or {}, r.get("exact") or {}
             lines.append(f"| {r['frames']} | {w.get('seconds', '-')} | {w.get('peak_rss_mib', '-')} | "
+                         f"{w.get('cloud_points', '-')} | "
                          f"{e.get('seconds', '-') if e.get('status', 'ok') == 'ok' else e.get('status')} | "
-                         f"{e.get('peak_rss_mib', '-')} |")
+                         f"{e.get('peak_rss_mib', '-')} | {e.get('cloud_points', '-')} |")
         lines.append("")
     acc = payload.get("accuracy")
     if acc:
@@ -230,7 +245,7 @@ def table(payload: dict) -> str:
                  f"{env['cpu_count']} cores, torch {env['torch']}; load average {payload['load_before'][0]:.2f} "
                  f"before, {payload['load_after'][0]:.2f} after; scaling: "
                  f"{(sc or {}).get('checkpoint', '-')}, windows of {(sc or {}).get('window', '-')} sharing "
-                 f"{(sc or {}).get('overlap', '-')}, input 112x84, every exporter; accuracy: sequence seed "
+                 f"{(sc or {}).get('overlap', '-')}, input 112x84, every exporter, the point head's points; accuracy: sequence seed "
                  f"{(acc or {}).get('seed', '-')}, {(acc or {}).get('frames', '-')} frames (the first "
                  f"{(acc or {}).get('exact_frames', '-')} for short), checkpoints "
                  f"{', '.join((acc or {}).get('checkpoints', {})) or '-'})")

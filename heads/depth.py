@@ -44,8 +44,7 @@ class DepthHead(DenseHead):
         """A point source ``depth``: the depth maps unprojected with the scene's cameras."""
         if "depth" not in outputs:
             return
-        depth = outputs["depth"][scene.index, ..., 0].detach().float().cpu()
-        conf = outputs["depth_conf"][scene.index].detach().float().cpu()
+        depth, conf = outputs["depth"][scene.index], outputs["depth_conf"][scene.index]
         scene.report_non_finite(depth, "depth")
         scene.report_non_finite(conf, "confidence")
 
@@ -55,7 +54,10 @@ class DepthHead(DenseHead):
             from iggt_lightning.geometry import unproject_depth
 
             E, K = torch.from_numpy(scene.cameras.extrinsics), torch.from_numpy(scene.cameras.model_intrinsics)
-            return unproject_depth(depth.double(), E, K).float()
+            H, W = depth.shape[-3:-1]
+            # view by view: a windowed run's depth is read from disk one view at a time
+            return scene.per_view(lambda v: unproject_depth(scene.view(depth, v)[..., 0].double(), E[v], K[v]).float(),
+                                  (H, W, 3))
 
         scene.add_points("depth", unprojected, conf, priority=1, from_cameras=True)
 

@@ -173,6 +173,9 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--colmap-format", choices=["txt", "bin"], default=None, help="COLMAP model format (default txt)")
     p.add_argument("--colmap-max-points", type=int, default=None, help="3D points of the COLMAP model, thinned by "
                    "voxels keeping the most confident (default 100000); each with its track of observations")
+    p.add_argument("--max-points", type=int, default=None, help="the most points the cloud holds (points.ply, "
+                   "GLBs, instances3d.json), the kept points thinned evenly (default: every kept point; 2000000 "
+                   "with --window)")
     w = p.add_argument_group("long videos (docs/long-videos.md)")
     w.add_argument("--window", type=int, default=None, metavar="N", help="run the frames in overlapping windows "
                    "of N, aligned into one reconstruction with instance ids kept across windows (every frame of a "
@@ -230,7 +233,8 @@ def _predict(argv: list[str]) -> int:
         export_options[key] = value          # text: each option's declaration reads it (inference/options.py)
     for key, value, flag in (("exporters", a.exporters, "--exporters"),
                              ("colmap_format", a.colmap_format, "--colmap-format"),
-                             ("colmap_max_points", a.colmap_max_points, "--colmap-max-points")):
+                             ("colmap_max_points", a.colmap_max_points, "--colmap-max-points"),
+                             ("max_points", a.max_points, "--max-points")):
         if value is not None and key in export_options:
             p.error(f"{flag} and --export-option {key} are both given; give one")
         if value is not None:

@@ -972,7 +972,7 @@ def test_free_space_is_checked_before_inference(ckpt, tmp_path, capsys, monkeypa
     assert probed and all(p == str(tmp_path) for p in probed)   # the nearest existing folder of the output
 
 
-@pytest.mark.parametrize("writer", ["write_npz", "write_png16"])
+@pytest.mark.parametrize("writer", ["NpzSpool.save", "write_png16"])
 def test_a_full_disk_during_export_is_one_line_naming_the_output(writer, ckpt, tmp_path, capsys, monkeypatch):
     from iggt_lightning.inference import export
 
@@ -982,7 +982,8 @@ def test_a_full_disk_during_export_is_one_line_naming_the_output(writer, ckpt, t
     def full(path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(export, writer, full)
+    owner, _, name = writer.rpartition(".")
+    monkeypatch.setattr(getattr(export, owner) if owner else export, name, full)
     before = snapshot(tmp_path, ckpt.parent)
     assert predict(photos, ckpt, out) == 2
     err = capsys.readouterr().err

@@ -108,11 +108,12 @@ class InstanceTracking(PostProcessor):
         fills ``labels``), the point attribute ``instance`` and the colour layer ``instances.glb``."""
         if "instance_masks" not in outputs:
             return
-        ids = outputs["instance_masks"][scene.index].detach().cpu()
+        ids = outputs["instance_masks"][scene.index]            # a stack [S,H,W], read per view
         scores = outputs["instance_scores"][scene.index].detach().float().cpu()
         scene.shared["instances"] = {"ids": ids, "scores": scores, "labels": None}
         scene.add_point_attribute("instance", ids)
         palette = torch.from_numpy(instance_colours(int(scores.numel())))
-        scene.add_colour_layer("instances.glb", palette[ids.clamp(0, scores.numel())])
+        scene.add_colour_layer("instances.glb", scene.per_view(
+            lambda v: palette[scene.view(ids, v).clamp(0, scores.numel())], (*ids.shape[-2:], 3)))
         scene.manifest["instances"] = int(scores.numel())
 

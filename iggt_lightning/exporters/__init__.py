@@ -8,10 +8,10 @@ from .base import (ENTRY_POINT_GROUP, SCENE_SLOTS, Exporter, FilePlan, NoOptions
 from .view_maps import INSTANCE_ATTRIBUTE, DepthMaps, InstanceMasks
 from .scene_files import (COLMAP_DIR, DEFAULT_COLMAP_POINTS, CamerasJson, ColmapModel, GlbLayers, PlyCloud,
                           SavedViews, TransformsJson)
-from .instances3d import Instances3D
+from .instances3d import Grounding, Instances3D
 
 __all__ = ["COLMAP_DIR", "DEFAULT_COLMAP_POINTS", "ENTRY_POINT_GROUP", "INSTANCE_ATTRIBUTE", "SCENE_SLOTS",
-           "CamerasJson", "ColmapModel", "DepthMaps", "Exporter", "FilePlan", "GlbLayers", "InstanceMasks",
+           "CamerasJson", "ColmapModel", "DepthMaps", "Exporter", "FilePlan", "GlbLayers", "Grounding", "InstanceMasks",
            "Instances3D",
            "NoOptions", "PlyCloud", "SavedViews", "TransformsJson", "ViewerLayer", "applicable_exporters",
            "available_exporters", "chosen", "export_option", "exporter_source", "files_for_outputs", "get_exporter",

@@ -35,10 +35,8 @@ class PlyCloud(Exporter):
 
     def write(self, scene, outputs: dict) -> dict:
         cloud = scene.cloud
-        attributes = {k: v.reshape(-1).numpy()[cloud.keep] for k, v in scene.point_attributes.items()}
-        export.write_ply(scene.path("points.ply"), cloud.xyz(), cloud.rgb(scene.images),
-                         cloud.confidence.reshape(-1).numpy()[cloud.keep], attributes)
-        return {"points": int(cloud.keep.sum()), "points_from": cloud.name}
+        export.write_ply(scene.path("points.ply"), cloud.points, cloud.colours, cloud.confidence, cloud.attributes)
+        return {"points": int(len(cloud.points)), "points_from": cloud.name}
 
 
 @register_exporter("glb")
@@ -54,10 +52,9 @@ class GlbLayers(Exporter):
 
     def write(self, scene, outputs: dict) -> None:
         cloud, frusta = scene.cloud, _frusta(scene)
-        xyz = cloud.xyz()
-        export.write_glb(scene.path("scene.glb"), xyz, cloud.rgb(scene.images), *frusta)
-        for file, colours in scene.colour_layers.items():
-            export.write_glb(scene.path(file), xyz, colours.reshape(-1, 3).numpy()[cloud.keep], *frusta)
+        export.write_glb(scene.path("scene.glb"), cloud.points, cloud.colours, *frusta)
+        for file, colours in cloud.layers.items():
+            export.write_glb(scene.path(file), cloud.points, colours, *frusta)
 
 
 @dataclass(frozen=True)
@@ -141,9 +138,7 @@ class ColmapModel(Exporter):
         to_model = [(scene.views[v].transform.scale, scene.views[v].transform.offset) for v in ok]
         cloud = scene.cloud
         if cloud is not None:
-            rgb = scene.images.permute(0, 2, 3, 1).reshape(-1, 3).numpy()
-            tracks = colmap.build_tracks(cloud.points.numpy(), cloud.keep, cloud.confidence.reshape(-1).numpy(), rgb,
-                                         cams.extrinsics[ok], cams.intrinsics[ok], sizes, to_model, ok,
+            tracks = colmap.build_tracks(cloud, cams.extrinsics[ok], cams.intrinsics[ok], sizes, to_model, ok,
                                          o.colmap_max_points, o.colmap_depth_tolerance)
         else:
             tracks = colmap.Tracks(np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0),

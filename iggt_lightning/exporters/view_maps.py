@@ -37,26 +37,24 @@ class DepthMaps(Exporter):
 
     def write(self, scene, outputs: dict) -> None:
         scale = self.options.depth_png_scale
-        depth = outputs["depth"][scene.index, ..., 0].detach().float().cpu()
-        conf = outputs["depth_conf"][scene.index].detach().float().cpu()
-        maps, clipped = {"depth": [], "confidence": [], "valid": []}, 0
+        depth, conf = outputs["depth"][scene.index], outputs["depth_conf"][scene.index]
+        maps, clipped = export.NpzSpool(), 0          # one view in memory at a time
         for v, view in enumerate(scene.views):
-            d, inside = scene.to_photo(v, depth[v])
-            c, _ = scene.to_photo(v, conf[v])
+            d, inside = scene.to_photo(v, scene.view(depth, v)[..., 0].float())
+            c, _ = scene.to_photo(v, scene.view(conf, v).float())
             good = np.isfinite(d)
             d = np.where(good, d, 0.0).astype(np.float32)
-            maps["depth"].append(d)
-            maps["confidence"].append(np.where(np.isfinite(c), c, 0.0).astype(np.float32))
-            maps["valid"].append(inside & good)
+            maps.add("depth", d)
+            maps.add("confidence", np.where(np.isfinite(c), c, 0.0).astype(np.float32))
+            maps.add("valid", inside & good)
             png = np.round(d * scale)
             clipped += int((png > 65535).sum())
             export.write_png16(scene.path(f"depth/{view.stem}.png"), np.clip(png, 0, 65535))
         all_cameras = scene.cameras is None or all(scene.cameras.valid)
-        if len({view.photo_size for view in scene.views}) == 1 and all_cameras:
-            arrays = {k: np.stack(a) for k, a in maps.items()}   # indexed in the order of cameras.json
-        else:
-            arrays = {f"{k}_{view.stem}": a[v] for k, a in maps.items() for v, view in enumerate(scene.views)}
-        export.write_npz(scene.path("depth/depth.npz"), **arrays)
+        # one stack per map (indexed in the order of cameras.json), or with views of different sizes or without
+        # cameras one array per view: depth_<view>, ...
+        maps.save(scene.path("depth/depth.npz"), len({view.photo_size for view in scene.views}) == 1 and all_cameras,
+                  [view.stem for view in scene.views])
         # beside the plugins' entries (not the scene summary), where it has always been
         scene.manifest["depth_png"] = {"scale": scale, "unit": "predicted (normalised) scene units x scale; "
                                        "0 = invalid/outside the model input or non-finite", "clipped_pixels": clipped}
@@ -80,13 +78,15 @@ class InstanceMasks(Exporter):
 
     def write(self, scene, outputs: dict) -> None:
         found = scene.shared["instances"]
-        photo_ids = []
-        for v, view in enumerate(scene.views):
-            ids, _ = scene.to_photo(v, found["ids"][v], nearest=True, fill=0)
-            photo_ids.append(ids)
-            export.write_png16(scene.path(f"masks/{view.stem}.png"), ids)
+
+        def photo_ids():                # one view at a time: its PNG written, then its COCO annotations
+            for v, view in enumerate(scene.views):
+                ids, _ = scene.to_photo(v, scene.view(found["ids"], v), nearest=True, fill=0)
+                export.write_png16(scene.path(f"masks/{view.stem}.png"), ids)
+                yield ids
+
         saved = export.saved_image_names(scene)    # COCO tools join file_name to an image root: images/ when saved
         names = [v.name for v in scene.views]
-        coco = export.coco_instances(photo_ids, found["scores"].numpy(), saved or names, found["labels"],
+        coco = export.coco_instances(photo_ids(), found["scores"].numpy(), saved or names, found["labels"],
                                      "images" if saved else None, names)
         write_json(scene.path("masks/instances.json"), coco, strict=True)   # a non-finite score: refused, not NaN

@@ -84,34 +84,31 @@ def _project(X: np.ndarray, E: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, n
     return xy, z
 
 
-def build_tracks(points: np.ndarray, keep: np.ndarray, confidence: np.ndarray, colours: np.ndarray,
-                 extrinsics: np.ndarray, intrinsics: np.ndarray, photo_sizes: list[tuple[int, int]],
+def build_tracks(cloud, extrinsics: np.ndarray, intrinsics: np.ndarray, photo_sizes: list[tuple[int, int]],
                  to_model: list[tuple[tuple[float, float], tuple[float, float]]], views: list[int],
                  max_points: int, depth_tolerance: float = 0.03) -> Tracks:
-    """Tracks of the cloud ``points`` [S,H,W,3] (model-input pixels of every view; ``keep`` [S*H*W] marks the
-    exported ones; ``confidence`` [S*H*W]; ``colours`` [S*H*W,3]) over the views ``views`` (indices with valid
-    cameras; ``extrinsics``/``intrinsics`` [len(views)] in photo pixels; ``to_model[i]``: the (scale, offset)
-    mapping photo pixels of view ``views[i]`` to model-input pixels)."""
-    S, H, W, _ = points.shape
-    flat = points.reshape(-1, 3).astype(np.float64)
-    slot = {v: i for i, v in enumerate(views)}
-    candidates = np.flatnonzero(keep & np.isin(np.arange(S * H * W) // (H * W), views))
-    chosen = candidates[voxel_subsample(flat[candidates], confidence[candidates], max_points)]
-    X = flat[chosen]
-    src_view = chosen // (H * W)
-    pix = chosen % (H * W)
+    """Tracks of the ``cloud``'s points (a :class:`~.scene.Cloud`: points with their source view and pixel) over
+    the views ``views`` (indices with valid cameras; ``extrinsics``/``intrinsics`` [len(views)] in photo pixels;
+    ``to_model[i]``: the (scale, offset) mapping photo pixels of view ``views[i]`` to model-input pixels). A point
+    is observed in its own view at its pixel and in every other view where it projects onto that view's own
+    surface (within ``depth_tolerance``); each view's surface is read when its turn comes."""
+    W, H = cloud.model_size
+    src_all = cloud.views
+    candidates = np.flatnonzero(np.isin(src_all, views))
+    chosen = candidates[voxel_subsample(cloud.points[candidates].astype(np.float64), cloud.confidence[candidates],
+                                        max_points)]
+    X = cloud.points[chosen].astype(np.float64)
+    src_view = src_all[chosen]
+    pix = cloud.pixels[chosen]
     u, v = pix % W, pix // W
-    # the reference depth of every view: its own point map seen from its own camera (inf where not exported)
-    own_depth = []
-    for view in views:
-        E = extrinsics[slot[view]]
-        z = flat[view * H * W:(view + 1) * H * W] @ E[2, :3] + E[2, 3]
-        own_depth.append(np.where(keep[view * H * W:(view + 1) * H * W], z, np.inf).reshape(H, W))
     xy_of, point_of = [], []
     errors_sum = np.zeros(len(X))
     counts = np.zeros(len(X))
     for i, view in enumerate(views):
         E, K = extrinsics[i], intrinsics[i]
+        # the reference depth of the view: its own point map seen from its own camera (inf where not exported)
+        z_own = cloud.surface(view) @ E[2, :3] + E[2, 3]
+        own_depth = np.where(cloud.kept_in(view), z_own, np.inf).reshape(H, W)
         Wp, Hp = photo_sizes[i]
         (sx, sy), (ox, oy) = to_model[i]
         xy, z = _project(X, E, K)
@@ -125,7 +122,7 @@ def build_tracks(points: np.ndarray, keep: np.ndarray, confidence: np.ndarray, c
             (xy[:, 1] < Hp) & (mx >= 0) & (mx < W) & (my >= 0) & (my < H)
         ix = np.clip(np.nan_to_num(np.floor(mx), nan=0.0, posinf=0.0, neginf=0.0), 0, W - 1).astype(np.int64)
         iy = np.clip(np.nan_to_num(np.floor(my), nan=0.0, posinf=0.0, neginf=0.0), 0, H - 1).astype(np.int64)
-        ref = own_depth[i][iy, ix]
+        ref = own_depth[iy, ix]
         visible = inside & (np.abs(z - ref) <= depth_tolerance * np.abs(ref))
         idx = np.flatnonzero(source | visible)
         xy_of.append(obs[idx])
@@ -133,7 +130,7 @@ def build_tracks(points: np.ndarray, keep: np.ndarray, confidence: np.ndarray, c
         err = np.linalg.norm(xy[idx] - obs[idx], axis=1)
         np.add.at(errors_sum, idx, np.nan_to_num(err, nan=0.0))
         np.add.at(counts, idx, 1)
-    return Tracks(X, to_uint8(colours[chosen]), errors_sum / np.maximum(counts, 1), xy_of, point_of)
+    return Tracks(X, to_uint8(cloud.colours[chosen]), errors_sum / np.maximum(counts, 1), xy_of, point_of)
 
 
 def _check(extrinsics, intrinsics, names) -> None:

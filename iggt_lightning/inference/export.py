@@ -230,12 +230,56 @@ def saved_image_names(scene) -> list[str] | None:
     return None
 
 
-def write_npz(path: str | os.PathLike, **arrays) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+class NpzSpool:
+    """A compressed ``.npz`` whose arrays arrive a slice at a time (a view's depth map, ...): each array is
+    spooled to a raw file in a private temporary folder and written into the archive at :meth:`save`, so the
+    whole stack is never in memory. ``add(name, part)`` appends ``part`` (all parts of a name share shape and
+    dtype); ``stacked=False`` in :meth:`save` keeps each part as its own array ``<name>_<suffix>``."""
 
-    atomic_write(path, write)
+    def __init__(self) -> None:
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="iggt-npz-")
+        self.parts: dict[str, list[tuple[tuple, np.dtype]]] = {}
+
+    def add(self, name: str, part: np.ndarray) -> None:
+        part = np.ascontiguousarray(part)
+        with open(os.path.join(self._dir.name, name), "ab") as f:
+            f.write(part.tobytes())
+        self.parts.setdefault(name, []).append((part.shape, part.dtype))
+
+    def save(self, path: str | os.PathLike, stacked: bool = True, suffixes: list[str] | None = None) -> None:
+        import zipfile
+
+        def entry(zf, key: str, raw, shape: tuple, dtype: np.dtype) -> None:
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
+                np.lib.format.write_array_header_2_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                           "fortran_order": False, "shape": shape})
+                remaining = int(np.prod(shape)) * dtype.itemsize
+                while remaining:
+                    chunk = raw.read(min(remaining, 1 << 24))
+                    if not chunk:
+                        raise OSError(f"{key}: the spooled data ended early")
+                    out.write(chunk)
+                    remaining -= len(chunk)
+
+        def write(tmp: str) -> None:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+                for name, parts in self.parts.items():
+                    with open(os.path.join(self._dir.name, name), "rb") as raw:
+                        if stacked:
+                            shape, dtype = parts[0]
+                            if any(p != parts[0] for p in parts):
+                                raise ValueError(f"{name}: slices of different shapes cannot be stacked")
+                            entry(zf, name, raw, (len(parts), *shape), dtype)
+                        else:
+                            for (shape, dtype), suffix in zip(parts, suffixes):
+                                entry(zf, f"{name}_{suffix}", raw, shape, dtype)
+
+        try:
+            atomic_write(path, write)
+        finally:
+            self._dir.cleanup()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -31,30 +31,57 @@ def oriented_box(points: np.ndarray, low: float = 2.0, high: float = 98.0) -> di
     return {"centre": centre.tolist(), "axes": axes.tolist(), "half_extents": ((hi - lo) / 2).tolist()}
 
 
+class InstanceTally:
+    """What :func:`instance_records` needs from the per-view id maps, gathered one view at a time (so a
+    thousand-frame prediction never holds its masks at once): per instance the pixels it covers in each view and
+    the bounding rectangle in the view where it is largest (the first such view)."""
+
+    def __init__(self) -> None:
+        self.pixels: dict[int, list[tuple[int, int]]] = {}
+        self.best: dict[int, tuple[int, int, list[int]]] = {}       # id -> (pixels, view, [x0, y0, x1, y1])
+
+    def add_view(self, v: int, ids: np.ndarray) -> None:
+        ids = np.asarray(ids)
+        flat = ids.reshape(-1)
+        present = np.unique(flat)
+        counts = np.bincount(flat[flat > 0], minlength=int(present.max(initial=0)) + 1) if present.size else []
+        for k in (int(x) for x in present if x != 0):
+            n = int(counts[k])
+            self.pixels.setdefault(k, []).append((v, n))
+            if k not in self.best or n > self.best[k][0]:
+                ys, xs = np.nonzero(ids == k)
+                self.best[k] = (n, v, [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+
+    def records(self, point_ids: np.ndarray, points: np.ndarray, scores: np.ndarray | None = None,
+                min_points: int = 3) -> list[dict]:
+        """One record per instance seen: ``point_ids`` [N] the instance of each of the cloud's ``points`` [N,3]
+        (instances with fewer than ``min_points`` finite points get no box)."""
+        records = []
+        for k in sorted(self.pixels):
+            per_view = self.pixels[k]
+            most = max(n for _, n in per_view)
+            pts = points[point_ids == k]
+            pts = pts[np.isfinite(pts).all(1)]
+            record = {"id": k, "score": float(scores[k - 1]) if scores is not None and k - 1 < len(scores) else None,
+                      "points": int(len(pts)),
+                      "views": [{"view": v, "pixels": n, "fraction": round(float(n) / float(most), 4)}
+                                for v, n in per_view],
+                      "best_view": self.best[k][1], "best_view_box": self.best[k][2]}
+            if len(pts) >= min_points:
+                record["centroid"] = pts.mean(0).tolist()
+                record["box"] = oriented_box(pts)
+            records.append(record)
+        return records
+
+
 def instance_records(ids: np.ndarray, points: np.ndarray, keep: np.ndarray, scores: np.ndarray | None = None,
                      min_points: int = 3) -> list[dict]:
     """``ids`` [S,H,W] int (0 = none), ``points`` [S,H,W,3], ``keep`` [S,H,W] bool (confident, finite) -> one record
     per instance id present (instances with fewer than ``min_points`` kept points get no box)."""
-    S = ids.shape[0]
-    records = []
-    for k in [int(v) for v in np.unique(ids) if v != 0]:
-        mine = ids == k
-        per_view = mine.reshape(S, -1).sum(1)
-        best = int(per_view.argmax())
-        ys, xs = np.nonzero(mine[best])
-        pts = points[mine & keep]
-        pts = pts[np.isfinite(pts).all(1)]
-        record = {"id": k, "score": float(scores[k - 1]) if scores is not None and k - 1 < len(scores) else None,
-                  "points": int(len(pts)),
-                  "views": [{"view": v, "pixels": int(n), "fraction": round(float(n) / float(per_view.max()), 4)}
-                            for v, n in enumerate(per_view) if n],
-                  "best_view": best,
-                  "best_view_box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]}
-        if len(pts) >= min_points:
-            record["centroid"] = pts.mean(0).tolist()
-            record["box"] = oriented_box(pts)
-        records.append(record)
-    return records
+    tally = InstanceTally()
+    for v in range(ids.shape[0]):
+        tally.add_view(v, ids[v])
+    return tally.records(ids[keep], points[keep], scores, min_points)
 
 
 def box_corners(box: dict) -> np.ndarray:

@@ -30,6 +30,9 @@ WRITER_OPTIONS = (
                  "p % are dropped (0 <= p < 100), with absolute those below the value (--conf-threshold)"),
     ExportOption("conf_mode", str, "percentile", "how conf_threshold reads (--conf-mode)",
                  choices=("percentile", "absolute")),
+    ExportOption("max_points", int, None, "the most points the cloud (points.ply, the GLBs, instances3d.json) "
+                 "holds: the kept points thinned evenly; null: every kept point, or 2 000 000 in a windowed run "
+                 "(--max-points)", optional=True, low=1),
     ExportOption("points_from", str, None, "the source of the point clouds, one the heads offer (depth, point, "
                  "...); null: the one they rank first (--points-from)", optional=True),
     ExportOption("exporters", str, None, "the exporters to run, comma-separated names (iggt heads list shows "

@@ -3,9 +3,11 @@
 Frames are read one at a time (a video is decoded as a stream, never held whole): each is preprocessed to the
 model input, which the window buffer holds until its last window has run, and the photo itself goes to a raw cache
 file in a temporary folder, read back view by view when the exporters save ``images/`` or resample maps to the
-photo (:class:`CachedPhoto`). The assembled outputs are written by the same exporters as a one-pass prediction,
-with the per-window diagnostics (alignment residual, matched / new / dropped instances) in ``manifest.json``
-under ``windowed``.
+photo (:class:`CachedPhoto`). The windows' per-pixel outputs go to raw files in the same folder
+(:class:`~.windowed.FrameStore`), and the exporters read them a view at a time, so memory holds a window, one
+view being written and the cloud (at most ``max_points``), however long the video. The files are those of a
+one-pass prediction, with the per-window diagnostics (alignment residual, matched / new / dropped instances) in
+``manifest.json`` under ``windowed``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ import torch
 
 from .images import InputError, _frame_rgb, count_packets, is_video, load_image, preprocess
 from .scene import View, saved_view_names, unique_view_names
-from .windowed import WindowError, WindowOptions, describe_windows, iter_windows, reconstruct
+from .windowed import FrameStore, WindowError, WindowOptions, describe_windows, iter_windows, reconstruct
+
+# the cloud's size in a windowed run when --max-points is not given: points.ply ~50 MB, whatever the length
+WINDOWED_MAX_POINTS = 2_000_000
 
 
 @dataclass
@@ -134,8 +139,10 @@ def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, win
 
         observe = _track_observer(module, device) if o.ba else None
         t0 = time.perf_counter()
+        # the sequence's per-pixel outputs go to raw files beside the photos, read back a view at a time
+        store = FrameStore(total, cache.folder)
         result = reconstruct(run, iter_windows(windows, frames()), total,
-                             WindowOptions(o.window, overlap, associate=not o.no_association), observe)
+                             WindowOptions(o.window, overlap, associate=not o.no_association), observe, store)
         cache.finish()
         seconds = time.perf_counter() - t0
         manifest = dict(manifest)
@@ -149,6 +156,8 @@ def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, win
         manifest["windowed"] = {"window": o.window, "overlap": overlap, "stride": stride,
                                 "association": not o.no_association, **describe_windows(result.windows)}
         manifest["seconds"] = {**manifest.get("seconds", {}), "windowed_inference": round(seconds, 3)}
+        if options.get("max_points") is None:        # a bounded cloud, whatever the length of the video
+            options = {**options, "max_points": WINDOWED_MAX_POINTS}
         t1 = time.perf_counter()
         summary = write_prediction(plan.out, module.plugins(), result.outputs, 0, views, images, options, manifest,
                                    overwrite=o.overwrite, display=str(o.out))

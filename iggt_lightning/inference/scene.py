@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .export import colmap_names
+from .frame_stack import PerView, as_stack, view_of
 from .images import ViewTransform
 
 
@@ -66,43 +67,94 @@ class SceneCameras:
 
 @dataclass
 class PointSource:
-    """3D points for every model-input pixel, [S,H,W,3] (or a callable returning them, evaluated once every
-    plugin has described the scene; None = not available), and their confidence [S,H,W]."""
+    """3D points for every model-input pixel, a stack [S,H,W,3] (a tensor, a per-view stack of
+    :mod:`.frame_stack`, or a callable returning either, evaluated once every plugin has described the scene; None
+    = not available), and their confidence [S,H,W]."""
 
-    points: torch.Tensor | Callable[[], torch.Tensor | None]
-    confidence: torch.Tensor
+    points: Any
+    confidence: Any
     priority: int = 0
     from_cameras: bool = False   # made with the cameras: a view whose cameras are not valid has no usable points
 
 
 @dataclass
 class Cloud:
-    """The points the scene files show: the source ``name``, ``points`` [S,H,W,3] and ``confidence`` [S,H,W] per
-    model-input pixel, and ``keep`` (bool, flat over S*H*W) the pixels the confidence filter keeps."""
+    """The points the scene files show, gathered view by view (the writer's :func:`~.writer.choose_cloud`):
+    ``index`` [N] (int64, the pixel ``v*H*W + y*W + x`` of the model input each of the points comes from, in increasing
+    order), ``points`` [N,3], ``confidence`` [N], ``colours`` [N,3] (the model input's RGB in [0,1]), ``layers``
+    (the plugins' colour layers, file -> [N,3]) and ``attributes`` (name -> [N]). ``source`` / ``source_confidence``
+    are the whole per-pixel stacks and ``kept_in(v)`` the pixels of view ``v`` the confidence filter keeps, for
+    what needs a view's full surface (COLMAP's visibility test). ``kept``: the pixels the filter kept, before
+    the budget ``max_points`` thinned them."""
 
     name: str
-    points: torch.Tensor
-    confidence: torch.Tensor
-    keep: np.ndarray
+    index: np.ndarray
+    points: np.ndarray
+    confidence: np.ndarray
+    colours: np.ndarray
+    model_size: tuple[int, int]                 # (W, H)
+    source: Any = None
+    source_confidence: Any = None
+    threshold: float = 0.0
+    valid_views: list[bool] | None = None
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
+    kept: int = 0                               # pixels the confidence filter kept (before max_points)
 
     def xyz(self) -> np.ndarray:
-        return self.points.reshape(-1, 3).numpy()[self.keep]
+        return self.points
 
-    def rgb(self, images: torch.Tensor) -> np.ndarray:
-        """The kept points' colours from the model input ``images`` [S,3,H,W]."""
-        return images.permute(0, 2, 3, 1).reshape(-1, 3).numpy()[self.keep]
+    def rgb(self, images=None) -> np.ndarray:
+        """The points' colours from the model input (``images`` is accepted for older exporters; unused)."""
+        return self.colours
+
+    @property
+    def views(self) -> np.ndarray:
+        """The view of each of the points [N]."""
+        W, H = self.model_size
+        return self.index // (H * W)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The pixel (``y*W + x``) of each of the points in its view [N]."""
+        W, H = self.model_size
+        return self.index % (H * W)
+
+    def of_view(self, v: int) -> slice:
+        """The points of view ``v`` (``index`` is sorted, so they are one run)."""
+        W, H = self.model_size
+        lo, hi = np.searchsorted(self.index, [v * H * W, (v + 1) * H * W])
+        return slice(int(lo), int(hi))
+
+    def kept_in(self, v: int) -> np.ndarray:
+        """[H*W] bool: view ``v``'s pixels with finite points and confidence at least the threshold."""
+        from .frame_stack import view_of
+
+        pts = view_of(self.source, v).reshape(-1, 3).float().numpy()
+        conf = view_of(self.source_confidence, v).reshape(-1).float().numpy()
+        keep = np.isfinite(pts).all(1) & np.isfinite(conf) & (conf > 1e-5) & (conf >= self.threshold)
+        if self.valid_views is not None and not self.valid_views[v]:
+            keep[:] = False
+        return keep
+
+    def surface(self, v: int) -> np.ndarray:
+        """[H*W,3] float64: view ``v``'s points."""
+        from .frame_stack import view_of
+
+        return view_of(self.source, v).reshape(-1, 3).double().numpy()
 
 
 @dataclass
 class SceneExport:
     """One scene being written. ``index``: the scene's position in the batch (``outputs[key][scene.index]``).
-    ``images``: the model input [S,3,H,W] (CPU, float in [0,1]); ``options``: the export options, checked
-    against their declarations and complete (:mod:`.options`; ``scene.option(name)``)."""
+    ``images``: the model input [S,3,H,W] (float in [0,1]; a stack read per view in a windowed run,
+    :mod:`.frame_stack`); ``options``: the export options, checked against their declarations and complete
+    (:mod:`.options`; ``scene.option(name)``)."""
 
     folder: Path
     index: int
     views: list[View]
-    images: torch.Tensor
+    images: Any
     options: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     shared: dict = field(default_factory=dict)
@@ -146,31 +198,44 @@ class SceneExport:
         if what not in problems:
             problems.append(what)
 
-    def report_non_finite(self, values: torch.Tensor, what: str) -> None:
-        """:meth:`report_invalid` for every view whose slice of ``values`` [S,...] has a non-finite entry."""
-        bad = ~torch.isfinite(values.reshape(values.shape[0], -1)).all(1)
-        for v in torch.nonzero(bad).flatten().tolist():
+    def report_non_finite(self, values, what: str) -> None:
+        """:meth:`report_invalid` for every view whose slice of ``values`` (a stack [S,...]) has a non-finite
+        entry."""
+        if torch.is_tensor(values):
+            bad = torch.nonzero(~torch.isfinite(values.reshape(values.shape[0], -1)).all(1)).flatten().tolist()
+        else:
+            bad = [v for v in range(len(values)) if not torch.isfinite(view_of(values, v)).all()]
+        for v in bad:
             self.report_invalid(v, what)
 
-    def add_points(self, name: str, points, confidence: torch.Tensor, priority: int = 0,
-                   from_cameras: bool = False) -> None:
-        """Offer a source of 3D points (``--points-from name`` picks one; otherwise the highest priority)."""
+    def add_points(self, name: str, points, confidence, priority: int = 0, from_cameras: bool = False) -> None:
+        """Offer a source of 3D points (``--points-from name`` picks one; otherwise the highest priority):
+        ``points`` a stack [S,H,W,3] or a function returning one, ``confidence`` a stack [S,H,W]."""
         if name in self.point_sources:
             raise SceneError(f"two plugins offer a source of points named {name!r}")
-        self.point_sources[name] = PointSource(points, confidence.detach().float().cpu(), priority, from_cameras)
+        self.point_sources[name] = PointSource(points, as_stack(confidence), priority, from_cameras)
 
-    def add_colour_layer(self, file: str, colours: torch.Tensor) -> None:
-        """Another coloured copy of the cloud of points, written as ``file`` (a .glb): colours [S,H,W,3] in [0,1]
-        (or uint8) per model-input pixel."""
+    def add_colour_layer(self, file: str, colours) -> None:
+        """Another coloured copy of the cloud of points, written as ``file`` (a .glb): colours, a stack
+        [S,H,W,3] in [0,1] (or uint8) per model-input pixel."""
         if file in self.colour_layers:
             raise SceneError(f"two plugins add the colour layer {file!r}")
-        self.colour_layers[file] = colours.detach().cpu()
+        self.colour_layers[file] = as_stack(colours)
 
-    def add_point_attribute(self, name: str, values: torch.Tensor) -> None:
-        """An integer attribute per vertex (a PLY property ``name``), given per model-input pixel [S,H,W]."""
+    def add_point_attribute(self, name: str, values) -> None:
+        """An integer attribute per vertex (a PLY property ``name``), a stack [S,H,W] per model-input pixel."""
         if name in self.point_attributes or name in ("x", "y", "z", "red", "green", "blue", "confidence"):
             raise SceneError(f"the vertex attribute {name!r} is taken")
-        self.point_attributes[name] = values.detach().cpu()
+        self.point_attributes[name] = as_stack(values)
+
+    def view(self, stack, v: int) -> torch.Tensor:
+        """View ``v`` of a per-view stack (an output ``outputs[key][self.index]``, a slot's value)."""
+        return view_of(stack, v)
+
+    def per_view(self, make: Callable[[int], torch.Tensor], frame_shape: tuple[int, ...]) -> PerView:
+        """A stack whose view ``v`` is ``make(v)``, made when read (what a slot takes without holding every view:
+        maps unprojected view by view, a palette applied to one view's ids)."""
+        return PerView(make, len(self.views), frame_shape)
 
     def to_photo(self, view: int, value: torch.Tensor, nearest: bool = False,
                  fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

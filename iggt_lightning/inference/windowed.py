@@ -255,6 +255,41 @@ def _frame_outputs(out: dict) -> dict[str, torch.Tensor]:
     return got
 
 
+class FrameStore:
+    """Where :func:`reconstruct` keeps the frames the windows bring: tensors in memory (the default), or with a
+    ``folder`` one raw file per output (:class:`~.frame_stack.StoredFrames`), so that a thousand frames cost disk,
+    not memory. Cameras (a few numbers per frame) stay in memory either way."""
+
+    SMALL = ("extrinsics", "intrinsics")
+
+    def __init__(self, frames: int, folder=None) -> None:
+        self.frames, self.folder = frames, folder
+        self.columns: dict = {}
+
+    def put(self, key: str, start: int, values: torch.Tensor) -> None:
+        if key not in self.columns:
+            if self.folder is None or key in self.SMALL:
+                self.columns[key] = torch.empty((self.frames, *values.shape[1:]), dtype=values.dtype)
+            else:
+                from pathlib import Path
+
+                from .frame_stack import StoredFrames
+
+                self.columns[key] = StoredFrames(Path(self.folder) / f"{key}.raw", self.frames,
+                                                 tuple(values.shape[1:]), values.dtype)
+        column = self.columns[key]
+        if torch.is_tensor(column):
+            column[start: start + len(values)] = values
+        else:
+            column.write(start, values)
+
+    def get(self, key: str, start: int, stop: int) -> torch.Tensor:
+        return self.columns[key][start:stop]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.columns
+
+
 @dataclass
 class WindowedResult:
     outputs: dict                     # the sequence's outputs, shaped like one forward pass over every frame
@@ -263,14 +298,15 @@ class WindowedResult:
 
 
 def reconstruct(run: Callable[[torch.Tensor], dict], windows: Iterable[tuple[int, int, torch.Tensor]],
-                frames: int, options: WindowOptions, observe: Callable | None = None) -> WindowedResult:
+                frames: int, options: WindowOptions, observe: Callable | None = None,
+                store: FrameStore | None = None) -> WindowedResult:
     """``windows`` yields (start, end, images [end-start,3,H,W]) in order (:func:`plan_windows`); ``run`` maps a
     window's images [1,S,3,H,W] to the network's and post-processors' outputs. ``observe(images, outputs)``
     (optional) returns a window's point tracks in its own frame (:class:`~.track_ba.TrackObservations`); they
     come back moved into the global frame, for bundle adjustment over the whole sequence. Returns the assembled
-    sequence."""
-    store: dict[str, torch.Tensor | None] = {}
-    ids_store: torch.Tensor | None = None
+    sequence; its per-frame outputs are ``store``'s columns (in memory unless a :class:`FrameStore` with a
+    folder is given)."""
+    store = store if store is not None else FrameStore(frames)
     memory: dict[int, GlobalInstance] = {}
     filled = 0                        # frames [0, filled) are in the store
     voxel = None
@@ -287,9 +323,9 @@ def reconstruct(run: Callable[[torch.Tensor], dict], windows: Iterable[tuple[int
         sim = Sim3()
         if len(shared):
             src = per["world_points"][: len(shared)].reshape(-1, 3).numpy()
-            dst = store["world_points"][shared.start: shared.stop].reshape(-1, 3).numpy()
+            dst = store.get("world_points", shared.start, shared.stop).reshape(-1, 3).numpy()
             w = (per["world_points_conf"][: len(shared)].reshape(-1).numpy()
-                 * store["world_points_conf"][shared.start: shared.stop].reshape(-1).numpy())
+                 * store.get("world_points_conf", shared.start, shared.stop).reshape(-1).numpy())
             pick = np.random.default_rng(start).permutation(len(src))[: options.max_align_pixels]
             sim, fit = robust_sim3(src[pick], dst[pick], w[pick])
             info["alignment"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in fit.items()}
@@ -317,13 +353,14 @@ def reconstruct(run: Callable[[torch.Tensor], dict], windows: Iterable[tuple[int
             feats = out.get("part_feat")
             local = window_instances(local_ids, scores, None if feats is None else feats[0].detach().cpu(),
                                      aligned["world_points"], aligned["world_points_conf"], voxel or 1.0)
+            shared_ids = store.get("instance_masks", shared.start, shared.stop) if len(shared) else None
             if options.associate and memory:
-                iou = shared_iou(ids_store[shared.start: shared.stop], local_ids[: len(shared)], local, memory) \
+                iou = shared_iou(shared_ids, local_ids[: len(shared)], local, memory) \
                     if len(shared) else np.zeros((len(local), len(memory)))
                 mapping = match_instances(local, memory, iou, options.min_match, options.min_feature_similarity)
             else:
                 mapping = {}
-            seen_before = set(ids_store[shared.start: shared.stop].unique().tolist()) - {0} if len(shared) else set()
+            seen_before = set(shared_ids.unique().tolist()) - {0} if len(shared) else set()
             new = 0
             for inst in local:
                 gid = mapping.get(inst.local_id)
@@ -348,12 +385,7 @@ def reconstruct(run: Callable[[torch.Tensor], dict], windows: Iterable[tuple[int
         # the frames this window brings
         first_new = max(filled - start, 0)
         for key, v in aligned.items():
-            part = v[first_new:]
-            if key not in store:
-                store[key] = torch.empty((frames, *part.shape[1:]), dtype=part.dtype)
-            store[key][filled: filled + len(part)] = part
-        if "instance_masks" in aligned:
-            ids_store = store["instance_masks"]
+            store.put(key, filled, v[first_new:])
         filled = end
         info["seconds"] = round(time.perf_counter() - t0, 3)
         diagnostics.append(info)
@@ -362,12 +394,17 @@ def reconstruct(run: Callable[[torch.Tensor], dict], windows: Iterable[tuple[int
     return WindowedResult(_assemble(store, memory), diagnostics, observations)
 
 
-def _assemble(store: dict, memory: dict[int, GlobalInstance]) -> dict:
-    """The store as one forward pass's outputs over every frame (batch of one)."""
-    out = {k: v[None] for k, v in store.items() if k in FRAME_OUTPUTS or k == "instance_masks"}
+def _assemble(store: FrameStore, memory: dict[int, GlobalInstance]) -> dict:
+    """The store as one forward pass's outputs over every frame (batch of one; a stored column as a
+    :class:`~.frame_stack.Batched` stack read per view)."""
+    from .frame_stack import Batched
+
+    out = {k: v[None] if torch.is_tensor(v) else Batched(v) for k, v in store.columns.items()
+           if k in FRAME_OUTPUTS or k == "instance_masks"}
     if "extrinsics" in store:
-        H, W = store["images"].shape[-2:]
-        out["pose_enc"] = [extri_intri_to_pose_encoding(store["extrinsics"], store["intrinsics"], (H, W))[None]]
+        H, W = store.columns["images"].shape[-2:]
+        out["pose_enc"] = [extri_intri_to_pose_encoding(store.columns["extrinsics"], store.columns["intrinsics"],
+                                                        (H, W))[None]]
     if "instance_masks" in store:
         K = max(memory, default=0)
         out["instance_scores"] = [torch.tensor([memory[k].score if k in memory else 0.0 for k in range(1, K + 1)])]

@@ -38,6 +38,7 @@ from . import export
 from .output_folder import (MANIFEST_FORMAT, OutputFolderError, check_existing, folder_files, host_tag, refuse_overlap,
                             replace_dir)
 from .options import registered_plugins, resolve_export_options
+from .frame_stack import as_stack, view_of
 from .scene import Cloud, SceneError, SceneExport, View, identity_transform
 
 
@@ -70,13 +71,17 @@ class ViewList:
 
 
 # ---------------------------------------------------------------------------------------------- the cloud
-def _choose_points(scene: SceneExport) -> tuple[str, torch.Tensor, torch.Tensor, bool] | None:
+# confidences the percentile filter looks at: all of them up to this many, else every k-th (the manifest says k)
+PERCENTILE_SAMPLE = 8_000_000
+
+
+def _choose_points(scene: SceneExport) -> tuple[str, Any, Any, bool] | None:
     """The source of points the scene files show: ``points_from`` if given, else the available one of highest
-    priority. -> (name, points [S,H,W,3], confidence [S,H,W], made from the cameras) or None."""
+    priority. -> (name, points stack [S,H,W,3], confidence stack [S,H,W], made from the cameras) or None."""
     def evaluated(name: str):
         src = scene.point_sources[name]
         pts = src.points() if callable(src.points) else src.points   # a callable may unproject: only when asked
-        return None if pts is None else (name, pts.detach().float().cpu(), src.confidence, src.from_cameras)
+        return None if pts is None else (name, as_stack(pts), src.confidence, src.from_cameras)
 
     wanted = scene.option("points_from")
     if wanted is not None:
@@ -93,21 +98,75 @@ def _choose_points(scene: SceneExport) -> tuple[str, torch.Tensor, torch.Tensor,
     return None
 
 
-def _keep_mask(scene: SceneExport, points: torch.Tensor, conf: torch.Tensor, from_cameras: bool) -> np.ndarray:
-    S, H, W = conf.shape
+def _finite(points: torch.Tensor, conf: torch.Tensor) -> np.ndarray:
+    """[H*W] bool: a view's pixels with a finite 3D position and a finite confidence above 1e-5."""
+    c = conf.reshape(-1).float().numpy()
+    return np.isfinite(points.reshape(-1, 3).float().numpy()).all(1) & np.isfinite(c) & (c > 1e-5)
+
+
+def choose_cloud(scene: SceneExport) -> Cloud | None:
+    """The cloud of the chosen source, read view by view (never the whole scene's per-pixel maps at once): the
+    pixels with finite values that pass the confidence filter (``conf_mode`` / ``conf_threshold``; a percentile
+    over every finite confidence, or over every k-th beyond :data:`PERCENTILE_SAMPLE`), thinned evenly to
+    ``max_points`` when given, with their colours, the plugins' colour layers and vertex attributes."""
+    chosen = _choose_points(scene)
+    if chosen is None:
+        return None
+    name, points, conf, from_cameras = chosen
+    S = len(scene.views)
+    W, H = scene.model_size
+    valid = list(scene.cameras.valid) if from_cameras and scene.cameras is not None else None
     scene.report_non_finite(points, "points")
-    flat_conf = conf.reshape(-1).numpy()
-    finite = np.isfinite(points.reshape(-1, 3).numpy()).all(1) & np.isfinite(flat_conf) & (flat_conf > 1e-5)
-    if from_cameras and scene.cameras is not None:  # unprojected with degenerate cameras: meaningless even if finite
-        finite &= np.repeat(np.asarray(scene.cameras.valid), H * W)
-    if not finite.any():
+    every = max(1, -(-S * H * W // PERCENTILE_SAMPLE))
+    sample, any_finite = [], False
+    for v in range(S):
+        if valid is not None and not valid[v]:     # unprojected with degenerate cameras: meaningless even if finite
+            continue
+        c = view_of(conf, v).reshape(-1).float().numpy()
+        ok = _finite(view_of(points, v), view_of(conf, v))
+        any_finite |= bool(ok.any())
+        if scene.option("conf_mode") == "percentile":
+            sample.append(c[ok][::every])
+    if not any_finite:
         detail = "; ".join(f"{scene.views[v].name}: {', '.join(p)}" for v, p in list(scene.invalid.items())[:5])
         detail += f"; and {len(scene.invalid) - 5} more view(s)" if len(scene.invalid) > 5 else ""
         raise SceneError(f"no view has a usable prediction (non-finite {detail or 'points'})")
     threshold = scene.option("conf_threshold")
     if scene.option("conf_mode") == "percentile":
-        return finite & (flat_conf >= np.percentile(flat_conf[finite], threshold))
-    return finite & (flat_conf >= threshold)
+        threshold = float(np.percentile(np.concatenate(sample), threshold))
+    del sample
+    cloud = Cloud(name, np.zeros(0, np.int64), np.zeros((0, 3), np.float32), np.zeros(0, np.float32),
+                  np.zeros((0, 3), np.float32), (W, H), points, conf, threshold, valid)
+    counts = [int(cloud.kept_in(v).sum()) for v in range(S)]
+    cloud.kept = total = sum(counts)
+    budget = scene.option("max_points")
+    rate = 1.0 if not budget or total <= budget else budget / total
+    parts: dict[str, list] = {"index": [], "points": [], "confidence": [], "colours": []}
+    layers = {f: [] for f in scene.colour_layers}
+    attributes = {a: [] for a in scene.point_attributes}
+    before = 0
+    for v in range(S):
+        pix = np.flatnonzero(cloud.kept_in(v))
+        if rate < 1.0:            # every 1/rate-th kept pixel of the whole scene, in order: an even thinning
+            rank = before + np.arange(len(pix))
+            pix = pix[np.floor((rank + 1) * rate) > np.floor(rank * rate)]
+        before += counts[v]
+        parts["index"].append(v * H * W + pix)
+        parts["points"].append(view_of(points, v).reshape(-1, 3).float().numpy()[pix])
+        parts["confidence"].append(view_of(conf, v).reshape(-1).float().numpy()[pix])
+        parts["colours"].append(view_of(scene.images, v).float().reshape(3, -1).T.numpy()[pix])
+        for f in layers:
+            layers[f].append(view_of(scene.colour_layers[f], v).reshape(H * W, -1).numpy()[pix])
+        for a in attributes:
+            attributes[a].append(view_of(scene.point_attributes[a], v).reshape(-1).numpy()[pix])
+    cloud.index, cloud.points, cloud.confidence, cloud.colours = (np.concatenate(parts[k]) for k in
+                                                                  ("index", "points", "confidence", "colours"))
+    cloud.layers = {f: np.concatenate(x) for f, x in layers.items()}
+    cloud.attributes = {a: np.concatenate(x) for a, x in attributes.items()}
+    scene.manifest["cloud"] = {"kept": total, "points": int(len(cloud.index)), "max_points": budget,
+                               "percentile_sample_every": every if scene.option("conf_mode") == "percentile"
+                               else None}
+    return cloud
 
 
 def scene_file_names(image_names: list[str] | None, colmap_format: str = "txt",
@@ -150,14 +209,12 @@ def export_scene(folder: Path, plugins: Iterable[tuple[str, Any]], outputs: dict
     are present write."""
     plugins = list(plugins)
     options = resolve_export_options(options, plugins)
-    scene = SceneExport(Path(folder), index, views, images.detach().float().cpu(), options)
+    scene = SceneExport(Path(folder), index, views, as_stack(images), options)
     if state is not None:
         state["scene"] = scene
     for _, plugin in plugins:
         plugin.describe(outputs, scene)
-    points = _choose_points(scene)
-    if points is not None:
-        scene.cloud = Cloud(*points[:3], _keep_mask(scene, *points[1:]))
+    scene.cloud = choose_cloud(scene)
     summary: dict[str, Any] = {"points": 0}     # the scene's summary in the manifest: 0 points without a cloud
     ran = []
     exporters = [cls(options) for cls in chosen(applicable_exporters(plugins), options.get("exporters"))]
