@@ -427,6 +427,28 @@ def _view(argv: list[str]) -> int:
     return 0
 
 
+def _edit(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="iggt edit", description="apply an instance edit file (merge, split, delete; "
+                                "what the viewer's Save writes, docs/viewer.md) to a prediction folder, as a new "
+                                "folder beside it: the original is never changed")
+    p.add_argument("prediction", help="a prediction folder of iggt predict")
+    p.add_argument("edit", help="the edit file (iggt-instance-edit/1)")
+    p.add_argument("-o", "--out", default=None, help="the new folder (default: PREDICTION.v2, .v3, ...)")
+    a = p.parse_args(argv)
+    from pathlib import Path
+
+    from .instance_edits import edit_from_file
+    from .prediction_files import ViewerError
+
+    try:
+        out = edit_from_file(Path(a.prediction), Path(a.edit), Path(a.out) if a.out else None)
+    except (ViewerError, OSError) as err:
+        print(f"iggt edit: {err}", file=sys.stderr)
+        return 2
+    print(f"iggt edit: wrote {out}")
+    return 0
+
+
 def _lightning(name: str, method: str, argv: list[str]) -> int:
     """Lightning's subcommand ``method`` (a Trainer method) through IGGTCLI, typed as ``iggt NAME``; errors of
     configs, data and checkpoints as one line naming the field or file."""
@@ -484,6 +506,7 @@ COMMANDS: dict[str, Command] = {
     "heads": Command("list the registered heads and post-processors (heads list)", _heads),
     "data": Command("dataset tools (data check PATH)", _data),
     "view": Command("show a prediction folder in the browser", _view),
+    "edit": Command("apply an instance edit (merge, split, delete) -> a new prediction folder beside it", _edit),
     "publish": Command("a run or checkpoint -> a Hugging Face Hub-ready model folder", _publish),
 }
 

@@ -570,3 +570,85 @@ def test_viewer_shows_the_cloud_in_instance_colours(prediction, tmp_path):
 def iter_queue(q: "queue.Queue[str]"):
     while not q.empty():
         yield q.get()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(not HAS_VISER, reason="viser is not installed (pip install 'iggt-lightning[viewer]')")
+def test_clicks_in_the_browser_select_merge_and_save_a_version(tmp_path):
+    """Through the page, as a user does it: click a point, shift-click another instance's, press Merge, press
+    Save; the new version holds the merge and the folder shown is unchanged."""
+    from iggt_lightning.viewer_steering import pick_point
+    from tests.test_instance_edits import _digest, write_edit_prediction
+
+    folder = write_edit_prediction(tmp_path / "made")
+    scene = viewer.load_scene(folder)
+    v = viewer.Viewer([folder], scene, port=0)
+    (tmp_path / "profile").mkdir()
+    browser = None
+    try:
+        browser = Chromium(tmp_path / "profile")
+        browser.open(v.url)
+        deadline = time.monotonic() + 60
+        while not v.server.get_clients() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        client = next(iter(v.server.get_clients().values()))
+        view, steer = v.view, v.view.steering
+        cam_pos = viewer.camera_pose(scene.cameras[0])[1]
+        counts = np.bincount(scene.instance_ids)
+        a, b = sorted(int(k) for k in np.argsort(-counts) if k and counts[k] >= 100)[:2]   # two sizeable ones
+
+        def canvas_centre() -> tuple[float, float]:
+            got = browser.call("Runtime.evaluate", returnByValue=True, expression=(
+                "(() => { const r = document.querySelector('canvas').getBoundingClientRect();"
+                " return [r.left + r.width / 2, r.top + r.height / 2]; })()"))
+            return tuple(got["result"]["value"])
+
+        def click_instance(k: int, modifiers: int = 0) -> None:
+            # a point of k that the ray from camera 0 reaches first (others may stand in front of most of it)
+            pts = np.flatnonzero(view.scene.instance_ids == k)
+            pts = pts[np.argsort(np.linalg.norm(view.points_viser[pts] - cam_pos, axis=1))]
+            target = next(view.points_viser[i] for i in pts[:400] if view.scene.instance_ids[pick_point(
+                cam_pos, view.points_viser[i] - cam_pos, view.points_viser, view.keep, view.point_size)] == k)
+            client.camera.position, client.camera.look_at = cam_pos, target     # the point at the centre
+            time.sleep(1.0)
+            x, y = canvas_centre()
+            for kind in ("mousePressed", "mouseReleased"):
+                browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1,
+                             modifiers=modifiers)
+
+        def press(label: str) -> None:
+            got = browser.call("Runtime.evaluate", returnByValue=True, expression=(
+                f"(() => {{ const b = [...document.querySelectorAll('button')].find(e => e.textContent.trim() === "
+                f"{json.dumps(label)}); if (b) b.click(); return !!b; }})()"))
+            assert got["result"]["value"], f"no button {label!r} on the page"
+
+        def wait_for(check, what: str) -> None:
+            end = time.monotonic() + 30
+            while not check():
+                assert time.monotonic() < end, (f"{what}: selected {steer.selected}, edits {steer.operations}; "
+                                                f"panel: {steer.gui['log'].content}")
+                time.sleep(0.2)
+
+        click_instance(a)
+        wait_for(lambda: steer.selected == [a], "a click selects the instance under it")
+        click_instance(b, modifiers=8)                           # shift
+        wait_for(lambda: steer.selected == [a, b], "a shift-click adds an instance")
+        press("Merge selected")
+        wait_for(lambda: steer.operations == [("merge", [a, b])], "Merge merges the selection")
+        # the panel is made again after an edit: press Save on the new one, once the page shows it
+        wait_for(lambda: "1 edit(s): merge" in browser.call("Runtime.evaluate", returnByValue=True,
+                                                             expression="document.body.innerText")["result"]["value"],
+                 "the page shows the edit")
+        before = _digest(folder)
+        press("Save as new version")
+        wait_for(lambda: steer.saved, "Save writes a version")
+        out = steer.saved[0]
+        assert json.loads((out / "edit.json").read_text())["operations"] == [{"merge": [a, b]}]
+        assert _digest(folder) == before
+        masks = [np.asarray(Image.open(p)) for p in sorted((out / "masks").glob("*.png"))]
+        assert masks and not any((m == b).any() for m in masks)
+    finally:
+        if browser is not None:
+            browser.close()
+        v.stop()
+
