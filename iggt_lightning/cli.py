@@ -177,9 +177,12 @@ def _predict(argv: list[str]) -> int:
                    "GLBs, instances3d.json), the kept points thinned evenly (default: every kept point; 2000000 "
                    "with --window)")
     w = p.add_argument_group("long videos (docs/long-videos.md)")
-    w.add_argument("--window", type=int, default=None, metavar="N", help="run the frames in overlapping windows "
-                   "of N, aligned into one reconstruction with instance ids kept across windows (every frame of a "
-                   "video, streamed; --stride to thin them)")
+    w.add_argument("--window", type=_window_arg, default=None, metavar="N|auto", help="run the frames in "
+                   "overlapping windows of N, aligned into one reconstruction with instance ids kept across windows "
+                   "(every frame of a video, streamed; --stride to thin them); auto: the largest window that fits "
+                   "--memory-budget, measured on this model and input size")
+    w.add_argument("--memory-budget", type=int, default=None, metavar="MiB", help="with --window auto: the memory "
+                   "the run may use (default: half the memory available, or 80 %% of a GPU's free memory)")
     w.add_argument("--overlap", type=int, default=None, metavar="K", help="frames consecutive windows share "
                    "(default a quarter of the window, at least 2)")
     w.add_argument("--stride", type=int, default=1, help="with --window: every stride-th frame (default 1)")
@@ -249,6 +252,7 @@ def _predict(argv: list[str]) -> int:
                           overwrite=a.overwrite, save_images=not a.no_images, dry_run=a.dry_run,
                           progress=not a.quiet, trust_code=a.trust_checkpoint_code,
                           global_attention=global_attention, window=a.window, overlap=a.overlap,
+                          memory_budget=a.memory_budget,
                           stride=a.stride, no_association=a.no_association, ba=a.ba,
                           ba_refine_focal=a.ba_refine_focal, prompts=a.prompts)
     try:
@@ -425,6 +429,16 @@ def _view(argv: list[str]) -> int:
         if server is not None:
             server.stop()
     return 0
+
+
+def _window_arg(text: str):
+    """--window: a number of frames, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of frames or auto; got {text!r}") from None
 
 
 def _edit(argv: list[str]) -> int:

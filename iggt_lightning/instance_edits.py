@@ -317,19 +317,24 @@ def _write_edited(src: Path, dst: Path, edit: Edit) -> tuple[set[str], set[str]]
 
     write_json(dst / layer.file, out_coco, strict=True)
     changed.add(layer.file)
-    if point_ids is not None and layer.colour_layer and (src / f"{layer.colour_layer}.glb").is_file():
-        cams = read_cameras(src)
-        colours = export.instance_colours(int(max(point_ids.max(initial=0), len(new_scores))))[point_ids]
-        export.write_glb(dst / f"{layer.colour_layer}.glb", xyz.astype(np.float32), colours,
-                         np.stack([c.extrinsic for c in cams]) if cams else None,
-                         np.stack([c.intrinsic for c in cams]) if cams else None,
-                         [(c.width, c.height) for c in cams] if cams else None)
-        changed.add(f"{layer.colour_layer}.glb")
-    replaced = set()
+    replaced, records = set(), []
     if (src / "instances3d.json").is_file() and point_ids is not None:
-        changed |= _write_objects(src, dst, photo_ids, names, point_ids, xyz, new_scores, new_labels)
+        written, records = _write_objects(src, dst, photo_ids, names, point_ids, xyz, new_scores, new_labels)
+        changed |= written
         if any(f.startswith("grounding/") for f in changed):
             replaced.add("grounding/")
+    if point_ids is not None and layer.colour_layer and (src / f"{layer.colour_layer}.glb").is_file():
+        from iggt_lightning.inference.instances3d import box_edges
+
+        cams = read_cameras(src)
+        palette = export.instance_colours(int(max(point_ids.max(initial=0), len(new_scores))))
+        export.write_glb(dst / f"{layer.colour_layer}.glb", xyz.astype(np.float32), palette[point_ids],
+                         np.stack([c.extrinsic for c in cams]) if cams else None,
+                         np.stack([c.intrinsic for c in cams]) if cams else None,
+                         [(c.width, c.height) for c in cams] if cams else None,
+                         boxes=[(f"box_{r['id']}", box_edges(r["box"]), palette[r["id"]])
+                                for r in records if "box" in r])
+        changed.add(f"{layer.colour_layer}.glb")
     return changed, replaced
 
 
@@ -395,8 +400,9 @@ def _pixel_positions(src: Path, mask_rel: str, shape: tuple, cameras: dict, scal
     return world
 
 
-def _write_objects(src, dst, photo_ids, names, point_ids, xyz, scores, labels) -> set[str]:
-    """``instances3d.json`` (and ``grounding/`` when the original has it) of the edited instances."""
+def _write_objects(src, dst, photo_ids, names, point_ids, xyz, scores, labels) -> tuple[set[str], list[dict]]:
+    """``instances3d.json`` (and ``grounding/`` when the original has it) of the edited instances; returns the
+    files and the records."""
     from iggt_lightning.fileio import write_json
     from iggt_lightning.inference.instances3d import InstanceTally
 
@@ -416,7 +422,7 @@ def _write_objects(src, dst, photo_ids, names, point_ids, xyz, scores, labels) -
     changed = {"instances3d.json"}
     if (src / "grounding" / "scene.json").is_file():
         changed |= _write_grounding(src, dst, records, labels is not None)
-    return changed
+    return changed, records
 
 
 def _write_grounding(src: Path, dst: Path, records: list[dict], labelled: bool) -> set[str]:

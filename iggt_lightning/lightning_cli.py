@@ -197,6 +197,7 @@ def module_arguments(ckpt: dict, ckpt_path) -> dict:
 # Options one subcommand takes, declared for every subcommand (LightningCLI's public hook, add_arguments_to_parser,
 # does not say which subcommand a parser is for) and refused by before_instantiate_classes where they do not apply.
 SUBCOMMAND_OPTIONS = {"out": ("predict",), "overwrite": ("predict",), "export_options": ("predict",),
+                      "windows": ("predict",),
                       "results": ("validate", "test")}
 
 
@@ -292,6 +293,10 @@ class IGGTCLI(LightningCLI):
         only.add_argument("--export_options", type=Optional[dict], default=None,
                           help="predict: options of the plugins' exports (conf_threshold, conf_mode, points_from, "
                                "save_images, depth_png_scale, ...)")
+        only.add_argument("--windows", type=Optional[dict], default=None,
+                          help="predict: each scene's views in overlapping windows aligned into one reconstruction, "
+                               "instance ids kept across them (docs/long-videos.md): {window: N, overlap: K, "
+                               "association: true}; for scenes of more views than one pass holds")
         only.add_argument("--results", type=Optional[str], default=None,
                           help="validate, test: also write the metrics as JSON here (with the configs and checkpoint "
                                "used), for benchmarks/eval_report.py")
@@ -363,7 +368,8 @@ class IGGTCLI(LightningCLI):
         roots = [str(d.root) for d in datasets.values() if getattr(d, "root", None) is not None]
         if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter(cfg["out"], overwrite=bool(cfg["overwrite"]),
-                                                           options=dict(cfg["export_options"] or {}), inputs=roots))
+                                                           options=dict(cfg["export_options"] or {}), inputs=roots,
+                                                           windows=cfg.get("windows")))
         self._signals = _stop_on_signals()
 
     def after_predict(self) -> None:

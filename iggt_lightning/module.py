@@ -378,8 +378,29 @@ class IGGTLitModule(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """The network and the predict-stage post-processors on ``batch["images"]``; a
-        :class:`~iggt_lightning.inference.writer.PredictionWriter` callback writes the result."""
-        return self.run(batch["images"], "predict")
+        :class:`~iggt_lightning.inference.writer.PredictionWriter` callback writes the result. With the writer's
+        ``windows`` (``predict_windows``), a scene of more views than a window runs in overlapping windows
+        aligned into one reconstruction (:mod:`iggt_lightning.inference.windowed`)."""
+        windows = getattr(self, "predict_windows", None)
+        images = batch["images"]
+        if windows is None or images.shape[1] <= windows.window:
+            return self.run(images, "predict")
+        return self._predict_windowed(images, windows)
+
+    def _predict_windowed(self, images: torch.Tensor, options) -> dict:
+        from iggt_lightning.inference.windowed import describe_windows, iter_windows, plan_windows, reconstruct
+
+        if images.shape[0] != 1:
+            raise ValueError(f"--windows runs one scene at a time; the predict batch holds {images.shape[0]} "
+                             "(set data.init_args.batch_size 1)")
+        S = images.shape[1]
+        result = reconstruct(lambda window: self.run(window, "predict"),
+                             iter_windows(plan_windows(S, options.window, options.overlap), iter(images[0])), S,
+                             options)
+        outputs = {k: (v.to(images.device) if torch.is_tensor(v) else v) for k, v in result.outputs.items()}
+        outputs["windowed"] = [{"window": options.window, "overlap": options.overlap,
+                                "association": options.associate, **describe_windows(result.windows)}]
+        return outputs
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val", batch_idx)

@@ -72,6 +72,7 @@ class Scene:
     instances: list[Instance]
     warnings: list[str] = field(default_factory=list)
     id_attribute: str | None = None     # the vertex attribute of instance ids (the instances layer's)
+    boxes: dict[int, dict] = field(default_factory=dict)   # id -> oriented box of instances3d.json
 
     @property
     def name(self) -> str:
@@ -389,6 +390,29 @@ def read_colour_layers(folder: Path, n: int, keep: np.ndarray | None, warnings: 
     return layers
 
 
+def read_boxes(folder: Path) -> dict[int, dict]:
+    """id -> {centre, axes, half_extents} of ``instances3d.json`` ({} without one); every field checked."""
+    path = folder / "instances3d.json"
+    if not path.is_file():
+        return {}
+    check_inside(folder, path, str(path))
+    boxes = {}
+    for i, r in enumerate(_list(_read_json(path).get("instances", []), path, "instances")):
+        r = _object(r, path, f"instances[{i}]")
+        k = _integer(r.get("id"), path, f"instances[{i}].id", 1, MAX_INSTANCE_ID)
+        box = r.get("box")
+        if box is None:
+            continue
+        box = _object(box, path, f"instances[{i}].box")
+        centre = _matrix([box.get("centre")], 1, 3, path, f"instances[{i}].box.centre")[0]
+        axes = _matrix(box.get("axes"), 3, 3, path, f"instances[{i}].box.axes")
+        half = _matrix([box.get("half_extents")], 1, 3, path, f"instances[{i}].box.half_extents")[0]
+        if (half < 0).any():
+            raise _bad(path, f"instances[{i}].box.half_extents", "3 numbers >= 0", box.get("half_extents"))
+        boxes[k] = {"centre": centre, "axes": axes, "half_extents": half}
+    return boxes
+
+
 def check_scene_folder(folder: Path) -> None:
     missing = [f for f in REQUIRED if not (folder / f).is_file()]
     if missing:
@@ -464,4 +488,5 @@ def load_scene(folder: Path, max_points: int = DEFAULT_MAX_POINTS) -> Scene:
         layers[layer.colour_layer] = instance_colours(int(ids.max(initial=0)))[ids]
     for cam in cameras:
         cam.thumbnail = read_thumbnail(cam, warnings)
-    return Scene(folder, xyz, layers, attributes, len(vertex), cameras, instances, warnings, id_attribute)
+    return Scene(folder, xyz, layers, attributes, len(vertex), cameras, instances, warnings, id_attribute,
+                 read_boxes(folder) if ids is not None else {})

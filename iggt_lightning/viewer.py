@@ -147,6 +147,7 @@ class SceneView:
         self.point_size = default_point_size(scene.xyz)
         self.shown: dict[int, bool] = {}
         self.batching = self.rebuild = False
+        self.show_boxes, self.box_lines = True, None
         self.lock = threading.RLock()   # viser runs callbacks on a thread pool; an edit redraws while holding it
         self.cloud = None
         self.keep = np.ones(len(self.points_viser), bool)
@@ -190,6 +191,11 @@ class SceneView:
             cams = gui.add_checkbox("Cameras", True)
             cams.on_update(lambda _: self._set_cameras(cams.value))
             self.controls = {"colour": colour, "point_size": size, "cameras": cams}
+            if scene.boxes:
+                boxes = gui.add_checkbox("Boxes", self.show_boxes, hint="the instances' oriented 3D boxes "
+                                         "(instances3d.json)")
+                boxes.on_update(lambda _: self._set_boxes(boxes.value))
+                self.controls["boxes"] = boxes
             if scene.instances or scene.instance_ids is not None:
                 self._add_instance_list()
             if self.steering is not None:
@@ -244,6 +250,30 @@ class SceneView:
                     point_size=self.point_size, point_shape="square", precision="float32",
                     point_shading="flat")   # flat: a categorical colour stays that colour on screen
             self.keep = keep
+            self._draw_boxes()
+
+    def _draw_boxes(self) -> None:
+        """The shown instances' boxes as one set of line segments in their instance colours."""
+        if self.box_lines is not None:
+            self.box_lines.remove()
+            self.box_lines = None
+        boxes = {k: b for k, b in self.scene.boxes.items() if self.shown.get(k, True)}
+        if not (self.show_boxes and boxes):
+            return
+        from iggt_lightning.inference.export import instance_colours
+        from iggt_lightning.inference.instances3d import box_edges
+
+        palette = instance_colours(max(boxes))
+        edges = np.concatenate([box_edges(b) for b in boxes.values()])
+        colours = np.repeat(np.stack([palette[k] for k in boxes]), 12, axis=0)
+        self.box_lines = self.server.scene.add_line_segments(
+            "/boxes", to_viser(edges).astype(np.float32), np.repeat(colours[:, None], 2, axis=1),
+            thickness=2.0, thickness_units="screen")
+
+    def _set_boxes(self, on: bool) -> None:
+        self.show_boxes = on
+        with self.lock:
+            self._draw_boxes()
 
     def _colours(self, name: str) -> np.ndarray:
         """A colour layer as shown: the selected instances stand out when something is selected."""
@@ -275,7 +305,8 @@ class SceneView:
         with self.lock:
             if self.steering is not None:
                 self.steering.remove()
-            for h in [*self.frusta, *([self.cloud] if self.cloud is not None else [])]:
+            for h in [*self.frusta, *([self.cloud] if self.cloud is not None else []),
+                      *([self.box_lines] if self.box_lines is not None else [])]:
                 h.remove()
             self.gui.remove()
 

@@ -222,6 +222,7 @@ class InstanceSteering:
         """The shown points' ids, the instance list and the instance colours after the operations."""
         scene = self.scene
         ids = apply_operations(self.operations, self.original_ids, scene.xyz, self.first_new)
+        self._refit_boxes(ids)
         scene.attributes[scene.id_attribute] = ids
         scene.instances = edited_instances(self.original_instances, self.operations, ids, self.first_new)
         for name, layer in list(scene.layers.items()):
@@ -229,6 +230,23 @@ class InstanceSteering:
                 scene.layers[name] = instance_colours(int(max(ids.max(initial=0), 1)))[ids]
         self.view.shown = {k: True for k in self.view.shown}
         self.view.rebuild = True
+
+    def _refit_boxes(self, ids: np.ndarray) -> None:
+        """Boxes of the instances an edit changed, fitted to their shown points (the saved version fits them to
+        every point); the others keep the file's."""
+        from iggt_lightning.inference.instances3d import oriented_box
+
+        if not hasattr(self, "original_boxes"):
+            self.original_boxes = dict(self.scene.boxes)
+        moved = ids != self.original_ids
+        touched = set(np.unique(ids[moved]).tolist()) | set(np.unique(self.original_ids[moved]).tolist())
+        boxes = {k: b for k, b in self.original_boxes.items() if k not in touched}
+        for k in touched - {0}:
+            pts = self.scene.xyz[ids == k].astype(np.float64)
+            if len(pts) >= 10:
+                b = oriented_box(pts)
+                boxes[k] = {key: np.asarray(v) for key, v in b.items()}
+        self.scene.boxes = boxes
 
     def _changed(self, redraw_only: bool = False) -> None:
         if not redraw_only or getattr(self.view, "rebuild", False):

@@ -2,6 +2,7 @@
 version written beside the original (which stays byte for byte as it was), read back by the viewer and the dataset
 reader, ``iggt edit``, and the viewer's clicks and buttons that make the same edits."""
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,5 +222,51 @@ def test_viewer_clicks_select_merge_split_and_save(prediction):
         saved = json.loads((out / "edit.json").read_text())
         assert saved["operations"] == [{"merge": [a, b]}]
         assert f"saved: {out}" in steer.gui["log"].content
+    finally:
+        v.stop()
+
+
+def _glb_meshes(path: Path) -> dict[str, int]:
+    """Mesh name -> primitive mode of a GLB (its JSON chunk)."""
+    import struct
+
+    data = path.read_bytes()
+    length = struct.unpack("<I", data[12:16])[0]
+    gltf = json.loads(data[20:20 + length])
+    return {m["name"]: m["primitives"][0]["mode"] for m in gltf.get("meshes", [])}
+
+
+def test_boxes_are_drawn_in_the_instance_layer_and_follow_the_edits(prediction):
+    from iggt_lightning import viewer
+
+    records = json.loads((prediction / "instances3d.json").read_text())["instances"]
+    boxed = {r["id"] for r in records if "box" in r}
+    meshes = _glb_meshes(prediction / "instances.glb")
+    assert {n for n, mode in meshes.items() if n.startswith("box_")} == {f"box_{k}" for k in boxed} and boxed
+    assert all(mode == 1 for n, mode in meshes.items() if n.startswith("box_"))        # glTF LINES
+    assert not any(n.startswith("box_") for n in _glb_meshes(prediction / "scene.glb"))
+    scene = viewer.load_scene(prediction)
+    assert set(scene.boxes) == boxed
+    scene_boxes_before = dict(scene.boxes)
+    a, b = sorted(boxed)[:2]
+    out = save_version(prediction, Edit([("merge", [a, b])], manifest_sha256(prediction)))
+    assert {n for n in _glb_meshes(out / "instances.glb") if n.startswith("box_")} == {f"box_{k}" for k in boxed - {b}}
+    if importlib.util.find_spec("viser") is None:
+        return
+    v = viewer.Viewer([prediction], scene, port=0)
+    try:
+        view = v.view
+        assert view.box_lines is not None and len(view.box_lines.points) == 12 * len(boxed)
+        view.steering.selected = [a, b]
+        view.steering.merge()
+        assert set(view.scene.boxes) == boxed - {b} and len(view.box_lines.points) == 12 * (len(boxed) - 1)
+        merged = view.scene.boxes[a]
+        pts = view.scene.xyz[view.scene.instance_ids == a]
+        from iggt_lightning.inference.instances3d import inside_box
+        # refitted to the merged points (2nd-98th percentile extents: a few strays stay out)
+        assert inside_box({k: np.asarray(x) for k, x in merged.items()}, pts.astype(float)).mean() > 0.8
+        assert not np.allclose(merged["centre"], scene_boxes_before[a]["centre"])
+        view.controls["boxes"].value = False
+        assert view.box_lines is None
     finally:
         v.stop()

@@ -119,3 +119,29 @@ def test_sigterm_stops_a_dataset_prediction_with_nothing_half_written(dataset, t
     for name in written:       # whole folders only
         manifest = json.loads((out / name / "manifest.json").read_text())
         assert all((out / name / rel).is_file() for rel in manifest["files"])
+
+
+def test_a_scene_of_many_views_in_windows(dataset, tmp_path, capsys):
+    """``--windows``: a dataset scene of 12 views runs in windows of 6 sharing 2, into one folder, with the
+    per-window diagnostics in its manifest; a bad window is one line naming the option."""
+    from iggt_lightning.data.fixtures import write_fixture
+
+    root, _ = dataset
+    write_fixture("scene_folder", tmp_path / "long", num_scenes=1, num_views=12, image_size=(56, 84))
+    config = tmp_path / "long.yaml"
+    config.write_text((root / "predict.yaml").read_text().replace(str(root / "data"), str(tmp_path / "long"))
+                      .replace("num_views: 2", "num_views: 12").replace("eval_batch_size: 2", "eval_batch_size: 1"))
+    out = tmp_path / "out"
+    assert main(["predict", "--config", str(config), "--out", str(out), "--windows", '{"window": 6, "overlap": 2}']) == 0
+    (scene,) = out.iterdir()
+    manifest = json.loads((scene / "manifest.json").read_text())
+    assert manifest["views"] == 12 and len(list((scene / "masks").glob("*.png"))) == 12
+    w = manifest["windowed"]
+    assert (w["window"], w["overlap"], w["windows"]) == (6, 2, 3)
+    assert [d["frames"] for d in w["per_window"]] == [[0, 6], [4, 10], [6, 12]]
+    assert len(json.loads((scene / "cameras.json").read_text())["views"]) <= 12
+    capsys.readouterr()
+    assert main(["predict", "--config", str(config), "--out", str(tmp_path / "bad"), "--windows",
+                 '{"window": 3, "overlap": 3}']) == 2
+    err = capsys.readouterr().err
+    assert "--windows" in err and "--overlap 3" in err and not (tmp_path / "bad").exists()

@@ -100,3 +100,22 @@ def test_ba_needs_the_track_head_and_says_what_it_did(inputs, tmp_path, capsys):
     assert report["reprojection_error_after"] < report["reprojection_error_before"] or \
         "kept_predicted_cameras" in report
     assert "bundle adjustment on" in capsys.readouterr().out
+
+
+def test_window_auto_fits_the_memory_budget(inputs, tmp_path, capsys):
+    """--window auto measures this model at this input size and takes the largest window the budget holds; a
+    budget that holds none is one line naming the option, before anything is written."""
+    out = tmp_path / "auto"
+    assert predict(inputs, "walk.mp4", out, "--window", "auto", "--memory-budget", "6000") == 0
+    w = json.loads((out / "manifest.json").read_text())["windowed"]
+    auto = w["auto"]
+    assert w["window"] == auto["window"] and 3 <= w["window"] <= min(40, auto["max_window"])
+    predicted = auto["peak_at_4_views_mib"] + (w["window"] - 4) * auto["per_view_mib"] + auto["allowance_mib"]
+    assert predicted <= 6000 and auto["per_view_mib"] >= 1 and auto["budget_mib"] == 6000
+    tight = tmp_path / "tight"
+    capsys.readouterr()
+    assert predict(inputs, "walk.mp4", tight, "--window", "auto", "--memory-budget", "600") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--memory-budget 600 MiB holds no window" in err and not tight.exists()
+    assert predict(inputs, "walk.mp4", tight, "--memory-budget", "600") == 2
+    assert "give --window auto too" in capsys.readouterr().err

@@ -53,8 +53,29 @@ class GlbLayers(Exporter):
     def write(self, scene, outputs: dict) -> None:
         cloud, frusta = scene.cloud, _frusta(scene)
         export.write_glb(scene.path("scene.glb"), cloud.points, cloud.colours, *frusta)
+        boxed = _instance_colour_layer() if scene.shared.get("instances") is not None else None
         for file, colours in cloud.layers.items():
-            export.write_glb(scene.path(file), cloud.points, colours, *frusta)
+            boxes = _boxes(scene) if file == boxed else None        # the instances' layer: their 3D boxes too
+            export.write_glb(scene.path(file), cloud.points, colours, *(frusta or (None, None, None)), boxes=boxes)
+
+
+def _instance_colour_layer() -> str | None:
+    """The GLB of the instance colours: the colour layer the instances' viewer layer names."""
+    from .base import viewer_layer_table
+
+    return next((f"{layer.colour_layer}.glb" for _, layer in viewer_layer_table(None)
+                 if layer.kind == "instances" and layer.colour_layer), None)
+
+
+def _boxes(scene) -> list:
+    """(name, edges, colour) of every instance's oriented box, in the instance palette."""
+    from iggt_lightning.inference.instances3d import box_edges
+
+    from .instances3d import scene_records
+
+    records = [r for r in scene_records(scene) if "box" in r]
+    palette = export.instance_colours(max((r["id"] for r in records), default=0))
+    return [(f"box_{r['id']}", box_edges(r["box"]), palette[r["id"]]) for r in records]
 
 
 @dataclass(frozen=True)

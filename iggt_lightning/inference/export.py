@@ -86,9 +86,11 @@ GLB_CONVENTION = ("glTF y-up, right-handed: the root node 'opencv_to_gltf' (matr
 
 
 def write_glb(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, extrinsics: np.ndarray | None = None,
-              intrinsics: np.ndarray | None = None, sizes: list[tuple[int, int]] | None = None) -> None:
-    """A GLB with the coloured point cloud (mesh ``points``, glTF POINTS) and, when cameras are given, one
-    frustum mesh per camera (``camera_<i>``); written with numpy and struct (glTF 2.0 binary, no extra package).
+              intrinsics: np.ndarray | None = None, sizes: list[tuple[int, int]] | None = None,
+              boxes: list[tuple[str, np.ndarray, np.ndarray]] | None = None) -> None:
+    """A GLB with the coloured point cloud (mesh ``points``, glTF POINTS), when cameras are given one frustum
+    mesh per camera (``camera_<i>``), and per entry of ``boxes`` ((name, edges [12,2,3], RGB)) a wireframe
+    (glTF LINES); written with numpy and struct (glTF 2.0 binary, no extra package).
 
     The geometry keeps the OpenCV world coordinates; a root node ``opencv_to_gltf`` turns them into glTF's
     y-up frame (:data:`GLB_CONVENTION`), so every glTF viewer shows the scene upright and the first camera
@@ -107,6 +109,10 @@ def write_glb(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray, extrins
             v, f = camera_frustum(E, K, size, depth)
             colour = np.tile(np.concatenate([palette[i], [200]]).astype(np.uint8), (len(v), 1))
             glb.mesh(f"camera_{i:03d}", 4, v, colour, f)
+    for name, edges, colour in boxes or ():
+        v = np.asarray(edges, dtype=np.float64).reshape(-1, 3)
+        rgba = np.tile(np.concatenate([to_uint8(np.asarray(colour)[None])[0], [255]]).astype(np.uint8), (len(v), 1))
+        glb.mesh(name, 1, v, rgba, np.arange(len(v)))
     root = {"name": "opencv_to_gltf", "matrix": OPENCV_TO_GLTF.T.reshape(-1).tolist()}   # glTF: column-major
     if glb.nodes:       # the meshes' nodes follow the root
         root["children"] = list(range(1, len(glb.nodes) + 1))
@@ -141,7 +147,7 @@ class _GLB:
 
     def mesh(self, name: str, mode: int, vertices: np.ndarray, rgba: np.ndarray,
              faces: np.ndarray | None = None) -> None:
-        """A mesh and its node; ``mode`` 0 = points, 4 = triangles."""
+        """A mesh and its node; ``mode`` 0 = points, 1 = lines, 4 = triangles."""
         v = np.asarray(vertices, dtype="<f4")
         if not np.isfinite(v).all():
             raise ValueError(f"GLB mesh {name!r}: non-finite vertex coordinates")

@@ -91,6 +91,12 @@ def box_corners(box: dict) -> np.ndarray:
     return np.asarray(box["centre"]) + (signs * half) @ axes
 
 
+def box_edges(box: dict) -> np.ndarray:
+    """The 12 edges [12,2,3] of an oriented box record (corners joined where they differ along one axis)."""
+    c = box_corners(box)          # corner i: signs from bits 2, 1, 0 of i (x, y, z)
+    return np.array([[c[i], c[i | bit]] for i in range(8) for bit in (1, 2, 4) if not i & bit])
+
+
 def inside_box(box: dict, pts: np.ndarray) -> np.ndarray:
     local = (pts - np.asarray(box["centre"])) @ np.asarray(box["axes"]).T
     return (np.abs(local) <= np.asarray(box["half_extents"]) + 1e-12).all(1)

@@ -19,6 +19,8 @@ clouds have one 3D sample per model-input pixel (bounded size), from the source 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import logging
 import math
@@ -72,7 +74,9 @@ class PredictOptions:
     trust_code: bool = False             # let the checkpoint's stored config import unregistered head classes
     global_attention: dict | None = None  # the backbone's global attention for this run (docs/many-view.md,
                                           # e.g. {"kind": "merged", "ratio": 0.9}); None: the checkpoint's own
-    window: int | None = None            # frames per window (docs/long-videos.md); None: every frame in one pass
+    window: int | str | None = None      # frames per window (docs/long-videos.md), "auto" (from memory_budget);
+    #                                      None: every frame in one pass
+    memory_budget: int | None = None     # MiB a --window auto run may use; None: half the memory available
     overlap: int | None = None           # frames consecutive windows share; None: a quarter of the window (>= 2)
     stride: int = 1                      # with --window: every stride-th frame (and photo)
     no_association: bool = False         # with --window: every window numbers its objects anew (a baseline)
@@ -167,9 +171,19 @@ def _check_windowing(o: PredictOptions) -> None:
     if o.window is None:
         if given:
             raise ValueError(f"{given[0]} applies to windowed runs: give --window N too")
+    if o.memory_budget is not None and o.window != "auto":
+        raise ValueError("--memory-budget sets the window of --window auto: give --window auto too")
+    if o.window is None:
         return
     if not isinstance(o.stride, int) or isinstance(o.stride, bool) or o.stride < 1:
         raise ValueError(f"--stride must be an integer >= 1; got {o.stride!r}")
+    if o.window == "auto":
+        if o.memory_budget is not None and (isinstance(o.memory_budget, bool) or not isinstance(o.memory_budget, int)
+                                            or o.memory_budget < 1):
+            raise ValueError(f"--memory-budget must be a number of MiB >= 1; got {o.memory_budget!r}")
+        if o.overlap is not None:
+            check_window(o.overlap + 1, o.overlap)          # the overlap alone; the window is chosen later
+        return
     check_window(o.window, o.overlap if o.overlap is not None else default_overlap(o.window))
 
 
@@ -491,21 +505,46 @@ def _run_windowed(o: PredictOptions, plan: Plan, st: Stages) -> dict:
     from .predict_windowed import count_frames, run_windowed
 
     total = count_frames(plan.paths, o.stride)
-    overlap = o.overlap if o.overlap is not None else default_overlap(o.window)
-    windows = plan_windows(total, o.window, overlap)
+    auto = o.window == "auto"
+    if not auto:
+        overlap = o.overlap if o.overlap is not None else default_overlap(o.window)
+        windows = plan_windows(total, o.window, overlap)
     if o.dry_run:
-        return {"dry_run": True, "views": total, "windows": len(windows), "out": str(o.out),
+        return {"dry_run": True, "views": total, "windows": "auto" if auto else len(windows), "out": str(o.out),
                 "replaces": plan.replaces, "leftovers": [str(p) for p in plan.remove],
                 "restore": str(plan.restore) if plan.restore else None, "files": []}
     with _quiet_lightning():
         st.start("load model")
         module = _load_module(o, plan)
         st.done()
+        extra = {"mode": o.mode, "seconds": dict(st.seconds)}
+        if auto:                                    # measured on this model, input size and device
+            st.start("choose window")
+            choice = _choose_window(o, plan, module, total)
+            st.done()
+            o = dataclasses.replace(o, window=choice.window)
+            overlap = o.overlap if o.overlap is not None else default_overlap(o.window)
+            windows = plan_windows(total, o.window, overlap)
+            extra["window_choice"] = choice.manifest()
         st.start("windowed inference and export")
-        summary = run_windowed(o, plan, module, plan.export_options, {"mode": o.mode, "seconds": dict(st.seconds)},
-                               total, windows, overlap)
+        summary = run_windowed(o, plan, module, plan.export_options, extra, total, windows, overlap)
         st.done()
     return summary
+
+
+def _choose_window(o: PredictOptions, plan: Plan, module, total: int):
+    """--window auto: the largest window that fits the budget, from two calibration passes at the input size."""
+    from .predict_windowed import stream_frames
+    from .window_budget import MiB, choose_window
+
+    device = torch.device(o.device)
+    module.to(device).eval()
+    name, photo = next(stream_frames(plan.paths, o.stride))        # the input size, as the run will have it
+    H, W = preprocess([photo], o.mode, o.size, plan.patch_size, [name])[0].shape[-2:]
+    if total < 3:
+        raise ValueError(f"--window auto: the input has only {total} frame(s); a window needs 3")
+    return choose_window(lambda images: module.run(images, "predict"), (W, H), device, total,
+                         None if o.memory_budget is None else o.memory_budget * MiB)
 
 
 def _trainer_device(device: str) -> dict:

@@ -153,7 +153,9 @@ def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, win
         views = [View(n, Path(n).stem, s, v.transform, v.photo)
                  for n, s, v in zip(names, saved_view_names(names, options["save_images"]), views)]
         images = result.outputs["images"][0]
-        manifest["windowed"] = {"window": o.window, "overlap": overlap, "stride": stride,
+        auto = manifest.pop("window_choice", None)        # --window auto: how the window was chosen
+        manifest["windowed"] = {"window": o.window, **({"auto": auto} if auto else {}), "overlap": overlap,
+                                "stride": stride,
                                 "association": not o.no_association, **describe_windows(result.windows)}
         manifest["seconds"] = {**manifest.get("seconds", {}), "windowed_inference": round(seconds, 3)}
         if options.get("max_points") is None:        # a bounded cloud, whatever the length of the video

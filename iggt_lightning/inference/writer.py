@@ -300,6 +300,27 @@ def _write_error(display: str, err: BaseException, rel: str | None, tmp: Path | 
 
 
 # ---------------------------------------------------------------------------------------------- the callback
+def _window_options(windows: dict | None):
+    """``--windows {window, overlap, association}`` checked (one line naming the field) -> WindowOptions or None."""
+    if windows is None:
+        return None
+    from .windowed import WindowError, WindowOptions, check_window, default_overlap
+
+    if not isinstance(windows, dict) or set(windows) - {"window", "overlap", "association"} or "window" not in windows:
+        raise PredictError(f"--windows: expected {{window: N, overlap: K, association: true}} (window required); "
+                           f"got {windows!r}")
+    window = windows["window"]
+    overlap = windows.get("overlap", default_overlap(window))
+    try:
+        check_window(window, overlap)
+    except WindowError as err:
+        raise PredictError(f"--windows: {err}") from None
+    association = windows.get("association", True)
+    if not isinstance(association, bool):
+        raise PredictError(f"--windows: association: expected true or false; got {association!r}")
+    return WindowOptions(window, overlap, associate=association)
+
+
 def scene_folder_name(scene_id: Any, taken: set[str]) -> str:
     """A file-system-safe, unique folder name for a scene id."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(scene_id)).strip("._") or "scene"
@@ -337,8 +358,10 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self, out_dir: str, overwrite: bool = False, options: dict | None = None,
                  manifest: dict | None = None, one_folder: bool = False, display: str | None = None,
-                 inputs: list[str] | None = None, refine=None) -> None:
+                 inputs: list[str] | None = None, refine=None, windows: dict | None = None) -> None:
         super().__init__(write_interval="batch")
+        # windows: each scene's views in overlapping windows (the module runs them, inference/windowed.py)
+        self.windows = _window_options(windows)
         # refine(outputs of one scene, its images [S,3,H,W]) -> (outputs, {manifest key: report}): e.g. --ba's
         # cameras or --prompts' instances, before export
         self.refine = refine
@@ -360,7 +383,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Before anything is predicted: the options against this model's plugins (an option another model's
-        plugin declares is unknown here)."""
+        plugin declares is unknown here); the module learns the windows to run scenes in."""
+        pl_module.predict_windows = self.windows
         self.options = resolve_export_options(self.options, pl_module.plugins())
 
     def on_predict_start(self, trainer, pl_module) -> None:
@@ -400,6 +424,8 @@ class PredictionWriter(BasePredictionWriter):
                          global_attention=pl_module.model.backbone.global_attention.to_dict())
             if not self.one_folder:
                 extra["scene"] = str(scene_id)
+            if isinstance(prediction.get("windowed"), list):       # a windowed run's per-scene diagnostics
+                extra["windowed"] = prediction["windowed"][b]
             scene_outputs = prediction
             if self.refine is not None:          # photos: one scene per batch (iggt predict)
                 if images.shape[0] != 1:
