@@ -65,6 +65,8 @@ class Edit:
         for op in self.operations:
             if op[0] == "split":
                 ops.append({"split": op[1], "seeds": [[float(x) for x in s] for s in op[2]]})
+            elif op[0] == "recluster":
+                ops.append({"recluster": {"granularity": float(op[1])}})
             else:
                 ops.append({op[0]: list(op[1])})
         return {"format": EDIT_FORMAT, "base": {"manifest_sha256": self.base_manifest_sha256}, "operations": ops}
@@ -75,6 +77,40 @@ def manifest_sha256(folder: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the ids
+def recluster(folder: Path, granularity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every point of ``points.ply`` clustered again at ``granularity`` from ``features/points.npy`` (the
+    default clusterer, on the stored unit features): (ids [N] 1..K, scores [K]). The same file and granularity
+    give the same ids, in the viewer and in a saved version."""
+    import torch
+
+    from iggt_lightning.exporters import FEATURES_FILE
+    from iggt_lightning.inference.clustering import TorchClusterer
+
+    folder = Path(folder)
+    path = folder / FEATURES_FILE
+    if not path.is_file():
+        raise EditError(f"{folder}: no {FEATURES_FILE}; clustering again needs the instance features the "
+                        "point_features exporter writes (a one-pass prediction of a model with the instance head)")
+    check_inside(folder, path, str(path))
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise EditError(f"{path}: not readable as a .npy array ({err})") from err
+    n = len(read_ply(folder / "points.ply"))
+    if x.ndim != 2 or len(x) != n or not x.shape[1]:
+        raise EditError(f"{path}: shape {list(x.shape)}; expected one feature row per point of points.ply ({n})")
+    feats = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    if not torch.isfinite(feats).all():
+        raise EditError(f"{path}: non-finite features")
+    feats = torch.nn.functional.normalize(feats, dim=1)
+    try:
+        labels, scores = TorchClusterer(granularity=float(granularity)).cluster(feats, None)
+    except ValueError as err:
+        raise EditError(f"recluster: {err}") from None
+    return labels.numpy().astype(np.int64), scores.numpy()
+
+
+
 def apply_operations(operations: list[tuple], ids: np.ndarray, xyz: np.ndarray | None, first_new: int) -> np.ndarray:
     """``ids`` [N] after ``operations`` (new ids from ``first_new``, one per further seed of each split, in
     order); ``xyz`` [N,3] the elements' positions (a split leaves an element with a non-finite position, or all
@@ -86,6 +122,8 @@ def apply_operations(operations: list[tuple], ids: np.ndarray, xyz: np.ndarray |
             out[np.isin(out, op[1])] = min(op[1])
         elif op[0] == "delete":
             out[np.isin(out, op[1])] = 0
+        elif op[0] == "recluster":        # the caller's base ids are the new clustering already
+            continue
         else:
             _, k, seeds = op
             new = list(range(next_id, next_id + len(seeds) - 1))
@@ -102,23 +140,26 @@ def apply_operations(operations: list[tuple], ids: np.ndarray, xyz: np.ndarray |
     return out
 
 
-def check_operations(operations, where: str, known: set[int], first_new: int) -> list[tuple]:
-    """The operations of an edit file (``where`` names it in errors) against the ids ``known`` to exist before
-    them; every id an operation names must exist at that point of the sequence."""
+def check_operations(operations, where: str, known: set[int], first_new: int, offset: int = 0) -> list[tuple]:
+    """The operations of an edit file (``where`` names it in errors; ``offset``: the index of the first in the
+    file) against the ids ``known`` to exist before them; every id an operation names must exist at that point
+    of the sequence. A ``recluster`` is :func:`read_edit`'s (it comes first)."""
     try:
-        return _check_operations(operations, where, known, first_new)
+        return _check_operations(operations, where, known, first_new, offset)
     except EditError:
         raise
     except ViewerError as err:              # a field's type or range: the same line, as an edit's error
         raise EditError(str(err)) from None
 
 
-def _check_operations(operations, where: str, known: set[int], first_new: int) -> list[tuple]:
+def _check_operations(operations, where: str, known: set[int], first_new: int, offset: int) -> list[tuple]:
     path = Path(where)
     alive, next_id, checked = set(known), first_new, []
-    for i, raw in enumerate(_list(operations, path, "operations")):
+    for i, raw in enumerate(_list(operations, path, "operations"), start=offset):
         at = f"operations[{i}]"
         op = _object(raw, path, at)
+        if "recluster" in op:
+            raise EditError(f"{where}: {at}.recluster: a new clustering comes first (operations[0]) or not at all")
         kinds = [k for k in op if k in OPERATIONS]
         extra = [k for k in op if k not in (*OPERATIONS, "seeds")]
         if len(kinds) != 1 or extra or ("seeds" in op) != (kinds == ["split"]):
@@ -176,8 +217,27 @@ def read_edit(path: Path, prediction: Path) -> Edit:
     if sha != actual:
         raise EditError(f"{path}: base.manifest_sha256: the edit was made on another prediction (its manifest "
                         f"hash {sha[:12]}..., {prediction}/manifest.json has {actual[:12]}...)")
+    ops = _list(data.get("operations"), path, "operations")
+    first = ops[0] if ops else None
+    if isinstance(first, dict) and "recluster" in first:        # a new clustering, then edits of its ids
+        g = _recluster_field(first, path)
+        labels, scores = recluster(prediction, g)
+        rest = check_operations(ops[1:], str(path), set(range(1, len(scores) + 1)), len(scores) + 1, offset=1)
+        return Edit([("recluster", g), *rest], sha)
     known = PredictionIds.read(prediction)
-    return Edit(check_operations(data.get("operations"), str(path), known.ids, known.first_new), sha)
+    return Edit(check_operations(ops, str(path), known.ids, known.first_new), sha)
+
+
+def _recluster_field(op: dict, path: Path) -> float:
+    spec = _object(op["recluster"], path, "operations[0].recluster")
+    if set(op) != {"recluster"} or set(spec) != {"granularity"}:
+        raise EditError(f"{path}: operations[0]: expected {{\"recluster\": {{\"granularity\": G}}}}; found keys "
+                        f"{sorted(op)}")
+    g = _number(spec["granularity"], path, "operations[0].recluster.granularity")
+    if not 0 < g < 2:
+        raise EditError(f"{path}: operations[0].recluster.granularity: expected a feature distance in (0, 2); "
+                        f"found {g}")
+    return g
 
 
 @dataclass
@@ -271,28 +331,42 @@ def _write_edited(src: Path, dst: Path, edit: Edit) -> tuple[set[str], set[str]]
     from iggt_lightning.inference import export
 
     layer = instance_layer(src)
-    known = PredictionIds.read(src)
     manifest = _read_json(src / "manifest.json")
     coco = _read_json(src / layer.file)
     changed: set[str] = set()
-    # the cloud: the PLY with its instance property rewritten
     ply = src / "points.ply"
     vertex = np.array(read_ply(ply))
     xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], 1).astype(np.float64)
+    scores, labels = _instance_table(coco)
+    ops, reclustered = edit.operations, None
+    if ops and ops[0][0] == "recluster":       # the base ids are a new clustering of the stored features
+        reclustered, scores = recluster(src, ops[0][1])
+        labels, first_new, ops = None, len(scores) + 1, ops[1:]
+        if layer.attribute not in vertex.dtype.names:
+            raise EditError(f"{ply}: no {layer.attribute!r} property to hold the new clustering")
+    else:
+        first_new = PredictionIds.read(src).first_new
+    # the cloud: the PLY with its instance property rewritten
     point_ids = None
     if layer.attribute in vertex.dtype.names:
-        point_ids = apply_operations(edit.operations, vertex[layer.attribute], xyz, known.first_new)
+        base = reclustered if reclustered is not None else vertex[layer.attribute]
+        point_ids = apply_operations(ops, base, xyz, first_new)
         vertex[layer.attribute] = point_ids
         with open(ply, "rb") as f:                 # the header as it was (read_ply checked it), then the rows
             head = f.read(1 << 16)
         header = head[: head.index(b"\n", head.index(b"end_header")) + 1]
         atomic_write(dst / "points.ply", lambda tmp: Path(tmp).write_bytes(header + vertex.tobytes()))
         changed.add("points.ply")
-    # the masks: per view, with a 3D position per pixel for splits
+    # the masks: per view, with a 3D position per pixel for splits (and a new clustering: the id of the nearest
+    # point of the cloud, the features being known only there)
     cameras = {Path(c.name).stem: c for c in read_cameras(src)}
     scale = float((manifest.get("depth_png") or {}).get("scale") or 0) or None
     images = {im["id"]: im for im in coco.get("images", [])}
-    scores, labels = _instance_table(coco)
+    tree = None
+    if reclustered is not None:
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(xyz)
     photo_ids, names, inputs = [], [], []
     for image_id in sorted(images):
         im = images[image_id]
@@ -302,15 +376,21 @@ def _write_edited(src: Path, dst: Path, edit: Edit) -> tuple[set[str], set[str]]
             mask_rel = f"masks/{stem}.png"
         check_inside(src, src / mask_rel, f"{src / layer.file}: images[{image_id}]")
         ids = np.asarray(Image.open(src / mask_rel)).astype(np.int64)
-        pos = _pixel_positions(src, mask_rel, ids.shape, cameras, scale) if any(
-            op[0] == "split" for op in edit.operations) else None
-        new = apply_operations(edit.operations, ids.reshape(-1), pos, known.first_new).reshape(ids.shape)
+        needs_3d = tree is not None or any(op[0] == "split" for op in ops)
+        pos = _pixel_positions(src, mask_rel, ids.shape, cameras, scale) if needs_3d else None
+        if tree is not None:
+            base = np.zeros(ids.size, np.int64)
+            if pos is not None:
+                ok = np.isfinite(pos).all(1)
+                base[ok] = reclustered[tree.query(pos[ok])[1]]
+            ids = base.reshape(ids.shape)
+        new = apply_operations(ops, ids.reshape(-1), pos, first_new).reshape(ids.shape)
         export.write_png16(dst / mask_rel, new)
         changed.add(mask_rel)
         photo_ids.append(new)
         names.append(im["file_name"])
         inputs.append(im.get("input_name", im["file_name"]))
-    new_scores, new_labels = _carry(edit.operations, scores, labels, known.first_new)
+    new_scores, new_labels = _carry(ops, scores, labels, first_new)
     root = (coco.get("info") or {}).get("image_root")
     out_coco = export.coco_instances(photo_ids, new_scores, names, new_labels, root, inputs)
     from iggt_lightning.fileio import write_json

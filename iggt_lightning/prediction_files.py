@@ -73,6 +73,7 @@ class Scene:
     warnings: list[str] = field(default_factory=list)
     id_attribute: str | None = None     # the vertex attribute of instance ids (the instances layer's)
     boxes: dict[int, dict] = field(default_factory=dict)   # id -> oriented box of instances3d.json
+    sample: np.ndarray | None = None    # the PLY rows shown (None: all of them)
 
     @property
     def name(self) -> str:
@@ -489,4 +490,4 @@ def load_scene(folder: Path, max_points: int = DEFAULT_MAX_POINTS) -> Scene:
     for cam in cameras:
         cam.thumbnail = read_thumbnail(cam, warnings)
     return Scene(folder, xyz, layers, attributes, len(vertex), cameras, instances, warnings, id_attribute,
-                 read_boxes(folder) if ids is not None else {})
+                 read_boxes(folder) if ids is not None else {}, keep)

@@ -78,9 +78,15 @@ class InstanceSteering:
 
     def __init__(self, view) -> None:
         self.view, self.scene = view, view.scene
-        self.original_ids = self.scene.instance_ids.copy()
-        self.original_instances = list(self.scene.instances)
-        self.first_new = PredictionIds.read(self.scene.folder).first_new
+        # what the edits start from: the file's instances, or after the slider a new clustering of its features
+        self.file_base = {"ids": self.scene.instance_ids.copy(), "instances": list(self.scene.instances),
+                          "first_new": PredictionIds.read(self.scene.folder).first_new,
+                          "boxes": dict(self.scene.boxes)}
+        self.regrouped: dict | None = None
+        from iggt_lightning.exporters import FEATURES_FILE
+
+        self.can_regroup = (self.scene.folder / FEATURES_FILE).is_file()
+        self.granularity = 0.5
         self.base = manifest_sha256(self.scene.folder)
         self.operations: list[tuple] = []
         self.selected: list[int] = []
@@ -100,6 +106,12 @@ class InstanceSteering:
             merge, split = gui.add_button("Merge selected"), gui.add_button("Split selected")
             delete, undo = gui.add_button("Delete selected"), gui.add_button("Undo")
             save = gui.add_button("Save as new version")
+            if self.can_regroup:
+                slider = gui.add_slider("Granularity", min=0.1, max=1.9, step=0.05, initial_value=self.granularity,
+                                        hint="cluster the stored instance features again: smaller, finer "
+                                             "(starts the edits anew)")
+                slider.on_update(lambda _: self.regroup(slider.value))
+                self.gui["granularity"] = slider
             self.gui["log"] = gui.add_markdown(self._log_text())
         merge.on_click(lambda _: self.merge())
         split.on_click(lambda _: self.start_split())
@@ -124,8 +136,8 @@ class InstanceSteering:
 
     def _log_text(self) -> str:
         lines = [f"{len(self.operations)} edit(s)" + ("" if not self.operations else ": " + "; ".join(
-            f"merge {op[1]}" if op[0] == "merge" else f"delete {op[1]}" if op[0] == "delete" else f"split #{op[1]}"
-            for op in self.operations))]
+            f"merge {op[1]}" if op[0] == "merge" else f"delete {op[1]}" if op[0] == "delete" else
+            f"granularity {op[1]:.2f}" if op[0] == "recluster" else f"split #{op[1]}" for op in self.operations))]
         lines += [f"saved: {p}" for p in self.saved]
         if self.gui.get("error"):
             lines.append(f"**{self.gui['error']}**")
@@ -166,6 +178,41 @@ class InstanceSteering:
 
     def _splits_before(self) -> int:
         return sum(len(op[2]) - 1 for op in self.operations if op[0] == "split")
+
+    @property
+    def first_new(self) -> int:
+        return self._base()["first_new"]
+
+    def _base(self) -> dict:
+        regrouped = self.operations and self.operations[0][0] == "recluster"
+        return self.regrouped if regrouped else self.file_base
+
+    def regroup(self, granularity: float) -> None:
+        """Cluster every point's stored feature again at ``granularity`` (what Save then writes); the edits
+        start anew from it."""
+        from iggt_lightning.inference.instances3d import oriented_box
+        from iggt_lightning.instance_edits import recluster
+
+        with self.view.lock:
+            try:
+                labels, scores = recluster(self.scene.folder, granularity)
+            except ViewerError as err:
+                self.gui["error"] = str(err)
+                self._changed(redraw_only=True)
+                return
+            ids = labels if self.scene.sample is None else labels[self.scene.sample]
+            boxes = {}
+            for k in np.unique(ids[ids > 0]):
+                pts = self.scene.xyz[ids == k].astype(np.float64)
+                if len(pts) >= 10:
+                    boxes[int(k)] = {key: np.asarray(v) for key, v in oriented_box(pts).items()}
+            self.granularity = float(granularity)
+            self.regrouped = {"ids": ids, "first_new": len(scores) + 1, "boxes": boxes,
+                              "instances": [Instance(k, float(scores[k - 1]), None, []) for k in range(1, len(scores) + 1)]}
+            self.operations = [("recluster", self.granularity)]
+            self.selected, self.splitting = [], False
+            self._recompute()
+            self._changed()
 
     def merge(self) -> None:
         with self.view.lock:
@@ -220,27 +267,26 @@ class InstanceSteering:
 
     def _recompute(self) -> None:
         """The shown points' ids, the instance list and the instance colours after the operations."""
-        scene = self.scene
-        ids = apply_operations(self.operations, self.original_ids, scene.xyz, self.first_new)
-        self._refit_boxes(ids)
+        scene, base = self.scene, self._base()
+        ops = [op for op in self.operations if op[0] != "recluster"]
+        ids = apply_operations(ops, base["ids"], scene.xyz, base["first_new"])
+        self._refit_boxes(ids, base)
         scene.attributes[scene.id_attribute] = ids
-        scene.instances = edited_instances(self.original_instances, self.operations, ids, self.first_new)
+        scene.instances = edited_instances(base["instances"], ops, ids, base["first_new"])
         for name, layer in list(scene.layers.items()):
             if name == "instances":
                 scene.layers[name] = instance_colours(int(max(ids.max(initial=0), 1)))[ids]
         self.view.shown = {k: True for k in self.view.shown}
         self.view.rebuild = True
 
-    def _refit_boxes(self, ids: np.ndarray) -> None:
+    def _refit_boxes(self, ids: np.ndarray, base: dict) -> None:
         """Boxes of the instances an edit changed, fitted to their shown points (the saved version fits them to
-        every point); the others keep the file's."""
+        every point); the others keep the base's."""
         from iggt_lightning.inference.instances3d import oriented_box
 
-        if not hasattr(self, "original_boxes"):
-            self.original_boxes = dict(self.scene.boxes)
-        moved = ids != self.original_ids
-        touched = set(np.unique(ids[moved]).tolist()) | set(np.unique(self.original_ids[moved]).tolist())
-        boxes = {k: b for k, b in self.original_boxes.items() if k not in touched}
+        moved = ids != base["ids"]
+        touched = set(np.unique(ids[moved]).tolist()) | set(np.unique(base["ids"][moved]).tolist())
+        boxes = {k: b for k, b in base["boxes"].items() if k not in touched}
         for k in touched - {0}:
             pts = self.scene.xyz[ids == k].astype(np.float64)
             if len(pts) >= 10:

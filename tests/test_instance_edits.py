@@ -270,3 +270,56 @@ def test_boxes_are_drawn_in_the_instance_layer_and_follow_the_edits(prediction):
         assert view.box_lines is None
     finally:
         v.stop()
+
+
+def test_clustering_again_at_another_granularity_from_the_stored_features(prediction, tmp_path, capsys):
+    """features/points.npy holds every point's instance feature; an edit (or the viewer's slider) clusters them
+    again, and a version holds the new instances, the masks taking their nearest point's id."""
+    from iggt_lightning.exporters import FEATURES_FILE
+    from iggt_lightning.instance_edits import recluster
+    from iggt_lightning.viewer import read_ply
+
+    feats = np.load(prediction / FEATURES_FILE)
+    assert feats.dtype == np.float16 and len(feats) == len(read_ply(prediction / "points.ply"))
+    assert np.allclose(np.linalg.norm(feats.astype(np.float32), axis=1), 1, atol=1e-2)
+    fine, _ = recluster(prediction, 0.3)
+    coarse, _ = recluster(prediction, 1.5)
+    assert len(np.unique(fine)) > len(np.unique(coarse)) >= 1
+    assert np.array_equal(recluster(prediction, 0.3)[0], fine)                       # deterministic
+    edit = {"format": "iggt-instance-edit/1", "base": {"manifest_sha256": manifest_sha256(prediction)},
+            "operations": [{"recluster": {"granularity": 0.3}}, {"merge": [1, 2]}]}
+    (tmp_path / "edit.json").write_text(json.dumps(edit))
+    out = tmp_path / "regrouped"
+    assert main(["edit", str(prediction), str(tmp_path / "edit.json"), "-o", str(out)]) == 0
+    ids = np.asarray(read_ply(out / "points.ply")["instance"])
+    assert np.array_equal(ids, np.where(fine == 2, 1, fine))
+    masks = _masks(out)
+    assert all(set(np.unique(m)) - {0} <= set(np.unique(ids)) for m in masks.values())
+    assert sum((m > 0).mean() for m in masks.values()) / len(masks) > 0.5           # pixels with a depth
+    for ops, words in (([{"recluster": {"granularity": 3}}], "operations[0].recluster.granularity"),
+                       ([{"merge": [1, 2]}, {"recluster": {"granularity": 0.5}}], "operations[1].recluster"),
+                       ([{"recluster": {"granularity": 0.5, "x": 1}}], "operations[0]: expected")):
+        (tmp_path / "bad.json").write_text(json.dumps({**edit, "operations": ops}))
+        assert main(["edit", str(prediction), str(tmp_path / "bad.json"), "-o", str(tmp_path / "no")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    if importlib.util.find_spec("viser") is None:
+        return
+    from iggt_lightning import viewer
+
+    scene = viewer.load_scene(prediction)
+    v = viewer.Viewer([prediction], scene, port=0)
+    try:
+        steer = v.view.steering
+        steer.gui["granularity"].value = 0.3                # the slider
+        assert steer.operations == [("recluster", 0.3)]
+        assert np.array_equal(v.view.scene.instance_ids, fine if scene.sample is None else fine[scene.sample])
+        steer.gui["granularity"].value = 1.5
+        assert len(v.view.scene.instances) == len(np.unique(coarse[coarse > 0]))
+        saved = steer.save()
+        ids = np.asarray(read_ply(saved / "points.ply")["instance"])
+        assert np.array_equal(ids, coarse)
+        steer.undo()                                          # back to the file's instances
+        assert np.array_equal(v.view.scene.instance_ids, steer.file_base["ids"]) and steer.operations == []
+    finally:
+        v.stop()

@@ -9,10 +9,11 @@ from .view_maps import INSTANCE_ATTRIBUTE, DepthMaps, InstanceMasks
 from .scene_files import (COLMAP_DIR, DEFAULT_COLMAP_POINTS, CamerasJson, ColmapModel, GlbLayers, PlyCloud,
                           SavedViews, TransformsJson)
 from .instances3d import Grounding, Instances3D
+from .point_features import FEATURES_FILE, PointFeatures
 
 __all__ = ["COLMAP_DIR", "DEFAULT_COLMAP_POINTS", "ENTRY_POINT_GROUP", "INSTANCE_ATTRIBUTE", "SCENE_SLOTS",
            "CamerasJson", "ColmapModel", "DepthMaps", "Exporter", "FilePlan", "GlbLayers", "Grounding", "InstanceMasks",
-           "Instances3D",
+           "Instances3D", "PointFeatures", "FEATURES_FILE",
            "NoOptions", "PlyCloud", "SavedViews", "TransformsJson", "ViewerLayer", "applicable_exporters",
            "available_exporters", "chosen", "export_option", "exporter_source", "files_for_outputs", "get_exporter",
            "is_scene_exporter", "register_exporter", "selected_exporters", "registered_exporter", "unregister_exporter", "viewer_layer_table"]
