@@ -46,6 +46,7 @@ from iggt_lightning.prediction_files import (ViewerError, _integer, _list, _numb
 
 EDIT_FORMAT = "iggt-instance-edit/1"
 OPERATIONS = ("merge", "split", "delete")
+MAX_COORDINATE = 1e9        # a seed's coordinates (the scene is in model units of order 1)
 
 
 class EditError(ViewerError):
@@ -185,7 +186,11 @@ def _check_operations(operations, where: str, known: set[int], first_new: int, o
                 s = _list(s, path, f"{at}.seeds[{j}]")
                 if len(s) != 3:
                     raise EditError(f"{where}: {at}.seeds[{j}]: expected [x, y, z]; found {len(s)} numbers")
-                pts.append([_number(x, path, f"{at}.seeds[{j}][{c}]") for c, x in enumerate(s)])
+                xyz = [_number(x, path, f"{at}.seeds[{j}][{c}]") for c, x in enumerate(s)]
+                if max(map(abs, xyz)) > MAX_COORDINATE:      # a distance to it would overflow
+                    raise EditError(f"{where}: {at}.seeds[{j}]: expected coordinates within +-{MAX_COORDINATE:g}; "
+                                    f"found {xyz}")
+                pts.append(xyz)
             checked.append(("split", k, np.asarray(pts)))
             alive |= set(range(next_id, next_id + len(seeds) - 1))
             next_id += len(seeds) - 1

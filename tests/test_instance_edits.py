@@ -323,3 +323,65 @@ def test_clustering_again_at_another_granularity_from_the_stored_features(predic
         assert np.array_equal(v.view.scene.instance_ids, steer.file_base["ids"]) and steer.operations == []
     finally:
         v.stop()
+
+
+def _paths(value, prefix=()):
+    """Every field path of a JSON value (dict keys and list indices), the value itself first."""
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, (*prefix, i))
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    value = json.loads(json.dumps(value))
+    node = value
+    for key in path[:-1]:
+        node = node[key]
+    if new is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = new
+    return value
+
+
+_DELETE = object()
+
+
+def test_every_field_of_an_edit_file_refuses_hostile_values_in_one_line(prediction, tmp_path):
+    """By property, not by list: every field path of a real edit file gets every kind of wrong value; the answer
+    is the version or one EditError line naming the file, never another exception or a partial folder."""
+    from iggt_lightning.prediction_files import ViewerError
+
+    known = sorted(PredictionIds.read(prediction).ids)
+    box = json.loads((prediction / "instances3d.json").read_text())["instances"][0]["box"]
+    edit = {"format": "iggt-instance-edit/1", "base": {"manifest_sha256": manifest_sha256(prediction)},
+            "operations": [{"merge": known[:2]}, {"split": known[2], "seeds": [box["centre"], [0.0, 0.0, 0.0]]},
+                           {"delete": [known[3]]}]}
+    hostile = [_DELETE, None, True, -1, 0, 2 ** 70, 1e308, float("nan"), "x", "../../etc", [], {}, [[[]]],
+               {"merge": [1, 2]}]
+    before = _digest(prediction)
+    tried = refused = 0
+    for path in _paths(edit):
+        for bad in hostile:
+            if not path and bad is _DELETE:
+                continue
+            payload = _replace(edit, path, bad)
+            (tmp_path / "e.json").write_text(json.dumps(payload))       # NaN is written as the token NaN
+            out = tmp_path / f"v{tried}"
+            tried += 1
+            try:
+                save_version(prediction, read_edit(tmp_path / "e.json", prediction), out)
+            except ViewerError as err:
+                refused += 1
+                assert str(err).count("\n") == 0 and str(tmp_path) in str(err) or "manifest" in str(err), err
+                assert not out.exists()
+            else:
+                assert (out / "manifest.json").is_file()
+    assert _digest(prediction) == before and tried > 200 and refused > tried // 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]                  # no partial folder

@@ -181,3 +181,32 @@ def test_a_bad_prompts_file_is_one_line_naming_the_field_and_writes_nothing(pred
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and words in err and "p.json" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_prompts_post_processor_gives_the_prompted_instances_in_any_run():
+    """``postprocess: {point_prompts: ...}`` in place of tracking: module.run (and so a dataset prediction) gives the
+    same instances as the Python call; a bad prompt is one line naming its config field."""
+    from iggt_lightning.inference.prompts import Click, Prompt, prompted_outputs
+    from iggt_lightning.module import IGGTLitModule
+
+    spec = [{"name": "a", "clicks": [{"view": 0, "x": 10, "y": 20}]},
+            {"point": [0.1, 0.2, 1.0], "clicks": [{"view": 1, "x": 30, "y": 5, "positive": False}]}]
+    torch.manual_seed(0)
+    module = IGGTLitModule(preset="nano", drop_heads=["track"], drop_postprocess=["tracking"],
+                           postprocess={"point_prompts": {"prompts": spec}}).eval()
+    images = torch.rand(1, 2, 3, 56, 84)
+    with torch.no_grad():
+        out = module.run(images, "predict")
+    expected, _ = prompted_outputs({"part_feat": out["part_feat"], "world_points": out["world_points"]},
+                                   [Prompt((Click(0, 10.0, 20.0),), None, "a"),
+                                    Prompt((Click(1, 30.0, 5.0, False),), (0.1, 0.2, 1.0))])
+    assert torch.equal(out["instance_masks"], expected["instance_masks"])
+    assert torch.allclose(out["instance_scores"][0], expected["instance_scores"][0])
+    with pytest.raises(ValueError, match=r"postprocess\.point_prompts\.prompts\[0\]\.clicks\[0\]\.view"):
+        IGGTLitModule(preset="nano", drop_heads=["track"], drop_postprocess=["tracking"],
+                      postprocess={"point_prompts": {"prompts": [{"clicks": [{"view": -1, "x": 0, "y": 0}]}]}})
+    far = IGGTLitModule(preset="nano", drop_heads=["track"], drop_postprocess=["tracking"],
+                        postprocess={"point_prompts": {"prompts": [{"clicks": [{"view": 0, "x": 500, "y": 0}]}]}}).eval()
+    with pytest.raises(ValueError, match=r"prompts\[0\]\.clicks\[0\]: \(500.0, 0.0\) is outside the 84x56"):
+        with torch.no_grad():
+            far.run(images, "predict")

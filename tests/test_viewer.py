@@ -594,6 +594,7 @@ def test_clicks_in_the_browser_select_merge_and_save_a_version(tmp_path):
         client = next(iter(v.server.get_clients().values()))
         view, steer = v.view, v.view.steering
         cam_pos = viewer.camera_pose(scene.cameras[0])[1]
+        scene_ids_before = scene.instance_ids.copy()
         counts = np.bincount(scene.instance_ids)
         a, b = sorted(int(k) for k in np.argsort(-counts) if k and counts[k] >= 100)[:2]   # two sizeable ones
 
@@ -603,9 +604,9 @@ def test_clicks_in_the_browser_select_merge_and_save_a_version(tmp_path):
                 " return [r.left + r.width / 2, r.top + r.height / 2]; })()"))
             return tuple(got["result"]["value"])
 
-        def click_instance(k: int, modifiers: int = 0) -> None:
+        def click_instance(k: int, modifiers: int = 0, among: np.ndarray | None = None) -> None:
             # a point of k that the ray from camera 0 reaches first (others may stand in front of most of it)
-            pts = np.flatnonzero(view.scene.instance_ids == k)
+            pts = np.flatnonzero((view.scene.instance_ids == k) & (True if among is None else among))
             pts = pts[np.argsort(np.linalg.norm(view.points_viser[pts] - cam_pos, axis=1))]
             target = next(view.points_viser[i] for i in pts[:400] if view.scene.instance_ids[pick_point(
                 cam_pos, view.points_viser[i] - cam_pos, view.points_viser, view.keep, view.point_size)] == k)
@@ -647,6 +648,18 @@ def test_clicks_in_the_browser_select_merge_and_save_a_version(tmp_path):
         assert _digest(folder) == before
         masks = [np.asarray(Image.open(p)) for p in sorted((out / "masks").glob("*.png"))]
         assert masks and not any((m == b).any() for m in masks)
+        # split the merged instance again: select it where a was, press Split, click where b was
+        was_b = scene_ids_before == b
+        click_instance(a, among=~was_b)
+        wait_for(lambda: steer.selected == [a], "a click selects the merged instance")
+        press("Split selected")
+        wait_for(lambda: steer.splitting, "Split waits for the second click")
+        click_instance(a, among=was_b)
+        wait_for(lambda: len(steer.operations) == 2 and steer.operations[1][0] == "split", "the click splits")
+        part = steer.operations[1]
+        assert part[1] == a and steer.selected == [steer.first_new]
+        moved = view.scene.instance_ids == steer.first_new
+        assert moved.any() and (moved & was_b).sum() > 0.5 * moved.sum()       # what was b, mostly
     finally:
         if browser is not None:
             browser.close()

@@ -191,7 +191,6 @@ def read_prompts(path, view_names: list[str], transforms, photo_sizes: list[tupl
     pixels. One :class:`PromptError` naming the file and the field of the first problem; nothing in the file is
     run or followed (it is data: names, numbers, booleans)."""
     import json
-    import math
     from pathlib import Path
 
     where = str(path)
@@ -203,47 +202,71 @@ def read_prompts(path, view_names: list[str], transforms, photo_sizes: list[tupl
             or not data["prompts"]:
         raise PromptError(f"{where}: expected {{\"prompts\": [one or more prompts]}}")
     index = {n: i for i, n in enumerate(view_names)}
+
+    def view_of(view):
+        v = index.get(view) if isinstance(view, str) else view if type(view) is int else None
+        if v is None or not 0 <= v < len(view_names):
+            return None, (f"is not one of the views ({', '.join(view_names[:5])}"
+                          f"{', ...' if len(view_names) > 5 else ''}, or an index 0..{len(view_names) - 1})")
+        return v, None
+
+    def to_model(v, x, y):
+        W, H = photo_sizes[v]
+        if not (0 <= x < W and 0 <= y < H):
+            return None, f"is outside {view_names[v]} ({W}x{H} pixels)"
+        return photo_to_model(x, y, transforms[v]), None
+
+    return parse_prompts(data["prompts"], f"{where}: prompts", view_of, to_model)
+
+
+def parse_prompts(entries: list, field: str, view_of, to_model) -> list[Prompt]:
+    """Prompt objects (``name``, ``clicks`` [{view, x, y, positive}], ``point`` [x, y, z]) -> :class:`Prompt`
+    in model-input pixels. ``view_of(view) -> (index, None)`` or ``(None, why)``; ``to_model(index, x, y) ->
+    ((mx, my), None)`` or ``(None, why)``. One :class:`PromptError` naming ``field[i]...``."""
+    import math
+
+    if not isinstance(entries, list) or not entries:
+        raise PromptError(f"{field}: expected a list of one or more prompts")
     out = []
-    for p, entry in enumerate(data["prompts"]):
-        field = f"{where}: prompts[{p}]"
+    for p, entry in enumerate(entries):
+        at = f"{field}[{p}]"
         if not isinstance(entry, dict) or set(entry) - PROMPT_KEYS:
-            raise PromptError(f"{field}: expected an object with keys among {sorted(PROMPT_KEYS)}")
+            raise PromptError(f"{at}: expected an object with keys among {sorted(PROMPT_KEYS)}")
         name = entry.get("name")
         if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
-            raise PromptError(f"{field}.name: expected a non-empty string of at most 200 characters")
+            raise PromptError(f"{at}.name: expected a non-empty string of at most 200 characters")
         clicks = []
-        for c, click in enumerate(entry.get("clicks") or []):
-            cf = f"{field}.clicks[{c}]"
+        raw_clicks = entry.get("clicks") or []
+        if not isinstance(raw_clicks, list):
+            raise PromptError(f"{at}.clicks: expected a list of clicks")
+        for c, click in enumerate(raw_clicks):
+            cf = f"{at}.clicks[{c}]"
             if not isinstance(click, dict) or set(click) - CLICK_KEYS or not {"view", "x", "y"} <= set(click):
                 raise PromptError(f"{cf}: expected an object with view, x, y (and positive)")
-            view = click["view"]
-            v = index.get(view) if isinstance(view, str) else view if type(view) is int else None
-            if v is None or not 0 <= v < len(view_names):
-                raise PromptError(f"{cf}.view: {view!r} is not one of the views ({', '.join(view_names[:5])}"
-                                  f"{', ...' if len(view_names) > 5 else ''}, or an index 0..{len(view_names) - 1})")
+            v, why = view_of(click["view"])
+            if v is None:
+                raise PromptError(f"{cf}.view: {click['view']!r} {why}")
             x, y = click["x"], click["y"]
             if not all(isinstance(u, (int, float)) and not isinstance(u, bool) and math.isfinite(u) for u in (x, y)):
-                raise PromptError(f"{cf}: x and y must be finite numbers (photo pixels)")
-            W, H = photo_sizes[v]
-            if not (0 <= x < W and 0 <= y < H):
-                raise PromptError(f"{cf}: ({x}, {y}) is outside {view_names[v]} ({W}x{H} pixels)")
+                raise PromptError(f"{cf}: x and y must be finite numbers (pixels)")
+            model_xy, why = to_model(v, x, y)
+            if model_xy is None:
+                raise PromptError(f"{cf}: ({x}, {y}) {why}")
             positive = click.get("positive", True)
             if not isinstance(positive, bool):
                 raise PromptError(f"{cf}.positive: expected true or false")
-            mx, my = photo_to_model(x, y, transforms[v])
-            clicks.append(Click(v, mx, my, positive))
+            clicks.append(Click(v, *model_xy, positive))
         point = entry.get("point")
         if point is not None:
             if not (isinstance(point, list) and len(point) == 3 and all(
                     isinstance(u, (int, float)) and not isinstance(u, bool) and math.isfinite(u) for u in point)):
-                raise PromptError(f"{field}.point: expected [x, y, z], three finite numbers")
+                raise PromptError(f"{at}.point: expected [x, y, z], three finite numbers")
             point = tuple(float(u) for u in point)
-        prompt = Prompt(tuple(clicks), point, name)
         if not clicks and point is None:
-            raise PromptError(f"{field}: no clicks and no point; expected at least one positive click or a point")
+            raise PromptError(f"{at}: no clicks and no point; expected at least one positive click or a point")
         if point is None and not any(c.positive for c in clicks):
-            raise PromptError(f"{field}: only negative clicks; give at least one positive click or a point")
-        out.append(prompt)
+            raise PromptError(f"{at}: only negative clicks; give at least one positive click or a point")
+        out.append(Prompt(tuple(clicks), point, name))
     return out
 
 
