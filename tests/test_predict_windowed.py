@@ -119,3 +119,21 @@ def test_window_auto_fits_the_memory_budget(inputs, tmp_path, capsys):
     assert err.count("\n") == 1 and "--memory-budget 600 MiB holds no window" in err and not tight.exists()
     assert predict(inputs, "walk.mp4", tight, "--memory-budget", "600") == 2
     assert "give --window auto too" in capsys.readouterr().err
+
+
+def test_precision_applies_to_every_window(inputs, tmp_path):
+    """--precision bf16 runs each window under bf16 autocast, as a one-pass run does under Lightning's: the
+    maps move by bf16's rounding, not more, and the manifest says which."""
+    import numpy as np
+
+    for precision in ("32", "bf16"):
+        assert predict(inputs, "walk.mp4", tmp_path / precision, "--window", "12", "--overlap", "4",
+                       "--precision", precision) == 0
+    w = {p: json.loads((tmp_path / p / "manifest.json").read_text())["windowed"] for p in ("32", "bf16")}
+    assert (w["32"]["precision"], w["bf16"]["precision"]) == ("32-true", "bf16-mixed")
+    with np.load(tmp_path / "32" / "depth" / "depth.npz") as a, np.load(tmp_path / "bf16" / "depth" / "depth.npz") as b:
+        keys = [k for k in a.files if k.startswith("depth")]
+        da = np.concatenate([a[k].ravel() for k in keys])
+        db = np.concatenate([b[k].ravel() for k in keys])
+    rel = np.abs(da - db) / np.maximum(np.abs(da), 1e-6)
+    assert not np.array_equal(da, db) and np.median(rel[da > 0]) < 0.05

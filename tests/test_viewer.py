@@ -655,9 +655,10 @@ def test_clicks_in_the_browser_select_merge_and_save_a_version(tmp_path):
         press("Split selected")
         wait_for(lambda: steer.splitting, "Split waits for the second click")
         click_instance(a, among=was_b)
-        wait_for(lambda: len(steer.operations) == 2 and steer.operations[1][0] == "split", "the click splits")
-        part = steer.operations[1]
-        assert part[1] == a and steer.selected == [steer.first_new]
+        # (the callback runs on viser's thread: wait until it has finished, the new part selected)
+        wait_for(lambda: len(steer.operations) == 2 and steer.operations[1][0] == "split"
+                 and steer.selected == [steer.first_new], "the click splits and selects the new part")
+        assert steer.operations[1][1] == a
         moved = view.scene.instance_ids == steer.first_new
         assert moved.any() and (moved & was_b).sum() > 0.5 * moved.sum()       # what was b, mostly
     finally:

@@ -527,7 +527,8 @@ def _run_windowed(o: PredictOptions, plan: Plan, st: Stages) -> dict:
             windows = plan_windows(total, o.window, overlap)
             extra["window_choice"] = choice.manifest()
         st.start("windowed inference and export")
-        summary = run_windowed(o, plan, module, plan.export_options, extra, total, windows, overlap)
+        summary = run_windowed(o, plan, module, plan.export_options, extra, total, windows, overlap,
+                               PRECISIONS[o.precision])
         st.done()
     return summary
 
@@ -543,8 +544,13 @@ def _choose_window(o: PredictOptions, plan: Plan, module, total: int):
     H, W = preprocess([photo], o.mode, o.size, plan.patch_size, [name])[0].shape[-2:]
     if total < 3:
         raise ValueError(f"--window auto: the input has only {total} frame(s); a window needs 3")
-    return choose_window(lambda images: module.run(images, "predict"), (W, H), device, total,
-                         None if o.memory_budget is None else o.memory_budget * MiB)
+    from .predict_windowed import autocast
+
+    def run(images):
+        with autocast(PRECISIONS[o.precision], device):      # measured as the windows will run
+            return module.run(images, "predict")
+
+    return choose_window(run, (W, H), device, total, None if o.memory_budget is None else o.memory_budget * MiB)
 
 
 def _trainer_device(device: str) -> dict:

@@ -110,10 +110,20 @@ def stream_frames(paths: list[Path], stride: int) -> Iterator[tuple[str, np.ndar
             raise InputError(f"cannot decode video {p} after frame {index}: {err}") from err
 
 
+def autocast(precision: str, device: torch.device):
+    """The context a window runs in for Lightning's ``precision`` (what ``--precision`` maps to): bf16 or fp16
+    autocast, or nothing for 32-true."""
+    import contextlib
+
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, windows: list[tuple[int, int]],
-                 overlap: int) -> dict:
+                 overlap: int, precision: str = "32-true") -> dict:
     """The windowed run: stream, reconstruct, (with ``o.ba``) bundle-adjust the whole path on every window's
-    predicted tracks, write. ``o``: PredictOptions, ``plan``: predict's Plan."""
+    predicted tracks, write. ``o``: PredictOptions, ``plan``: predict's Plan; ``precision``: Lightning's name of
+    ``--precision`` (each window runs under its autocast, as a one-pass run under Lightning's)."""
     from .writer import write_prediction
 
     stride = max(1, int(o.stride or 1))
@@ -132,7 +142,7 @@ def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, win
         module.to(device).eval()
 
         def run(images: torch.Tensor) -> dict:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(precision, device):
                 out = module.run(images.to(device), "predict")
             return {k: (v.cpu() if torch.is_tensor(v) else [x.cpu() for x in v] if isinstance(v, list) else v)
                     for k, v in out.items()}
@@ -155,7 +165,7 @@ def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, win
         images = result.outputs["images"][0]
         auto = manifest.pop("window_choice", None)        # --window auto: how the window was chosen
         manifest["windowed"] = {"window": o.window, **({"auto": auto} if auto else {}), "overlap": overlap,
-                                "stride": stride,
+                                "stride": stride, "precision": precision,
                                 "association": not o.no_association, **describe_windows(result.windows)}
         manifest["seconds"] = {**manifest.get("seconds", {}), "windowed_inference": round(seconds, 3)}
         if options.get("max_points") is None:        # a bounded cloud, whatever the length of the video
