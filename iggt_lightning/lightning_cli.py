@@ -360,7 +360,24 @@ class IGGTCLI(LightningCLI):
     def after_validate(self) -> None:
         self._write_results("val")
 
+    def _warn_precision(self) -> None:
+        """bf16 on a CPU without bf16 instructions: said once, before the run (cpu_features)."""
+        from .cpu_features import bf16_warning
+
+        accelerator = type(self.trainer.accelerator).__name__.lower()
+        warning = bf16_warning("cpu" if accelerator.startswith("cpu") else "other", self.trainer.precision)
+        if warning:
+            rank_zero_warn(warning.replace("--precision bf16", "trainer.precision bf16")
+                           .replace("use --precision 32", "use trainer.precision 32"))
+
+    def before_test(self) -> None:
+        self._warn_precision()
+
+    def before_validate(self) -> None:
+        self._warn_precision()
+
     def before_predict(self) -> None:
+        self._warn_precision()
         from .inference.writer import PredictionWriter
 
         cfg = self._subconfig()

@@ -149,6 +149,11 @@ def check_options(o: PredictOptions) -> None:
         parse_global_attention(o.global_attention, field="--global-attention")
     if PRECISIONS[o.precision] == "16-mixed" and torch.device(o.device).type == "cpu":
         raise ValueError(f"--precision {o.precision}: float16 autocast needs a GPU; use bf16 on the CPU")
+    from iggt_lightning.cpu_features import bf16_warning
+
+    warning = bf16_warning(torch.device(o.device).type, PRECISIONS[o.precision])
+    if warning and not o.dry_run:
+        print(f"iggt predict: warning: {warning}", file=sys.stderr)
     _check_windowing(o)
     if o.prompts is not None and o.window is not None:
         raise ValueError("--prompts with --window: prompted instances are made in one pass; leave out --window")
