@@ -166,8 +166,11 @@ def table(rows: list[dict], with_official: bool) -> str:
 
 def readme_table(payload: dict) -> str:
     env = payload["environment"]
-    note = (f"{payload['preset']}, fp32, CPU, {env['threads']} threads, torch {env['torch']}, "
-            f"{payload['repeats']} interleaved rounds, same weights; {payload['timestamp'][:10]}")
+    # a figure holds for the CPU it was measured on: the commit and the CPU go with it
+    cpu = ", ".join(x for x in (env.get("cpu_model"), env.get("cpu_capability")) if x) or env.get("processor", "?")
+    note = (f"{payload['preset']}, fp32, CPU ({cpu}), {env['threads']} threads, torch {env['torch']}, "
+            f"{payload['repeats']} interleaved rounds, same weights; commit {str(env.get('git_commit', '?'))[:7]}, "
+            f"{payload['timestamp'][:10]}")
     return f"{BEGIN}\n{note}\n\n{table(payload['results'], payload['official_checkout_given'])}\n{END}"
 
 
