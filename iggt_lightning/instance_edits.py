@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iggt_lightning.fileio import atomic_write
+from iggt_lightning.fileio import atomic_write, write_json
 from iggt_lightning.prediction_files import (ViewerError, _integer, _list, _number, _object, _read_json, _text,
                                              check_inside, check_scene_folder, instance_layer, read_cameras,
                                              read_ply)
@@ -283,8 +283,6 @@ def save_version(prediction: Path, edit: Edit, out: Path | None = None) -> Path:
     """The prediction with ``edit`` applied, as the new folder ``out`` (default :func:`next_version`), written
     under a temporary sibling and renamed into place. Refuses an ``out`` that exists or lies inside the
     prediction, and an edit made on another prediction."""
-    from iggt_lightning.fileio import write_json
-
     prediction = Path(prediction).resolve()
     check_scene_folder(prediction)
     if manifest_sha256(prediction) != edit.base_manifest_sha256:
@@ -398,8 +396,6 @@ def _write_edited(src: Path, dst: Path, edit: Edit) -> tuple[set[str], set[str]]
     new_scores, new_labels = _carry(ops, scores, labels, first_new)
     root = (coco.get("info") or {}).get("image_root")
     out_coco = export.coco_instances(photo_ids, new_scores, names, new_labels, root, inputs)
-    from iggt_lightning.fileio import write_json
-
     write_json(dst / layer.file, out_coco, strict=True)
     changed.add(layer.file)
     replaced, records = set(), []
@@ -488,7 +484,6 @@ def _pixel_positions(src: Path, mask_rel: str, shape: tuple, cameras: dict, scal
 def _write_objects(src, dst, photo_ids, names, point_ids, xyz, scores, labels) -> tuple[set[str], list[dict]]:
     """``instances3d.json`` (and ``grounding/`` when the original has it) of the edited instances; returns the
     files and the records."""
-    from iggt_lightning.fileio import write_json
     from iggt_lightning.inference.instances3d import InstanceTally
 
     tally = InstanceTally()
@@ -512,7 +507,6 @@ def _write_objects(src, dst, photo_ids, names, point_ids, xyz, scores, labels) -
 
 def _write_grounding(src: Path, dst: Path, records: list[dict], labelled: bool) -> set[str]:
     from iggt_lightning.exporters.instances3d import CROP_MARGIN
-    from iggt_lightning.fileio import write_json
     from iggt_lightning.inference import export
     from iggt_lightning.inference.grounding import grounding_record, render_prompt
     from PIL import Image

@@ -273,9 +273,8 @@ class InstanceSteering:
         self._refit_boxes(ids, base)
         scene.attributes[scene.id_attribute] = ids
         scene.instances = edited_instances(base["instances"], ops, ids, base["first_new"])
-        for name, layer in list(scene.layers.items()):
-            if name == "instances":
-                scene.layers[name] = instance_colours(int(max(ids.max(initial=0), 1)))[ids]
+        if "instances" in scene.layers:           # the instance colour layer follows the new ids
+            scene.layers["instances"] = instance_colours(int(max(ids.max(initial=0), 1)))[ids]
         self.view.shown = {k: True for k in self.view.shown}
         self.view.rebuild = True
 

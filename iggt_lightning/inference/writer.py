@@ -137,9 +137,9 @@ def choose_cloud(scene: SceneExport) -> Cloud | None:
     del sample
     cloud = Cloud(name, np.zeros(0, np.int64), np.zeros((0, 3), np.float32), np.zeros(0, np.float32),
                   np.zeros((0, 3), np.float32), (W, H), points, conf, threshold, valid)
-    counts = [int(cloud.kept_in(v).sum()) for v in range(S)]
-    cloud.kept = total = sum(counts)
     budget = scene.option("max_points")
+    # only a budget needs the kept total before gathering (one more pass over the views); otherwise it is counted
+    total = sum(int(cloud.kept_in(v).sum()) for v in range(S)) if budget else None
     rate = 1.0 if not budget or total <= budget else budget / total
     parts: dict[str, list] = {"index": [], "points": [], "confidence": [], "colours": []}
     layers = {f: [] for f in scene.colour_layers}
@@ -147,10 +147,11 @@ def choose_cloud(scene: SceneExport) -> Cloud | None:
     before = 0
     for v in range(S):
         pix = np.flatnonzero(cloud.kept_in(v))
+        kept = len(pix)
         if rate < 1.0:            # every 1/rate-th kept pixel of the whole scene, in order: an even thinning
-            rank = before + np.arange(len(pix))
+            rank = before + np.arange(kept)
             pix = pix[np.floor((rank + 1) * rate) > np.floor(rank * rate)]
-        before += counts[v]
+        before += kept
         parts["index"].append(v * H * W + pix)
         parts["points"].append(view_of(points, v).reshape(-1, 3).float().numpy()[pix])
         parts["confidence"].append(view_of(conf, v).reshape(-1).float().numpy()[pix])
@@ -161,9 +162,10 @@ def choose_cloud(scene: SceneExport) -> Cloud | None:
             attributes[a].append(view_of(scene.point_attributes[a], v).reshape(-1).numpy()[pix])
     cloud.index, cloud.points, cloud.confidence, cloud.colours = (np.concatenate(parts[k]) for k in
                                                                   ("index", "points", "confidence", "colours"))
+    cloud.kept = before
     cloud.layers = {f: np.concatenate(x) for f, x in layers.items()}
     cloud.attributes = {a: np.concatenate(x) for a, x in attributes.items()}
-    scene.manifest["cloud"] = {"kept": total, "points": int(len(cloud.index)), "max_points": budget,
+    scene.manifest["cloud"] = {"kept": cloud.kept, "points": int(len(cloud.index)), "max_points": budget,
                                "percentile_sample_every": every if scene.option("conf_mode") == "percentile"
                                else None}
     return cloud
