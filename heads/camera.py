@@ -53,6 +53,10 @@ class CameraHead(Head):
         self.adaln_norm = nn.LayerNorm(dim_in, elementwise_affine=False, eps=1e-6)
         self.pose_branch = Mlp(dim_in, dim_in // 2, 9)
 
+    def view_attention(self) -> list[nn.Module]:
+        """The trunk attends over the frames' camera tokens: the only place the views meet."""
+        return [block.attn for block in self.trunk]
+
     def forward(self, inp: HeadInput) -> dict:
         tokens = self.token_norm(inp.tokens[self.token_layers[0]][:, :, 0])  # camera token per frame [B, S, C]
         B, S, _ = tokens.shape

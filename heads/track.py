@@ -43,6 +43,13 @@ class TrackHead(Head):
             raise ValueError(f"point tracking needs images of at least {self.min_image_side()} px per side (its "
                              f"correlation pyramid halves the map {self.corr_levels - 1} times); got {H}x{W}")
 
+    def check_split_views(self, query_points: torch.Tensor | None) -> None:
+        """The tracker follows each query through every view's feature maps at once: not with split views."""
+        if query_points is not None:
+            raise ValueError("query_points: point tracking (the track head) needs every view's feature maps in one "
+                             "process, so it does not run with the views split across processes; track in one "
+                             "process, or give no query points")
+
     def feature_maps(self, inp: HeadInput) -> torch.Tensor:
         B, S, H, W = inp.shape
         tokens = [inp.patch_tokens(layer) for layer in self.token_layers]

@@ -92,6 +92,21 @@ class Head(nn.Module, Plugin):
     def forward(self, inp: HeadInput) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ views across processes
+    # (iggt_lightning.context_parallel: each process holds a contiguous slice of the scene's views). By default a
+    # head is per view: each view's outputs come from that view's tokens alone (like the dense heads). A head whose
+    # views meet must say where, or refuse: otherwise each process would see only its own views.
+
+    def view_attention(self) -> list[nn.Module]:
+        """The :class:`~iggt_lightning.layers.attention.Attention` modules whose tokens are this head's views (one
+        token or more per view, in view order, e.g. the camera head's trunk): with the views split, they attend
+        over every process's keys and values. Views must meet nowhere else."""
+        return []
+
+    def check_split_views(self, query_points: torch.Tensor | None) -> None:
+        """Raise ``ValueError`` (naming the option) when this head cannot run with the views split across
+        processes, e.g. because it needs every view's features at once."""
+
     def loss(self, outputs: dict, batch: dict, active: dict[str, dict]) -> dict[str, torch.Tensor]:
         """Training loss of this head on a normalised batch (see ``data.normalize_scene``).
 

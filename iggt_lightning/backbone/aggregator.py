@@ -32,7 +32,9 @@ class Aggregator(nn.Module):
 
     Images are RGB in [0, 1] and are ImageNet-normalised inside. Each frame gets one camera token and
     ``num_register_tokens`` register tokens; slot 0 of those parameters is used for the first frame
-    (the reference view) and slot 1 for every other frame.
+    (the reference view) and slot 1 for every other frame. ``first_view``: the index in the whole scene of the
+    first frame this process holds (0 unless the views are split across processes,
+    :mod:`iggt_lightning.context_parallel`): only the scene's frame 0 gets slot 0.
 
     ``global_attention``: how the global blocks attend. ``None`` or ``{"kind": "exact"}``: over all tokens of all
     frames. ``{"kind": "merged", "ratio": 0.9, "start_block": 0, ...}``: training-free token merging (FastVGGT
@@ -68,6 +70,7 @@ class Aggregator(nn.Module):
         self.camera_token = nn.Parameter(torch.randn(1, 2, 1, embed_dim) * 1e-6)
         self.register_token = nn.Parameter(torch.randn(1, 2, num_register_tokens, embed_dim) * 1e-6)
         self.patch_start_idx = 1 + num_register_tokens
+        self.first_view = 0
         self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
 
@@ -77,8 +80,11 @@ class Aggregator(nn.Module):
         self.global_attention = parse_global_attention(spec, self.depth, field)
 
     @staticmethod
-    def _per_frame(token: torch.Tensor, B: int, S: int) -> torch.Tensor:
-        """[1, 2, X, C] -> [B*S, X, C]: slot 0 for frame 0, slot 1 for frames 1..S-1."""
+    def _per_frame(token: torch.Tensor, B: int, S: int, reference: bool = True) -> torch.Tensor:
+        """[1, 2, X, C] -> [B*S, X, C]: slot 0 for frame 0, slot 1 for frames 1..S-1 (all S frames get slot 1
+        when ``reference`` is False: the reference view is another process's)."""
+        if not reference:
+            return token[:, 1:].expand(B, S, *token.shape[2:]).reshape(B * S, *token.shape[2:])
         first = token[:, :1].expand(B, 1, *token.shape[2:])
         rest = token[:, 1:].expand(B, S - 1, *token.shape[2:])
         return torch.cat([first, rest], dim=1).reshape(B * S, *token.shape[2:])
@@ -102,7 +108,8 @@ class Aggregator(nn.Module):
         B, S, _, H, W = images.shape
         x = (images - self._mean) / self._std
         patch_tokens = self.patch_embed(x.reshape(B * S, 3, H, W))
-        special = [self._per_frame(self.camera_token, B, S), self._per_frame(self.register_token, B, S)]
+        ref = self.first_view == 0
+        special = [self._per_frame(self.camera_token, B, S, ref), self._per_frame(self.register_token, B, S, ref)]
         tokens = torch.cat(special + [patch_tokens], dim=1)
         _, P, C = tokens.shape
         pos = None

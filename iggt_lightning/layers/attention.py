@@ -56,7 +56,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | Non
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with optional per-head qk LayerNorm and 2D RoPE."""
+    """Multi-head self-attention with optional per-head qk LayerNorm and 2D RoPE.
+
+    ``view_context``: None (the default: :func:`attend` over the tokens given), or, while views are split across
+    processes, an object whose ``attend(q, k, v)`` attends the local queries over every process's keys and values
+    (:mod:`iggt_lightning.context_parallel` sets it on the attention modules whose tokens span views).
+    """
+
+    view_context = None
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, proj_bias: bool = True,
                  qk_norm: bool = False, rope: nn.Module | None = None) -> None:
@@ -77,7 +84,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None and pos is not None:
             q, k = self.rope(q, pos), self.rope(k, pos)
-        x = attend(q, k, v)
+        x = attend(q, k, v) if self.view_context is None else self.view_context.attend(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
