@@ -41,6 +41,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from . import context_parallel_strategy  # noqa: F401 (registers --trainer.strategy context_parallel)
 from .checkpoints import CheckpointError, load_tensor_file
 
 from .data.datamodule import SceneDataModule, SyntheticDataModule

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 KEYS = ("pose_enc", "depth", "depth_conf", "world_points", "world_points_conf", "part_feat", "images")
 TOL = 1e-5
+SIZES = (3, 5)
 
 
 def _model():
@@ -42,61 +43,57 @@ def _max_diff(a, b) -> float:
     return float(((a - b).abs() / (1 + b.abs())).max())
 
 
-def _worker(rank: int, world: int, init: str, S: int, out_dir: str, mutants: bool) -> None:
+def _worker(rank: int, world: int, init: str, out_dir: str) -> None:
     from iggt_lightning import context_parallel as cp
+    from iggt_lightning.backbone.aggregator import Aggregator
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         model = _model()
-        images = _images(S)
-        results = {"exact": cp.forward_views(model, images)}
-        local, _ = cp.forward_local(model, images)
-        results["local_keys"] = sorted(local)
-        results["local_views"] = local["depth"].shape[1]
-        if mutants:
-            # global attention made local: each process attends over its own views only
-            original = cp.ViewShard.attend
-            cp.ViewShard.attend = lambda self, q, k, v: cp.attend(q, k, v)
-            results["local_attention"] = cp.forward_views(model, images)
-            cp.ViewShard.attend = original
-            # every process believing it holds the reference view (the global frame offset ignored)
-            from iggt_lightning.backbone.aggregator import Aggregator
-
-            per_frame = Aggregator._per_frame
-            Aggregator._per_frame = staticmethod(lambda token, B, S, reference=True: per_frame(token, B, S))
-            results["no_offset"] = cp.forward_views(model, images)
-            Aggregator._per_frame = staticmethod(per_frame)
-            try:
-                cp.forward_views(model, images[:, :1])
-            except ValueError as err:
-                results["too_few"] = str(err)
+        results = {}
+        for S in SIZES:
+            images = _images(S)
+            results[S] = {"exact": cp.forward_views(model, images)}
+            local, _ = cp.forward_local(model, images)
+            results[S]["local_views"] = local["depth"].shape[1]
+        images = _images(5)
+        # global attention made local: each process attends over its own views only
+        original = cp.ViewShard.attend
+        cp.ViewShard.attend = lambda self, q, k, v: cp.attend(q, k, v)
+        results["local_attention"] = cp.forward_views(model, images)
+        cp.ViewShard.attend = original
+        # every process believing it holds the reference view (the global frame offset ignored)
+        per_frame = Aggregator._per_frame
+        Aggregator._per_frame = staticmethod(lambda token, B, S, reference=True: per_frame(token, B, S))
+        results["no_offset"] = cp.forward_views(model, images)
+        Aggregator._per_frame = staticmethod(per_frame)
+        try:
+            cp.forward_views(model, images[:, :1])
+        except ValueError as err:
+            results["too_few"] = str(err)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def _spawn(tmp_path, S: int, mutants: bool = False) -> list[dict]:
-    init = f"file://{tmp_path / 'rendezvous'}"
-    mp.spawn(_worker, args=(2, init, S, str(tmp_path), mutants), nprocs=2, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-
-
-@pytest.mark.parametrize("S", [3, 5])
-def test_two_processes_equal_one(tmp_path, S):
-    with torch.no_grad():
-        ref = _model()(_images(S))
-    results = _spawn(tmp_path, S, mutants=S == 5)
-    assert [r["local_views"] for r in results] == [(S + 1) // 2, S // 2]      # uneven: rank 0 holds one more
-    for r in results:
-        for key in KEYS:
-            assert _max_diff(r["exact"][key], ref[key]) < TOL, key
-    if S == 5:
-        # non-exact attention or a misplaced reference view would be caught
-        for mutant in ("local_attention", "no_offset"):
-            worst = max(_max_diff(results[1][mutant][k], ref[k]) for k in KEYS if k != "images")
-            assert worst > 100 * TOL, mutant
-        assert "1 view(s) cannot be split over 2 processes" in results[0]["too_few"]
+def test_two_processes_equal_one(tmp_path):
+    """S=3 and S=5 views (uneven splits) on 2 gloo processes, gathered, equal one process's forward."""
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    model = _model()
+    for S in SIZES:
+        with torch.no_grad():
+            ref = model(_images(S))
+        assert [r[S]["local_views"] for r in results] == [(S + 1) // 2, S // 2]      # rank 0 holds one more
+        for r in results:
+            for key in KEYS:
+                assert _max_diff(r[S]["exact"][key], ref[key]) < TOL, (S, key)
+    # non-exact attention or a misplaced reference view would be caught (ref: the S=5 forward, SIZES[-1])
+    for mutant in ("local_attention", "no_offset"):
+        worst = max(_max_diff(results[1][mutant][k], ref[k]) for k in KEYS if k != "images")
+        assert worst > 100 * TOL, mutant
+    assert "1 view(s) cannot be split over 2 processes" in results[0]["too_few"]
 
 
 @pytest.fixture
@@ -137,3 +134,38 @@ def test_no_process_group(nano_model):
 
     with pytest.raises(RuntimeError, match="initialised process group"):
         forward_views(nano_model, torch.rand(1, 2, 3, 28, 28))
+
+
+def test_iggt_test_with_the_strategy(tmp_path):
+    """``iggt test --config configs/strategies/context_parallel.yaml`` (2 processes): the metrics of one process (the
+    losses' random pixel-pair sampling aside)."""
+    import json
+
+    from iggt_lightning.cli import main
+    from tests.test_cli_training import ROOT, run_iggt
+
+    args = ["test", "--config", str(ROOT / "configs" / "synthetic_tiny.yaml"), "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--data.init_args.num_test", "2",
+            "--data.init_args.image_size", "[56, 56]", "--data.init_args.num_views", "3",
+            "--data.init_args.batch_size", "1", "--data.init_args.num_workers", "0"]
+    assert main([*args, "--results", str(tmp_path / "one.json")]) == 0
+    proc = run_iggt([*args, "--config", str(ROOT / "configs" / "strategies" / "context_parallel.yaml"),
+                     "--results", str(tmp_path / "two.json")], cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text())["metrics"] for n in ("one", "two"))
+    assert one.keys() == two.keys()
+    for k in one:
+        if k not in ("loss", "loss_contrastive", "loss_pull", "loss_push"):     # sampled pixel pairs: RNG state
+            assert two[k] == pytest.approx(one[k], rel=1e-4, abs=1e-6), k
+
+
+def test_the_strategy_refuses_fit():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from iggt_lightning.context_parallel_strategy import ContextParallelStrategy
+
+    with pytest.raises(ValueError, match="trainer.strategy: 'context_parallel' .* not for training"):
+        ContextParallelStrategy().setup(SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING)))
