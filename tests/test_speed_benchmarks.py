@@ -106,3 +106,29 @@ def test_a_block_is_refilled_in_the_one_page_that_holds_it(tmp_path):
     with pytest.raises(SystemExit, match="no .* block to fill"):
         benchmarking.fill_block(begin, end, f"{begin}\nnew\n{end}", tmp_path)
     assert page.read_text() == f"{begin}\nno end marker\n"                     # nothing half-written
+
+
+def test_context_parallel_benchmark_runs_and_its_docs_block_is_its_json(tmp_path):
+    """A miniature of benchmarks/context_parallel.py (nano, 28x28, 3 views: 1p x 1t, 1p x 2t, 2p x 1t); the
+    docs block is the committed JSON's table, or says it was not measured yet."""
+    cp = _module("context_parallel")
+    out = tmp_path / "cp.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.context_parallel", "--preset", "nano", "--size", "28x28",
+                          "--views", "3", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    payload = json.loads(out.read_text())
+    (row,) = payload["results"]
+    runs = {r["name"]: r for r in row["runs"]}
+    assert list(runs) == ["1p x 1t", "1p x 2t", "2p x 1t"] and all(r["status"] == "ok" for r in runs.values())
+    split = runs["2p x 1t"]
+    assert [p["views"] for p in split["per_process"]] == [2, 1]
+    assert all(p["peak_rss_mib"] > 0 for p in split["per_process"])
+    assert max(split["max_rel_diff"].values()) < 1e-5 and "max_rel_diff" not in runs["1p x 1t"]
+    assert payload["environment"]["cpu_model"] is not None and payload["threads_per_process"]["2p x 1t"] == 1
+    assert cp.table(payload).startswith(cp.BEGIN)
+    committed = ROOT / "benchmarks" / "context_parallel.json"
+    text = benchmarking.text_holding(cp.BEGIN, ROOT)
+    if committed.is_file():
+        assert cp.table(json.loads(committed.read_text())) in text
+    else:
+        assert f"{cp.BEGIN}\nNot measured yet" in text
