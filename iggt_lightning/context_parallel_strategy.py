@@ -28,6 +28,22 @@ def _skip(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def _fit_refused() -> ValueError:
+    return ValueError(f"trainer.strategy: {NAME!r} splits each scene's views across processes for inference "
+                      "(validate, test, predict-dataset), not for training; train with 'ddp' or "
+                      "configs/strategies/fsdp.yaml")
+
+
+def refuse_fit(strategy: Any) -> None:
+    """``iggt fit``'s check before any process starts: the strategy (a name, a class_path spec or an instance) is
+    not this one."""
+    if isinstance(strategy, ContextParallelStrategy) or strategy == NAME:
+        raise _fit_refused()
+    spec = strategy.as_dict() if hasattr(strategy, "as_dict") else strategy
+    if isinstance(spec, dict) and str(spec.get("class_path", "")).endswith("ContextParallelStrategy"):
+        raise _fit_refused()
+
+
 class ContextParallelStrategy(DDPStrategy):
     """DDP processes that split each scene's views instead of the batches (see the module doc)."""
 
@@ -39,9 +55,7 @@ class ContextParallelStrategy(DDPStrategy):
 
     def setup(self, trainer) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
-            raise ValueError(f"trainer.strategy: {NAME!r} splits each scene's views across processes for inference "
-                             "(validate, test, predict-dataset), not for training; train with 'ddp' or "
-                             "configs/strategies/fsdp.yaml")
+            raise _fit_refused()
         super().setup(trainer)
 
     def _network(self):

@@ -321,6 +321,8 @@ class IGGTCLI(LightningCLI):
                 takes = " and ".join(f"iggt {typed.get(s, s)}" for s in owners)
                 raise ValueError(f"--{key}: only {takes} {'takes' if len(owners) == 1 else 'take'} it, not "
                                  f"iggt {typed.get(self.subcommand, self.subcommand)}")
+        if self.subcommand == "fit":
+            context_parallel_strategy.refuse_fit(config.get("trainer", {}).get("strategy"))
         if self.subcommand == "predict":
             if not config.get("out"):
                 raise ValueError("--out: iggt predict-dataset needs the folder to write one folder per scene in")

@@ -160,12 +160,19 @@ def test_iggt_test_with_the_strategy(tmp_path):
             assert two[k] == pytest.approx(one[k], rel=1e-4, abs=1e-6), k
 
 
-def test_the_strategy_refuses_fit():
+def test_the_strategy_refuses_fit(tmp_path, capsys):
     from types import SimpleNamespace
 
     from lightning.pytorch.trainer.states import TrainerFn
 
+    from iggt_lightning.cli import main
     from iggt_lightning.context_parallel_strategy import ContextParallelStrategy
+    from tests.test_cli_training import ROOT
 
     with pytest.raises(ValueError, match="trainer.strategy: 'context_parallel' .* not for training"):
         ContextParallelStrategy().setup(SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING)))
+    # iggt fit refuses it before any process starts
+    assert main(["fit", "--config", str(ROOT / "configs" / "synthetic_tiny.yaml"), "--config",
+                 str(ROOT / "configs" / "strategies" / "context_parallel.yaml"),
+                 "--trainer.default_root_dir", str(tmp_path)]) != 0
+    assert "trainer.strategy: 'context_parallel' splits each scene's views" in capsys.readouterr().err
