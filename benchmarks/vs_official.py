@@ -12,6 +12,11 @@ same function. ``--configs`` lists ``HxW:views,views`` (default ``224x224:1,2,4,
 official instance decoder cannot run grids with an odd patch count (518 px = 37 patches: its window attention
 needs whole windows), so 336x518 shows its error and 336x504, the nearest size it runs, is compared instead.
 
+``--bf16`` adds a third side, ours under bf16 autocast with the heads in bf16 too (``iggt predict --precision
+bf16``'s default, ``head_precision="autocast"``), timed in the same rounds: ``bf16 speed-up`` = official (fp32) /
+ours in bf16, and ``bf16 rel diff`` its median relative difference from the official fp32 output (bf16 rounds to
+3 significant digits; docs/speed.md has what that changes in the test metrics).
+
 Per configuration: one untimed run of each side, then ``--repeats`` rounds; each round runs both sides once,
 the order alternating between rounds so drift in the machine's load hits both alike. Time = the median of a
 side's runs (``time.perf_counter``, ``torch.no_grad`` for both); ``speed-up`` = official / ours. Memory = the
@@ -37,7 +42,7 @@ import torch
 from iggt_lightning.benchmarking import CpuPeakRSS, MIB, environment, fill_block_from_json, is_oom
 from iggt_lightning.benchmarking import official as official_lib
 from iggt_lightning.fileio import write_json
-from iggt_lightning.layers.fast_conv import get_conv_algorithm, set_conv_algorithm
+from iggt_lightning.layers.fast_conv import ALGORITHMS, get_conv_algorithm, set_conv_algorithm
 from iggt_lightning.model import IGGTModel
 
 _HERE = Path(__file__).resolve().parent
@@ -64,10 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--configs", type=_config, nargs="+", default=[_config(c) for c in DEFAULT_CONFIGS])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--conv", choices=("auto", "direct"), default=None,
+    p.add_argument("--conv", choices=ALGORITHMS, default=None,
                    help="our convolution algorithm (iggt_lightning.layers.fast_conv); default: the library's")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="configurations not started once this much time has passed are skipped")
+    p.add_argument("--bf16", action="store_true", help="also time ours in bf16 (heads included) against the official "
+                   "fp32 forward, in the same interleaved rounds")
     p.add_argument("--json", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--append", action="store_true",
@@ -96,6 +103,32 @@ def run_side(model, x, log: dict) -> None:
     finally:
         peak, _ = mem.stop()
         log["peak_mib"] = max(log.get("peak_mib", 0.0), peak / MIB)
+
+
+class Bf16(torch.nn.Module):
+    """Our model under bf16 autocast with the heads following it (what ``iggt predict --precision bf16`` runs)."""
+
+    def __init__(self, model: IGGTModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        self.model.set_head_precision("autocast")
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.model(x)
+        finally:
+            self.model.set_head_precision("fp32")
+
+
+def _median_rel_diff(ref: dict, out: dict) -> float:
+    """The largest, over depth, world points and instance features, of the median |out - ref| / median |ref|."""
+    worst = 0.0
+    for k in ("depth", "world_points", "part_feat"):
+        if k in ref and k in out:
+            a, b = ref[k].float(), out[k].float()
+            worst = max(worst, float((b - a).abs().median() / a.abs().median().clamp_min(1e-12)))
+    return worst
 
 
 def compare(sides: dict, h: int, w: int, s: int, repeats: int, seed: int) -> dict:
@@ -127,6 +160,10 @@ def compare(sides: dict, h: int, w: int, s: int, repeats: int, seed: int) -> dic
             row["memory_ratio"] = row["ours"]["peak_mib"] / row["official"]["peak_mib"]
         if outs.get("official") is not None and outs.get("ours") is not None:
             row["max_rel_diff"] = official_lib.max_output_difference(outs["official"], outs["ours"])
+    if "official" in row and "median_s" in row["official"] and "median_s" in row.get("ours_bf16", {}):
+        row["speedup_bf16"] = row["official"]["median_s"] / row["ours_bf16"]["median_s"]
+        if outs.get("official") is not None and outs.get("ours_bf16") is not None:
+            row["bf16_median_rel_diff"] = _median_rel_diff(outs["official"], outs["ours_bf16"])
     return row
 
 
@@ -135,10 +172,14 @@ def _f(v, spec):
 
 
 def table(rows: list[dict], with_official: bool) -> str:
+    bf16 = with_official and any("speedup_bf16" in r for r in rows)
     if with_official:
         lines = ["| size | views | official s | ours s | speed-up (official/ours) | official MiB | ours MiB | "
                  "memory ratio (ours/official) | max rel diff | load avg |",
                  "|---|---|---|---|---|---|---|---|---|---|"]
+        if bf16:
+            lines = [lines[0][:-len(" load avg |")] + " ours bf16 s | bf16 speed-up | bf16 median rel diff | load avg |",
+                     "|---" * 13 + "|"]
     else:
         lines = ["| size | views | ours s | ours MiB | load avg |", "|---|---|---|---|---|"]
     for r in rows:
@@ -154,10 +195,15 @@ def table(rows: list[dict], with_official: bool) -> str:
             diff = max(r["max_rel_diff"].values()) if r.get("max_rel_diff") else None
             speedup = f"{r['speedup']:.2f}×" if "speedup" in r else "—"
             off_mib = _f(off.get("peak_mib"), ".0f") if "median_s" in off else "—"
+            b16 = ""
+            if bf16:
+                b16 = (f"{_f(r.get('ours_bf16', {}).get('median_s'), '.3f')} | "
+                       f"{_f(r.get('speedup_bf16'), '.2f')}{'×' if 'speedup_bf16' in r else ''} | "
+                       f"{_f(r.get('bf16_median_rel_diff'), '.1e')} | ")
             lines.append(f"| {size} | {r['views']} | {off_s} | {_f(ours.get('median_s'), '.3f')} | "
                          f"{speedup} | {off_mib} | "
                          f"{_f(ours.get('peak_mib'), '.0f')} | {_f(r.get('memory_ratio'), '.2f')} | "
-                         f"{_f(diff, '.1e')} | {load} |")
+                         f"{_f(diff, '.1e')} | {b16}{load} |")
         else:
             lines.append(f"| {size} | {r['views']} | {_f(ours.get('median_s'), '.3f')} | "
                          f"{_f(ours.get('peak_mib'), '.0f')} | {load} |")
@@ -168,7 +214,10 @@ def readme_table(payload: dict) -> str:
     env = payload["environment"]
     # a figure holds for the CPU it was measured on: the commit and the CPU go with it
     cpu = ", ".join(x for x in (env.get("cpu_model"), env.get("cpu_capability")) if x) or env.get("processor", "?")
-    note = (f"{payload['preset']}, fp32, CPU ({cpu}), {env['threads']} threads, torch {env['torch']}, "
+    precision = "fp32 (ours also in bf16, heads included)" if any("speedup_bf16" in r for r in payload["results"]) \
+        else "fp32"
+    note = (f"{payload['preset']}, {precision}, our kernels {payload.get('conv_algorithm', 'auto')}, CPU ({cpu}), "
+            f"{env['threads']} threads, torch {env['torch']}, "
             f"{payload['repeats']} interleaved rounds, same weights; commit {str(env.get('git_commit', '?'))[:7]}, "
             f"{payload['timestamp'][:10]}")
     return f"{BEGIN}\n{note}\n\n{table(payload['results'], payload['official_checkout_given'])}\n{END}"
@@ -187,6 +236,8 @@ def main(argv=None) -> int:
     if args.official:
         official, ours = official_lib.build_pair(args.preset, args.official, FIXTURES, seed=args.seed)
         sides = {"official": official, "ours": ours}
+        if args.bf16:
+            sides["ours_bf16"] = Bf16(ours)
         print(f"# ours vs official ({args.official}), preset {args.preset}: same weights")
         if official_lib.STUBBED:
             print(f"placeholders for the official code's unused imports: {', '.join(official_lib.STUBBED)}")

@@ -17,7 +17,7 @@ from torch import nn
 from iggt_lightning.head import Head, HeadInput
 from iggt_lightning.layers.attention import CrossAttention
 from iggt_lightning.layers.dpt import interpolate, make_scratch
-from iggt_lightning.layers.fast_conv import Conv2d
+from iggt_lightning.layers.fast_conv import Conv2d, ConvTranspose2d
 from iggt_lightning.layers.swin import SwinCA, SwinSA
 from iggt_lightning.losses import contrastive_loss
 from iggt_lightning.registry import register_head
@@ -28,7 +28,7 @@ class Projects(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
-        self.input_proj = nn.Sequential(nn.Conv2d(dim_in, dim_out, 1, bias=False), nn.BatchNorm2d(dim_out),
+        self.input_proj = nn.Sequential(Conv2d(dim_in, dim_out, 1, bias=False), nn.BatchNorm2d(dim_out),
                                         nn.ReLU(inplace=True))
         self.residual_conv = nn.Sequential(
             Conv2d(dim_out, dim_out, 3, 1, 1, bias=False), nn.BatchNorm2d(dim_out), nn.ReLU(inplace=True),
@@ -47,13 +47,13 @@ class InstanceAdaptor(nn.Module):
         super().__init__()
         c = out_channels
         self.norm = nn.LayerNorm(dim_in)
-        self.projects = nn.ModuleList(nn.Conv2d(dim_in, oc, 1) for oc in c)
+        self.projects = nn.ModuleList(Conv2d(dim_in, oc, 1) for oc in c)
         self.resize_layers = nn.ModuleList([
-            nn.Sequential(nn.ConvTranspose2d(c[0], c[0], 4, 2, 1), Projects(c[0], c[0]),
-                          nn.ConvTranspose2d(c[0], c[0], 4, 2, 1), Projects(c[0], c[0])),
-            nn.Sequential(nn.ConvTranspose2d(c[1], c[1], 2, 2, 0), Projects(c[1], c[1])),
+            nn.Sequential(ConvTranspose2d(c[0], c[0], 4, 2, 1), Projects(c[0], c[0]),
+                          ConvTranspose2d(c[0], c[0], 4, 2, 1), Projects(c[0], c[0])),
+            nn.Sequential(ConvTranspose2d(c[1], c[1], 2, 2, 0), Projects(c[1], c[1])),
             nn.Sequential(nn.Identity(), Projects(c[2], c[2])),
-            nn.Sequential(nn.Conv2d(c[3], c[3], 3, 2, 1), Projects(c[3], c[3])),
+            nn.Sequential(Conv2d(c[3], c[3], 3, 2, 1), Projects(c[3], c[3])),
         ])
 
     def forward(self, layer_tokens: list[torch.Tensor], grid_hw: tuple[int, int]) -> list[torch.Tensor]:

@@ -152,6 +152,10 @@ def _predict(argv: list[str]) -> int:
                    help="model input size (resize: W H, default 504 336; crop/pad: the long side W, default 518)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="32", help="32, bf16 or 16 (autocast)")
+    p.add_argument("--head-precision", default=None, choices=["fp32", "autocast"],
+                   help="under --precision bf16/16: fp32 keeps the heads in float32, as the official model does; "
+                   "autocast (the default there) runs them in bf16 too, which is what makes bf16 fast on CPU "
+                   "(docs/speed.md has its accuracy)")
     p.add_argument("--conf-threshold", type=float, default=5.0, help="points kept: by default the lowest 5 %% "
                    "by confidence are dropped")
     p.add_argument("--conf-mode", default="percentile", choices=["percentile", "absolute"])
@@ -252,7 +256,7 @@ def _predict(argv: list[str]) -> int:
                           overwrite=a.overwrite, save_images=not a.no_images, dry_run=a.dry_run,
                           progress=not a.quiet, trust_code=a.trust_checkpoint_code,
                           global_attention=global_attention, window=a.window, overlap=a.overlap,
-                          memory_budget=a.memory_budget,
+                          memory_budget=a.memory_budget, head_precision=a.head_precision,
                           stride=a.stride, no_association=a.no_association, ba=a.ba,
                           ba_refine_focal=a.ba_refine_focal, prompts=a.prompts)
     try:

@@ -98,6 +98,7 @@ class IGGTModel(nn.Module):
         self.config = {"backbone": backbone, "heads": copy.deepcopy(heads or {}),
                        "frames_chunk_size": frames_chunk_size}
         self.frames_chunk_size = frames_chunk_size
+        self.head_precision = "fp32"   # a run-time choice (set_head_precision), not part of the configuration
         built = {}
         for name, spec in (heads or {}).items():
             target, kwargs = split_spec(name, spec, "head", source)
@@ -113,6 +114,14 @@ class IGGTModel(nn.Module):
             if bad:
                 raise ValueError(f"head {n!r} reads backbone layer(s) {bad}, but the backbone has {depth} layers")
         self.token_layers = {i % depth for h in self.heads.values() for i in h.token_layers}
+
+    def set_head_precision(self, value: str, field: str = "head_precision") -> None:
+        """``fp32``: the heads run in float32 under autocast too, as the official model does (the default);
+        ``autocast``: they follow the autocast around the forward pass (bf16 on CPU: the heads are most of the
+        arithmetic, so this is what makes bf16 fast there; docs/speed.md has its accuracy)."""
+        if value not in HEAD_PRECISIONS:
+            raise ValueError(f"{field} must be one of {list(HEAD_PRECISIONS)}; got {value!r}")
+        self.head_precision = value
 
     @classmethod
     def from_preset(cls, name: str, *, trust_code: bool = True, source: str = "the model configuration",
@@ -173,10 +182,14 @@ class IGGTModel(nn.Module):
         for name in self.head_order:
             head = self.heads[name]
             inp.training = head.training      # chunking only in eval mode (head.py): training BatchNorm sees the batch
-            # Heads run in fp32 even under autocast, as the official model does; the backbone's residual
-            # stream is already fp32 because LayerScale promotes it.
-            with torch.autocast(images.device.type, enabled=False):
-                inp.outputs.update(head(inp))
+            # By default the heads run in fp32 even under autocast, as the official model does (the backbone's
+            # residual stream is already fp32 because LayerScale promotes it); head_precision "autocast" lets them
+            # follow it, and their outputs come back in fp32.
+            if self.head_precision == "fp32":
+                with torch.autocast(images.device.type, enabled=False):
+                    inp.outputs.update(head(inp))
+            else:
+                inp.outputs.update(_to_float32(head(inp)))
         out = dict(inp.outputs)
         out["images"] = images
         if return_intermediates:
@@ -186,6 +199,20 @@ class IGGTModel(nn.Module):
                 for key in head.intermediates:
                     out.pop(key, None)
         return out
+
+
+HEAD_PRECISIONS = ("fp32", "autocast")
+
+
+def _to_float32(outputs: dict) -> dict:
+    """A head's reduced-precision tensors (and lists of them) as float32; the rest unchanged."""
+    def cast(v):
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32:
+            return v.float()
+        if isinstance(v, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in v):
+            return type(v)(cast(t) for t in v)
+        return v
+    return {k: cast(v) for k, v in outputs.items()}
 
 
 def build_model(preset: str | None = None, backbone: dict | None = None, heads: dict[str, dict | None] | None = None,

@@ -41,6 +41,10 @@ class IGGTLitModule(LightningModule):
             {name: hdbscan}}, open_vocab: {class_names: [...]}}``; ``drop_postprocess``: defaults to leave out.
         frames_chunk_size: frames a dense head decodes at once at validate / test / predict time (memory bound
             only); training decodes the whole batch, so BatchNorm statistics never depend on it.
+        head_precision: under a reduced-precision ``trainer.precision`` (``bf16-mixed``): ``fp32`` keeps the heads in
+            float32, as the official model does (the default); ``autocast`` runs them in bf16 too, at every stage,
+            training included. On CPU the heads are most of the arithmetic, so only that makes bf16 fast there
+            (``iggt test --trainer.precision bf16-mixed --model.head_precision autocast``; docs/speed.md).
         loss_weights: term -> weight, for the terms the configured heads declare (built-ins: ``camera``,
             ``depth``, ``point``, ``contrastive``); a term not listed has weight 1, weight 0 skips it.
         loss_options: term -> options of that term (e.g. ``contrastive: {cross_view: false, num_samples:
@@ -74,7 +78,8 @@ class IGGTLitModule(LightningModule):
                  lr: float = 1e-4, backbone_lr: float | None = None, weight_decay: float = 0.05,
                  warmup_steps: int = 100, freeze: list[str] | None = None, init_checkpoint: str | None = None,
                  metric_options: dict[str, dict[str, Any]] | None = None, log_images_every_n_steps: int = 0,
-                 optimizer: dict | str | None = None, lr_scheduler: dict | str | None = None) -> None:
+                 optimizer: dict | str | None = None, lr_scheduler: dict | str | None = None,
+                 head_precision: str = "fp32") -> None:
         super().__init__()
         # optimizer / lr_scheduler name classes: they come from the user's own config each run, never from a file
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -103,6 +108,7 @@ class IGGTLitModule(LightningModule):
             self._check_unbuilt_drops(unbuilt, preset, configured, None)
         self.model = build_model(preset, backbone=backbone, heads=heads,
                                  drop_heads=[h for h in drop if h not in unbuilt], frames_chunk_size=frames_chunk_size)
+        self.model.set_head_precision(head_precision, "model.head_precision")
         self.postprocess = build_postprocessing(postprocess, self.model.heads, drop_postprocess)
         self.loss_weights, self.loss_options = self._check_loss_config(loss_weights or {}, loss_options or {})
         # A head no active loss term trains (track, a zero-weighted ablation) would get no gradient: freeze

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint_error import CheckpointError
+from .model import HEAD_PRECISIONS
 from .fileio import lies_inside
 from .ranges import Range
 
@@ -511,6 +512,7 @@ HYPER_PARAMETERS = Record({
     "init_checkpoint": Opt(Str()),
     "metric_options": Opt(MapOf(MapOf(Plain()))),
     "log_images_every_n_steps": Int(0),
+    "head_precision": Opt(Str(choices=lambda: list(HEAD_PRECISIONS), what="a head precision")),
     # what LightningCLI's save_hyperparameters adds
     "_instantiator": Opt(Str(r"[\w.]+", "a dotted name")),
     "_class_path": Str(choices=lambda: [_module_class()], what="the module class"),

@@ -94,6 +94,28 @@ def test_bf16_autocast_runs(nano_model):
     assert rel < 0.1
 
 
+def test_heads_follow_autocast_only_when_asked(nano_model):
+    """head_precision "autocast" runs the heads in bf16 (their outputs come back as float32, rounded as bf16
+    rounds); the default keeps them in fp32 as the official model does; anything else is refused."""
+    x = torch.rand(1, 2, 3, 56, 56)
+    with torch.no_grad():
+        ref = nano_model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            official = nano_model(x)
+            nano_model.set_head_precision("autocast")
+            try:
+                fast = nano_model(x)
+            finally:
+                nano_model.set_head_precision("fp32")
+    for k, v in _tensors(fast).items():
+        assert v.dtype == official[k].dtype and torch.isfinite(v).all(), k
+    depth_err = {name: float(((o["depth"] - ref["depth"]).abs() / ref["depth"].abs()).median())
+                 for name, o in (("official", official), ("fast", fast))}
+    assert depth_err["fast"] > depth_err["official"] and depth_err["fast"] < 0.02
+    with pytest.raises(ValueError, match="head_precision must be one of"):
+        nano_model.set_head_precision("bf16")
+
+
 def test_gradient_checkpointing_same_gradients():
     torch.manual_seed(0)
     model = IGGTModel.from_preset("nano", drop_heads=["track"]).train()

@@ -43,12 +43,21 @@ from .output_folder import (MANIFEST_FORMAT, check_existing, check_free_space,  
 from ..exporters import selected_exporters
 from .windowed import check_window, default_overlap, plan_windows
 from ..layers.token_merge import parse_global_attention
+from ..model import HEAD_PRECISIONS
 from .options import resolve_export_options
 from .scene import View, saved_view_names, unique_view_names
 from .writer import COLMAP_DIR, PredictError, PredictionWriter, ViewList, check_output_packages, scene_file_names
 
 PRECISIONS = {"32": "32-true", "fp32": "32-true", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
               "16": "16-mixed", "fp16": "16-mixed", "16-mixed": "16-mixed"}
+
+
+def head_precision(o: "PredictOptions") -> str:
+    """The heads' precision of a run: as asked, else following a bf16 / fp16 autocast (on CPU the heads are
+    most of the arithmetic: bf16 is fast only with them) and float32 otherwise."""
+    if o.head_precision is not None:
+        return o.head_precision
+    return "fp32" if PRECISIONS.get(o.precision) == "32-true" else "autocast"
 
 
 @dataclass
@@ -78,6 +87,8 @@ class PredictOptions:
     #                                      None: every frame in one pass
     memory_budget: int | None = None     # MiB a --window auto run may use; None: half the memory available
     overlap: int | None = None           # frames consecutive windows share; None: a quarter of the window (>= 2)
+    head_precision: str | None = None    # "fp32" (heads in float32 under autocast, as the official model) or
+    #                                      "autocast" (they follow it); None: autocast under bf16/16, else fp32
     stride: int = 1                      # with --window: every stride-th frame (and photo)
     no_association: bool = False         # with --window: every window numbers its objects anew (a baseline)
     ba: bool = False                     # bundle-adjust the cameras on predicted tracks (.track_ba)
@@ -147,6 +158,8 @@ def check_options(o: PredictOptions) -> None:
     _check_device(o.device)
     if o.global_attention is not None:   # the values alone; start_block is checked once the model is loaded
         parse_global_attention(o.global_attention, field="--global-attention")
+    if o.head_precision is not None and o.head_precision not in HEAD_PRECISIONS:
+        raise ValueError(f"--head-precision must be one of {list(HEAD_PRECISIONS)}; got {o.head_precision!r}")
     if PRECISIONS[o.precision] == "16-mixed" and torch.device(o.device).type == "cpu":
         raise ValueError(f"--precision {o.precision}: float16 autocast needs a GPU; use bf16 on the CPU")
     from iggt_lightning.cpu_features import bf16_warning
@@ -475,6 +488,7 @@ def _load_module(o: PredictOptions, plan: Plan):
                            f"from its header's {plan.patch_size}")
     if o.global_attention is not None:
         module.model.backbone.set_global_attention(o.global_attention, field="--global-attention")
+    module.model.set_head_precision(head_precision(o), field="--head-precision")
     if o.ba:
         from .track_ba import require_tracker
 
@@ -606,7 +620,9 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
         t0 = time.perf_counter()
         views = [View(n, Path(n).stem, i, t, p) for n, i, t, p in zip(names, view_names, transforms, photos)]
         writer = PredictionWriter(str(plan.out), overwrite=o.overwrite, options=options, one_folder=True,
-                                  display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds)},
+                                  display=str(o.out), manifest={"mode": o.mode, "precision": PRECISIONS[o.precision],
+                                            "head_precision": module.model.head_precision,
+                                            "seconds": dict(st.seconds)},
                                   refine=_refinement(o, module, prompts))
         batch = {"images": images[None], "scene_id": ["photos"], "views": [ViewList(views)]}
         trainer = Trainer(**_trainer_device(o.device), precision=PRECISIONS[o.precision], callbacks=[writer],

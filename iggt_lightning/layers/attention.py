@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_conv import Linear
+
 _BACKEND = os.environ.get("IGGT_ATTENTION", "auto")  # "auto" | "sdpa" | "xformers"
 _XFORMERS: dict = {"tried": False, "ok": False, "op": None}
 
@@ -72,10 +74,10 @@ class Attention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         self.rope = rope
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,10 +96,10 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.projq = nn.Linear(dim, dim, bias=qkv_bias)
-        self.projk = nn.Linear(dim, dim, bias=qkv_bias)
-        self.projv = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.projq = Linear(dim, dim, bias=qkv_bias)
+        self.projk = Linear(dim, dim, bias=qkv_bias)
+        self.projv = Linear(dim, dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         B, Nq, C = query.shape

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .attention import Attention
+from .fast_conv import Linear, activated
 
 
 class LayerScale(nn.Module):
@@ -22,11 +23,13 @@ class Mlp(nn.Module):
     def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
                  act_layer: Callable[[], nn.Module] = nn.GELU, bias: bool = True) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features or in_features, bias=bias)
+        self.fc1 = Linear(in_features, hidden_features or in_features, bias=bias)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features or in_features, out_features or in_features, bias=bias)
+        self.fc2 = Linear(hidden_features or in_features, out_features or in_features, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.act) is nn.GELU and self.act.approximate == "none":
+            return self.fc2(activated(self.fc1, x, "gelu"))
         return self.fc2(self.act(self.fc1(x)))
 
 

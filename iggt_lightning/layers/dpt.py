@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_conv import Conv2d
+from .fast_conv import Conv2d, ConvTranspose2d, activated
 
 _INTERP_MAX = 1610612736  # F.interpolate overflows int32 indexing above this many output elements
 
@@ -49,7 +49,7 @@ def _cached_uv_embedding(height: int, width: int, channels: int, aspect_ratio: f
                          device: torch.device, ratio: float) -> torch.Tensor:
     # A constant of the map size: computed once (in float64 sines), not on every chunk of every head.
     with torch.inference_mode(False), torch.no_grad():
-        return (uv_embedding(height, width, channels, aspect_ratio, dtype, device) * ratio)[None]
+        return (uv_embedding(height, width, channels, aspect_ratio, dtype, device) * ratio).to(dtype)[None]
 
 
 def add_uv_embedding(x: torch.Tensor, image_w: int, image_h: int, ratio: float = 0.1) -> torch.Tensor:
@@ -66,7 +66,7 @@ class ResidualConvUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The official unit applies an in-place ReLU to its input, so its skip path adds relu(x), not x.
         x = F.relu(x)
-        return self.conv2(F.relu(self.conv1(x))) + x
+        return self.conv2(activated(self.conv1, x, "relu")) + x
 
 
 class FeatureFusionBlock(nn.Module):
@@ -106,10 +106,10 @@ def dpt_resize_layers(out_channels: list[int]) -> nn.ModuleList:
     """x4 (transposed conv), x2 (transposed conv), x1, x1/2 (strided conv) for the four token layers."""
     c = out_channels
     return nn.ModuleList([
-        nn.ConvTranspose2d(c[0], c[0], kernel_size=4, stride=4, padding=0),
-        nn.ConvTranspose2d(c[1], c[1], kernel_size=2, stride=2, padding=0),
+        ConvTranspose2d(c[0], c[0], kernel_size=4, stride=4, padding=0),
+        ConvTranspose2d(c[1], c[1], kernel_size=2, stride=2, padding=0),
         nn.Identity(),
-        nn.Conv2d(c[3], c[3], kernel_size=3, stride=2, padding=1),
+        Conv2d(c[3], c[3], kernel_size=3, stride=2, padding=1),
     ])
 
 
@@ -156,7 +156,7 @@ class DPT(nn.Module):
         self.patch_size, self.activation, self.conf_activation = patch_size, activation, conf_activation
         self.pos_embed, self.down_ratio, self.feature_only = pos_embed, down_ratio, feature_only
         self.norm = nn.LayerNorm(dim_in)
-        self.projects = nn.ModuleList(nn.Conv2d(dim_in, oc, 1, 1, 0) for oc in out_channels)
+        self.projects = nn.ModuleList(Conv2d(dim_in, oc, 1, 1, 0) for oc in out_channels)
         self.resize_layers = dpt_resize_layers(list(out_channels))
         self.scratch = make_scratch(list(out_channels), features)
         if feature_only:

@@ -1,19 +1,21 @@
-"""A 3x3 convolution that runs Winograd F(4x4, 3x3) on CPU at inference.
+"""Convolution and linear layers with fast CPU inference paths; training is untouched.
 
-The dense heads spend most of their time in 3x3, stride-1 convolutions with 128-1024 channels, which
-oneDNN already runs near this CPU's matrix-multiply peak, so only fewer multiplications make them faster.
-Winograd's F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile with 36 element-wise products
-instead of 144 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): the convolution
-becomes 36 matrix products over channels, between transforms of the input and of the weights. It is exact in
-real arithmetic; in float32 its error is a few 1e-6 of the output's magnitude (the direct kernel's is about
-half that), see ``tests/test_fast_conv.py`` and docs/parity.md.
+:class:`Conv2d`, :class:`ConvTranspose2d` and :class:`Linear` are the ``torch.nn`` layers (same parameters, same
+state-dict keys). At inference on CPU (no autograd) they compute with oneDNN directly, in channels-last memory and
+with weights reordered once (:mod:`iggt_lightning.layers.onednn`), in float32 or, under bf16 autocast, in bf16.
+Everywhere else (autograd, CUDA, other dtypes) they are the ordinary layers, bit for bit. The algorithm is one
+switch, ``set_conv_algorithm`` or the ``IGGT_CONV`` environment variable:
 
-:class:`Conv2d` is an ``nn.Conv2d`` (same parameters, same state-dict keys) that takes this path only where
-it pays and changes nothing else: float32 on CPU, no autograd (training and gradients use the ordinary
-kernel), a 3x3 / stride 1 / padding 1 / ungrouped convolution with at least ``MIN_CHANNELS`` channels in and
-out on a map of at least ``MIN_PIXELS`` pixels. ``set_conv_algorithm("direct")`` (or ``IGGT_CONV=direct``)
-turns it off everywhere. The transformed weights are cached on the module and rebuilt when the weights
-change (their version counter moves on every in-place update, e.g. an optimiser step or a state-dict load).
+* ``auto`` (default): the oneDNN path.
+* ``winograd``: the oneDNN path, and 3x3 / stride-1 convolutions with at least ``MIN_CHANNELS`` channels in
+  and out as Winograd F(4x4, 3x3) in float32: each 4x4 output tile from a 6x6 input tile with 36 products
+  instead of 144 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), the convolution
+  becoming 36 matrix products over channels. It is exact in real arithmetic; in float32 its error is a few 1e-6
+  of the output's magnitude. It pays where the matrix product is fast and the direct convolution is not; on the
+  CPU of docs/speed.md the prepacked direct convolution is faster (``benchmarks/kernels.py`` compares them).
+* ``direct``: PyTorch's ordinary kernels everywhere.
+
+The outputs of every path stay inside the parity bar (``tests/test_fast_conv.py``, ``tests/test_parity.py``).
 """
 from __future__ import annotations
 
@@ -23,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import onednn
+
 MIN_CHANNELS = 128      # below this the transforms cost more than the multiplications they save
 MIN_PIXELS = 8 * 8
 _TILES_PER_CHUNK = 1024  # frames go through in groups of about this many 4x4 tiles: cache-sized transforms
 
+ALGORITHMS = ("auto", "winograd", "direct")
 _ALGORITHM = os.environ.get("IGGT_CONV", "auto")
 
 # F(4x4, 3x3) with the interpolation points 0, +-1, +-2 (and infinity): input transform B^T, weight transform G,
@@ -39,10 +44,11 @@ _AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 
 
 
 def set_conv_algorithm(name: str) -> None:
-    """``auto`` (Winograd where :class:`Conv2d` allows it) or ``direct`` (always the ordinary kernel)."""
+    """``auto`` (oneDNN at CPU inference), ``winograd`` (and Winograd 3x3 convolutions) or ``direct`` (PyTorch's
+    ordinary kernels); see the module docstring."""
     global _ALGORITHM
-    if name not in ("auto", "direct"):
-        raise ValueError(f"unknown convolution algorithm {name!r}; expected 'auto' or 'direct'")
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown convolution algorithm {name!r}; expected one of {', '.join(map(repr, ALGORITHMS))}")
     _ALGORITHM = name
 
 
@@ -108,14 +114,25 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None
     return out.permute(0, 3, 1, 2)
 
 
+def inference_dtype(x: torch.Tensor, layer: nn.Module) -> torch.dtype | None:
+    """The dtype a fast CPU inference path computes ``layer(x)`` in, or None where the ordinary kernel runs:
+    float32 (or bf16 for bf16 input), bf16 under bf16 autocast, never with autograd or off the CPU."""
+    if _ALGORITHM == "direct" or x.device.type != "cpu" or not onednn.available():
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters(recurse=False))):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+    return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else None
+
+
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that takes :func:`winograd_conv3x3` where that is faster (see the module docstring)."""
+    """``nn.Conv2d`` with the fast CPU inference paths of the module docstring."""
 
     def _winograd_applies(self, x: torch.Tensor) -> bool:
-        return (_ALGORITHM == "auto" and x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 4
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+        return (_ALGORITHM == "winograd" and x.dtype == torch.float32 and x.ndim == 4
                 and self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
-                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+                and self.dilation == (1, 1) and self.groups == 1
                 and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
                 and x.shape[-2] * x.shape[-1] >= MIN_PIXELS and min(x.shape[-2:]) >= 4)
 
@@ -128,18 +145,46 @@ class Conv2d(nn.Conv2d):
             object.__setattr__(self, "_winograd_cache", cached)   # not a buffer: never saved, never moved
         return cached[1]
 
-    def _pointwise_applies(self, x: torch.Tensor) -> bool:
-        # A 1x1 conv on a channels-last map (what the Winograd path returns) is a plain matrix product; PyTorch's
-        # CPU convolution would take a slow generic kernel for it.
-        return (_ALGORITHM == "auto" and x.device.type == "cpu" and x.ndim == 4 and not torch.is_grad_enabled()
-                and self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
-                and self.groups == 1 and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = inference_dtype(x, self) if self.padding_mode == "zeros" and x.ndim == 4 else None
+        if dtype is None or isinstance(self.padding, str):
+            return super().forward(x)
+        if dtype == torch.float32 and self._winograd_applies(x):
+            return winograd_conv3x3(x, self._transformed(), self.bias)
+        return onednn.packed_conv2d(self, x, dtype)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` that runs in channels-last memory at CPU inference (oneDNN's fast layout)."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        dtype = inference_dtype(x, self) if output_size is None and x.ndim == 4 else None
+        if dtype is None:
+            return super().forward(x, output_size)
+        return onednn.conv_transpose2d(self, x, dtype)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose CPU inference product is oneDNN's (see :mod:`iggt_lightning.layers.onednn`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._winograd_applies(x):
-            return winograd_conv3x3(x, self._transformed(), self.bias)
-        if self._pointwise_applies(x):
-            w = self.weight.view(self.out_channels, self.in_channels)
-            return F.linear(x.permute(0, 2, 3, 1), w, self.bias).permute(0, 3, 1, 2)
-        return super().forward(x)
+        dtype = inference_dtype(x, self)
+        if dtype is None or x.ndim < 2:
+            return super().forward(x)
+        return onednn.linear(self, x, dtype)
+
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+def activated(layer: nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """``activation(layer(x))`` for one of this module's layers, the activation (``relu``, or ``gelu`` after a
+    :class:`Linear`) fused into the product where the fast path runs: one pass over the output, not two."""
+    fast = isinstance(layer, (Conv2d, Linear)) and not (activation == "gelu" and isinstance(layer, Conv2d))
+    dtype = inference_dtype(x, layer) if fast else None
+    if dtype is not None and isinstance(layer, Linear) and x.ndim >= 2:
+        return onednn.linear(layer, x, dtype, activation)
+    if (dtype is not None and isinstance(layer, Conv2d) and layer.padding_mode == "zeros" and x.ndim == 4
+            and not isinstance(layer.padding, str) and not (dtype == torch.float32 and layer._winograd_applies(x))):
+        return onednn.packed_conv2d(layer, x, dtype, activation)
+    return _ACTIVATIONS[activation](layer(x))

@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import Attention
-from .fast_conv import Conv2d
+from .fast_conv import Conv2d, Linear
 from .block import Mlp
 
 
@@ -52,8 +52,8 @@ class ChannelAttention(nn.Module):
     def __init__(self, num_feat: int, squeeze_factor: int = 16) -> None:
         super().__init__()
         self.attention = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(num_feat, max(1, num_feat // squeeze_factor), 1), nn.ReLU(inplace=True),
-            nn.Conv2d(max(1, num_feat // squeeze_factor), num_feat, 1), nn.Sigmoid())
+            nn.AdaptiveAvgPool2d(1), Conv2d(num_feat, max(1, num_feat // squeeze_factor), 1), nn.ReLU(inplace=True),
+            Conv2d(max(1, num_feat // squeeze_factor), num_feat, 1), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.attention(x)
@@ -65,8 +65,8 @@ class CAB(nn.Module):
     def __init__(self, num_feat: int, compress_ratio: int = 3, squeeze_factor: int = 30) -> None:
         super().__init__()
         self.cab = nn.Sequential(
-            nn.Conv2d(num_feat, num_feat // compress_ratio, 3, 1, 1), nn.GELU(),
-            nn.Conv2d(num_feat // compress_ratio, num_feat, 3, 1, 1), ChannelAttention(num_feat, squeeze_factor))
+            Conv2d(num_feat, num_feat // compress_ratio, 3, 1, 1), nn.GELU(),
+            Conv2d(num_feat // compress_ratio, num_feat, 3, 1, 1), ChannelAttention(num_feat, squeeze_factor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cab(x)
@@ -112,13 +112,13 @@ class OCAB(nn.Module):
         self.overlap_win_size = int(window_size * overlap_ratio) + window_size
         ows = self.overlap_win_size
         self.norm1 = nn.LayerNorm(dim)
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.k = Linear(dim, dim)
+        self.v = Linear(dim, dim)
         self.unfold = nn.Unfold(kernel_size=(ows, ows), stride=window_size, padding=(ows - window_size) // 2)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((window_size + ows - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
