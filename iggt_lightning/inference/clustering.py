@@ -188,7 +188,9 @@ class TorchClusterer(Clusterer):
     def find_centres(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         min_count = max(1, math.ceil(self.min_size * n))
-        near = torch.cdist(x, x) < self.granularity           # [n,n] bool, n <= max_points
+        # [n,n] 1.0 where two points lie within the granularity, else 0.0 (n <= max_points). Float, not bool: torch
+        # sums float rows several times faster, and the counts (< 2^24) are exact in float32.
+        near = torch.cdist(x, x).lt_(self.granularity)
         density = near.sum(1)
         remaining = torch.ones(n, dtype=torch.bool, device=x.device)
         centres = []
@@ -197,7 +199,7 @@ class TorchClusterer(Clusterer):
             i = int(dens.argmax())
             if int(dens[i]) < min_count:
                 break
-            members = near[i] & remaining
+            members = near[i].bool() & remaining
             centres.append(F.normalize(x[members].mean(0), dim=0))
             remaining &= ~members
             density -= near[members].sum(0)                  # density among the points still unassigned (near is symmetric)
