@@ -179,6 +179,9 @@ def table(payload: dict) -> str:
     return "\n".join(lines)
 
 
+readme_table = table     # the name tests/test_speed_benchmarks.py looks for
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="runs/synthetic_tiny/checkpoints/last.ckpt")

@@ -80,11 +80,29 @@ def test_clustering_benchmark_scales_and_renders(tmp_path):
 
 
 @pytest.mark.parametrize("name,json_name", [("vs_official", "vs_official.json"), ("forward", "forward_views.json"),
-                                            ("many_view", "many_view.json"), ("clustering", "clustering.json")])
+                                            ("many_view", "many_view.json"), ("clustering", "clustering.json"),
+                                            ("kernels", "kernels.json"), ("bf16", "bf16.json")])
 def test_readme_blocks_are_their_json(name, json_name):
     mod = _module(name)
     payload = json.loads((ROOT / "benchmarks" / json_name).read_text())
     assert mod.readme_table(payload) in benchmarking.text_holding(mod.BEGIN, ROOT)   # its docs page
+
+
+def test_kernels_benchmark_counts_and_times_every_component(tmp_path):
+    """A miniature of benchmarks/kernels.py: peaks measured, every component counted and timed in every setting."""
+    out = tmp_path / "k.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.kernels", "--preset", "nano", "--size", "28", "28",
+                          "--repeats", "1", "--threads", "1", "--json", str(out)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    payload = json.loads(out.read_text())
+    kernels = _module("kernels")
+    assert payload["peak_gflops"]["blas_fp32"] > 0
+    assert set(payload["gflop"]) == {"backbone", "camera", "depth", "point", "track", "instance"}
+    assert payload["gflop"]["depth"] > 0 and payload["gflop"]["instance"] > 0
+    assert set(payload["seconds"]) == set(kernels.SETTINGS)
+    assert all(s["total"] > 0 for s in payload["seconds"].values())
+    assert "| total |" in kernels.readme_table(payload)
 
 
 def test_a_block_is_refilled_in_the_one_page_that_holds_it(tmp_path):

@@ -620,9 +620,7 @@ def _run(o: PredictOptions, plan: Plan, st: Stages) -> dict:
         t0 = time.perf_counter()
         views = [View(n, Path(n).stem, i, t, p) for n, i, t, p in zip(names, view_names, transforms, photos)]
         writer = PredictionWriter(str(plan.out), overwrite=o.overwrite, options=options, one_folder=True,
-                                  display=str(o.out), manifest={"mode": o.mode, "precision": PRECISIONS[o.precision],
-                                            "head_precision": module.model.head_precision,
-                                            "seconds": dict(st.seconds)},
+                                  display=str(o.out), manifest={"mode": o.mode, "seconds": dict(st.seconds)},
                                   refine=_refinement(o, module, prompts))
         batch = {"images": images[None], "scene_id": ["photos"], "views": [ViewList(views)]}
         trainer = Trainer(**_trainer_device(o.device), precision=PRECISIONS[o.precision], callbacks=[writer],

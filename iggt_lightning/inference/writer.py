@@ -423,7 +423,8 @@ class PredictionWriter(BasePredictionWriter):
             folder, display = self._folder(scene_id)
             extra = dict(self.manifest, seconds={**self.manifest.get("seconds", {}),
                                                  **getattr(pl_module, "last_run_seconds", {})},
-                         global_attention=pl_module.model.backbone.global_attention.to_dict())
+                         global_attention=pl_module.model.backbone.global_attention.to_dict(),
+                         precision=str(trainer.precision), head_precision=pl_module.model.head_precision)
             if not self.one_folder:
                 extra["scene"] = str(scene_id)
             if isinstance(prediction.get("windowed"), list):       # a windowed run's per-scene diagnostics
