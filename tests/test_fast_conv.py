@@ -127,6 +127,10 @@ def test_cached_weights_follow_weight_updates(algorithm):
         assert _rel(conv(x), ref) < 2e-5
     # the caches are never saved or copied with the module
     assert set(conv.state_dict()) == {"weight", "bias"}
+    if algorithm == "auto":      # a bf16 run keeps its own packed weights beside the fp32 ones (no re-pack each switch)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(x)
+        assert set(onednn._PACKED[conv]) == {torch.float32, torch.bfloat16}
     twin = copy.deepcopy(conv)
     with torch.no_grad():
         assert _rel(twin(x), ref) < 2e-5

@@ -53,8 +53,10 @@ def _cached_uv_embedding(height: int, width: int, channels: int, aspect_ratio: f
 
 
 def add_uv_embedding(x: torch.Tensor, image_w: int, image_h: int, ratio: float = 0.1) -> torch.Tensor:
-    return x + _cached_uv_embedding(x.shape[-2], x.shape[-1], x.shape[1], image_w / image_h, x.dtype, x.device,
-                                    ratio)
+    """``x`` plus the UV embedding; in place (``x`` must be a fresh map no one else reads: a conv's or resize's
+    output), which saves writing a second full-resolution map."""
+    return x.add_(_cached_uv_embedding(x.shape[-2], x.shape[-1], x.shape[1], image_w / image_h, x.dtype, x.device,
+                                       ratio))
 
 
 class ResidualConvUnit(nn.Module):

@@ -155,7 +155,7 @@ class Conv2d(nn.Conv2d):
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` that runs in channels-last memory at CPU inference (oneDNN's fast layout)."""
+    """``nn.ConvTranspose2d`` with prepacked weights in channels-last memory at CPU inference."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         dtype = inference_dtype(x, self) if output_size is None and x.ndim == 4 else None

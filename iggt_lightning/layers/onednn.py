@@ -19,7 +19,8 @@ import weakref
 import torch
 from torch import nn
 
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+# layer -> {dtype: (weight key, packed weight, bias)}: a run in fp32 and one in bf16 each keep theirs
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _STATE: dict = {"available": None}
 
 
@@ -32,7 +33,12 @@ def available() -> bool:
             y = torch.ops.mkldnn._convolution_pointwise(torch.ones(1, 1, 1, 1), packed, None, [0, 0], [1, 1], [1, 1],
                                                         1, "none", [], "")
             z = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 1), torch.ones(1, 1), None, "none", [], "")
-            _STATE["available"] = bool(torch.backends.mkldnn.is_available() and y.item() == 1 and z.item() == 1)
+            t = torch.ops.mkldnn._reorder_convolution_transpose_weight(w, [0, 0], [0, 0], [1, 1], [1, 1], 1,
+                                                                       [1, 1, 1, 1])
+            t = torch.ops.mkldnn._convolution_transpose_pointwise(torch.ones(1, 1, 1, 1), t, None, [0, 0], [0, 0],
+                                                                  [1, 1], [1, 1], 1, "none", [], "")
+            _STATE["available"] = bool(torch.backends.mkldnn.is_available() and y.item() == 1 and z.item() == 1
+                                      and t.item() == 1)
         except Exception:  # a build without oneDNN, or one whose private ops changed: the ordinary kernels
             _STATE["available"] = False
     return _STATE["available"]
@@ -42,21 +48,29 @@ def _weight_key(weight: torch.Tensor, dtype: torch.dtype) -> tuple:
     return weight.data_ptr(), weight._version, weight.dtype, dtype
 
 
+def _cached(layer: nn.Module, dtype: torch.dtype, make) -> tuple:
+    """The layer's cached (packed weight, bias) in ``dtype``, made by ``make()`` when missing or stale."""
+    key = _weight_key(layer.weight, dtype)
+    per_dtype = _PACKED.setdefault(layer, {})
+    entry = per_dtype.get(dtype)
+    if entry is None or entry[0] != key:
+        entry = (key, *make())
+        per_dtype[dtype] = entry
+    return entry[1], entry[2]
+
+
 def packed_conv2d(conv: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype, activation: str = "none") -> torch.Tensor:
     """``conv(x)`` (zero padding) in ``dtype`` with the weights in oneDNN's layout, followed by ``activation``
     (``none`` or ``relu``, fused into the same pass); channels-last output."""
-    key = _weight_key(conv.weight, dtype)
-    cached = _PACKED.get(conv)
-    if cached is None or cached[0] != key:
-        weight = conv.weight.detach().to(dtype)
+    def make():
         packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-            list(x.shape))
-        bias = conv.bias.detach().to(dtype) if conv.bias is not None else None
-        cached = (key, packed, bias)
-        _PACKED[conv] = cached
+            conv.weight.detach().to(dtype).to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation),
+            conv.groups, list(x.shape))
+        return packed, conv.bias.detach().to(dtype) if conv.bias is not None else None
+
+    weight, bias = _cached(conv, dtype, make)
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    return torch.ops.mkldnn._convolution_pointwise(x, cached[1], cached[2], list(conv.padding), list(conv.stride),
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(conv.padding), list(conv.stride),
                                                    list(conv.dilation), conv.groups, activation, [], "")
 
 
@@ -66,25 +80,17 @@ def linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype, activation: st
     if dtype == layer.weight.dtype:
         weight, bias = layer.weight.detach(), layer.bias.detach() if layer.bias is not None else None
     else:
-        key = _weight_key(layer.weight, dtype)
-        cached = _PACKED.get(layer)
-        if cached is None or cached[0] != key:
-            cached = (key, layer.weight.detach().to(dtype),
-                      layer.bias.detach().to(dtype) if layer.bias is not None else None)
-            _PACKED[layer] = cached
-        weight, bias = cached[1], cached[2]
+        weight, bias = _cached(layer, dtype, lambda: (layer.weight.detach().to(dtype),
+                                                      layer.bias.detach().to(dtype) if layer.bias is not None else None))
     return torch.ops.mkldnn._linear_pointwise(x.to(dtype), weight, bias, activation, [],
                                               "none" if activation == "gelu" else "")
 
 
 def conv_transpose2d(conv: nn.ConvTranspose2d, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``conv(x)`` in ``dtype`` on channels-last input and weights (oneDNN's fast layout for it)."""
-    key = _weight_key(conv.weight, dtype)
-    cached = _PACKED.get(conv)
-    if cached is None or cached[0] != key:
-        weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-        cached = (key, weight, conv.bias.detach().to(dtype) if conv.bias is not None else None)
-        _PACKED[conv] = cached
+    """``conv(x)`` in ``dtype`` with the weights in oneDNN's layout; channels-last output."""
+    args = (list(conv.padding), list(conv.output_padding), list(conv.stride), list(conv.dilation), conv.groups)
+    weight, bias = _cached(conv, dtype, lambda: (
+        torch.ops.mkldnn._reorder_convolution_transpose_weight(conv.weight.detach().to(dtype), *args, list(x.shape)),
+        conv.bias.detach().to(dtype) if conv.bias is not None else None))
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    return torch.nn.functional.conv_transpose2d(x, cached[1], cached[2], conv.stride, conv.padding,
-                                                conv.output_padding, conv.groups, conv.dilation)
+    return torch.ops.mkldnn._convolution_transpose_pointwise(x, weight, bias, *args, "none", [], "")
