@@ -129,8 +129,12 @@ def test_precision_applies_to_every_window(inputs, tmp_path):
     for precision in ("32", "bf16"):
         assert predict(inputs, "walk.mp4", tmp_path / precision, "--window", "12", "--overlap", "4",
                        "--precision", precision) == 0
-    w = {p: json.loads((tmp_path / p / "manifest.json").read_text())["windowed"] for p in ("32", "bf16")}
+    manifests = {p: json.loads((tmp_path / p / "manifest.json").read_text()) for p in ("32", "bf16")}
+    w = {p: m["windowed"] for p, m in manifests.items()}
     assert (w["32"]["precision"], w["bf16"]["precision"]) == ("32-true", "bf16-mixed")
+    # under bf16 the heads follow the autocast by default (--head-precision fp32 keeps the official fp32 heads)
+    assert [(manifests[p]["precision"], manifests[p]["head_precision"]) for p in ("32", "bf16")] == \
+        [("32-true", "fp32"), ("bf16-mixed", "autocast")]
     with np.load(tmp_path / "32" / "depth" / "depth.npz") as a, np.load(tmp_path / "bf16" / "depth" / "depth.npz") as b:
         keys = [k for k in a.files if k.startswith("depth")]
         da = np.concatenate([a[k].ravel() for k in keys])

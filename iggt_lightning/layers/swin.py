@@ -115,6 +115,7 @@ class OCAB(nn.Module):
         self.q = Linear(dim, dim)
         self.k = Linear(dim, dim)
         self.v = Linear(dim, dim)
+        self.unfold = nn.Unfold(kernel_size=(ows, ows), stride=window_size, padding=(ows - window_size) // 2)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((window_size + ows - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.proj = Linear(dim, dim)
@@ -137,11 +138,8 @@ class OCAB(nn.Module):
         # The official code hands the channel-first query map to the channel-last window partition, so
         # its "query windows" are slices of the (channel, row, column) layout. Reproduced for parity.
         q_windows = window_partition(q, ws).view(-1, ws * ws, c)
-        # the overlapping ows x ows key/value windows at stride ws (zero padding around the map) as a strided view
-        # of the padded map, copied once by the rearrange (nn.Unfold's im2col would copy twice)
-        pad = (ows - ws) // 2
-        kv_tiles = F.pad(kv, (pad, pad, pad, pad)).unfold(2, ows, ws).unfold(3, ows, ws)
-        kv_windows = rearrange(kv_tiles, "b (nc ch) nh nw owh oww -> nc (b nh nw) (owh oww) ch", nc=2, ch=c)
+        kv_windows = rearrange(self.unfold(kv), "b (nc ch owh oww) nw -> nc (b nw) (owh oww) ch",
+                               nc=2, ch=c, owh=ows, oww=ows)
         bw, nq, _ = q_windows.shape
         d = c // nh
         qh = q_windows.reshape(bw, nq, nh, d).permute(0, 2, 1, 3)
