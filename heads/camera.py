@@ -35,6 +35,9 @@ class CameraHead(Head):
     loss_terms = ("camera",)
     loss_functions = {"camera": camera_loss}   # its options: camera_loss's keyword parameters
     official_prefixes = (("camera_head.", ""),)
+    # under head_precision "autocast" the camera head still runs in fp32: it is a fraction of a percent of the
+    # arithmetic, and bf16 moved the main job's cameras by 0.36 degrees (median; benchmarks/bf16.py)
+    reduced_precision = False
 
     def __init__(self, dim_in: int = 2048, trunk_depth: int = 4, num_heads: int = 16, mlp_ratio: float = 4,
                  init_values: float = 0.01, num_iterations: int = 4, trans_act: str = "linear",

@@ -84,6 +84,9 @@ class Head(nn.Module, Plugin):
 
     intermediates: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
+    # Whether the head follows a reduced-precision autocast when the model's head_precision is "autocast" (False:
+    # it stays in float32 then too, for a head whose arithmetic is negligible and whose outputs are sensitive)
+    reduced_precision: ClassVar[bool] = True
     loss_terms: ClassVar[tuple[str, ...]] = ()
     official_prefixes: ClassVar[tuple[tuple[str, str], ...]] = ()
     official_drop_rules: ClassVar[tuple[tuple[str, str, str], ...]] = ()

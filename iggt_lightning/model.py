@@ -118,7 +118,8 @@ class IGGTModel(nn.Module):
     def set_head_precision(self, value: str, field: str = "head_precision") -> None:
         """``fp32``: the heads run in float32 under autocast too, as the official model does (the default);
         ``autocast``: they follow the autocast around the forward pass (bf16 on CPU: the heads are most of the
-        arithmetic, so this is what makes bf16 fast there; docs/speed.md has its accuracy)."""
+        arithmetic, so this is what makes bf16 fast there; docs/speed.md has its accuracy), except a head that
+        declares ``reduced_precision = False`` (the camera head)."""
         if value not in HEAD_PRECISIONS:
             raise ValueError(f"{field} must be one of {list(HEAD_PRECISIONS)}; got {value!r}")
         self.head_precision = value
@@ -185,7 +186,7 @@ class IGGTModel(nn.Module):
             # By default the heads run in fp32 even under autocast, as the official model does (the backbone's
             # residual stream is already fp32 because LayerScale promotes it); head_precision "autocast" lets them
             # follow it, and their outputs come back in fp32.
-            if self.head_precision == "fp32":
+            if self.head_precision == "fp32" or not head.reduced_precision:
                 with torch.autocast(images.device.type, enabled=False):
                     inp.outputs.update(head(inp))
             else:
