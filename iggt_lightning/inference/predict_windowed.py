@@ -168,6 +168,8 @@ def run_windowed(o, plan, module, options: dict, manifest: dict, total: int, win
                                 "stride": stride, "precision": precision,
                                 "association": not o.no_association, **describe_windows(result.windows)}
         manifest["seconds"] = {**manifest.get("seconds", {}), "windowed_inference": round(seconds, 3)}
+        # as a one-pass run's manifest has them (its writer adds them)
+        manifest["precision"], manifest["head_precision"] = precision, module.model.head_precision
         if options.get("max_points") is None:        # a bounded cloud, whatever the length of the video
             options = {**options, "max_points": WINDOWED_MAX_POINTS}
         t1 = time.perf_counter()
