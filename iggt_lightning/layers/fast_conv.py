@@ -131,7 +131,7 @@ class Conv2d(nn.Conv2d):
 
     def _winograd_applies(self, x: torch.Tensor) -> bool:
         return (_ALGORITHM == "winograd" and x.dtype == torch.float32 and x.ndim == 4
-                and self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
+                and self.padding_mode == "zeros" and self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
                 and self.dilation == (1, 1) and self.groups == 1
                 and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
                 and x.shape[-2] * x.shape[-1] >= MIN_PIXELS and min(x.shape[-2:]) >= 4)
@@ -145,13 +145,20 @@ class Conv2d(nn.Conv2d):
             object.__setattr__(self, "_winograd_cache", cached)   # not a buffer: never saved, never moved
         return cached[1]
 
+    def _onednn_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype of the prepacked oneDNN path for ``x``, or None (the ordinary kernel, or Winograd)."""
+        if self.padding_mode != "zeros" or x.ndim != 4 or isinstance(self.padding, str):
+            return None
+        dtype = inference_dtype(x, self)
+        return None if dtype == torch.float32 and self._winograd_applies(x) else dtype
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = inference_dtype(x, self) if self.padding_mode == "zeros" and x.ndim == 4 else None
-        if dtype is None or isinstance(self.padding, str):
-            return super().forward(x)
-        if dtype == torch.float32 and self._winograd_applies(x):
+        dtype = self._onednn_dtype(x)
+        if dtype is not None:
+            return onednn.packed_conv2d(self, x, dtype)
+        if self._winograd_applies(x) and inference_dtype(x, self) == torch.float32:
             return winograd_conv3x3(x, self._transformed(), self.bias)
-        return onednn.packed_conv2d(self, x, dtype)
+        return super().forward(x)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -167,11 +174,13 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 class Linear(nn.Linear):
     """``nn.Linear`` whose CPU inference product is oneDNN's (see :mod:`iggt_lightning.layers.onednn`)."""
 
+    def _onednn_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype of the oneDNN path for ``x``, or None (the ordinary kernel)."""
+        return inference_dtype(x, self) if x.ndim >= 2 else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = inference_dtype(x, self)
-        if dtype is None or x.ndim < 2:
-            return super().forward(x)
-        return onednn.linear(self, x, dtype)
+        dtype = self._onednn_dtype(x)
+        return super().forward(x) if dtype is None else onednn.linear(self, x, dtype)
 
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
@@ -180,11 +189,9 @@ _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 def activated(layer: nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
     """``activation(layer(x))`` for one of this module's layers, the activation (``relu``, or ``gelu`` after a
     :class:`Linear`) fused into the product where the fast path runs: one pass over the output, not two."""
-    fast = isinstance(layer, (Conv2d, Linear)) and not (activation == "gelu" and isinstance(layer, Conv2d))
-    dtype = inference_dtype(x, layer) if fast else None
-    if dtype is not None and isinstance(layer, Linear) and x.ndim >= 2:
-        return onednn.linear(layer, x, dtype, activation)
-    if (dtype is not None and isinstance(layer, Conv2d) and layer.padding_mode == "zeros" and x.ndim == 4
-            and not isinstance(layer.padding, str) and not (dtype == torch.float32 and layer._winograd_applies(x))):
-        return onednn.packed_conv2d(layer, x, dtype, activation)
-    return _ACTIVATIONS[activation](layer(x))
+    fusable = isinstance(layer, Linear) or (isinstance(layer, Conv2d) and activation == "relu")
+    dtype = layer._onednn_dtype(x) if fusable else None
+    if dtype is None:
+        return _ACTIVATIONS[activation](layer(x))
+    fused = onednn.linear if isinstance(layer, Linear) else onednn.packed_conv2d
+    return fused(layer, x, dtype, activation)
