@@ -81,7 +81,8 @@ def test_clustering_benchmark_scales_and_renders(tmp_path):
 
 @pytest.mark.parametrize("name,json_name", [("vs_official", "vs_official.json"), ("forward", "forward_views.json"),
                                             ("many_view", "many_view.json"), ("clustering", "clustering.json"),
-                                            ("kernels", "kernels.json"), ("bf16", "bf16.json")])
+                                            ("kernels", "kernels.json"), ("bf16", "bf16.json"),
+                                            ("headroom", "headroom.json")])
 def test_readme_blocks_are_their_json(name, json_name):
     mod = _module(name)
     payload = json.loads((ROOT / "benchmarks" / json_name).read_text())
@@ -103,6 +104,42 @@ def test_kernels_benchmark_counts_and_times_every_component(tmp_path):
     assert set(payload["seconds"]) == set(kernels.SETTINGS)
     assert all(s["total"] > 0 for s in payload["seconds"].values())
     assert "| total |" in kernels.readme_table(payload)
+
+
+def test_headroom_benchmark_splits_products_from_the_rest(tmp_path):
+    """A miniature of benchmarks/headroom.py without a compiler: the products' time and arithmetic per precision,
+    and the Winograd probe computing the convolution it is compared with."""
+    out = tmp_path / "h.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.headroom", "--preset", "nano", "--size", "28", "28",
+                          "--views", "2", "--repeats", "1", "--threads", "1", "--winograd-size", "16",
+                          "--winograd-channels", "32", "--no-compile", "--json", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    payload = json.loads(out.read_text())
+    for p in ("fp32", "bf16"):
+        fw = payload["forward"][p]
+        assert 0 < fw["products_s"] < fw["total_s"] and fw["rest_s"] == pytest.approx(fw["total_s"] - fw["products_s"])
+        assert fw["products_gflop"] > 0 and fw["busiest"][0]["seconds"] >= fw["busiest"][-1]["seconds"]
+    assert [w["frames"] for w in payload["winograd"]] == [1, 2]
+    assert all(w["max_rel_diff"] < 1e-5 for w in payload["winograd"])     # the transforms compute the convolution
+    assert "compile" not in payload and "| the rest s |" in _module("headroom").readme_table(payload)
+
+
+def test_winograd_transforms_of_the_headroom_probe_are_the_convolution():
+    """(c)'s transforms against F.conv2d directly, odd channel counts and a bias included."""
+    import torch
+
+    from iggt_lightning.layers.fast_conv import winograd_weight
+
+    headroom = _module("headroom")
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(2, 5, 8, 12, generator=g), torch.randn(7, 5, 3, 3, generator=g), torch.randn(7, generator=g)
+    xp = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+    v = headroom.winograd_input(xp, 2, 3)
+    m = torch.bmm(v, winograd_weight(w))
+    y = headroom.winograd_output(m, 2, 2, 3, b).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.conv2d(x, w, b, padding=1)
+    assert (y - ref).abs().max() / ref.abs().max() < 1e-5
 
 
 def test_a_block_is_refilled_in_the_one_page_that_holds_it(tmp_path):
