@@ -116,8 +116,12 @@ def dpt_resize_layers(out_channels: list[int]) -> nn.ModuleList:
 
 
 def activate_dense(out: torch.Tensor, activation: str, conf_activation: str):
-    """[N, C, H, W] -> (values [N, H, W, C-1], confidence [N, H, W])."""
-    fmap = out.permute(0, 2, 3, 1)
+    """[N, C, H, W] -> (values [N, H, W, C-1], confidence [N, H, W]), in float32 whatever ``out``'s dtype.
+
+    The activations run in float32 even when the head ran in bf16: ``1 + exp(c)`` rounded to bf16 keeps 2^-7
+    steps near 1, which flattened the low-confidence end of the map into a few values (a percentile filter then
+    kept every pixel)."""
+    fmap = out.float().permute(0, 2, 3, 1)
     xyz, conf = fmap[..., :-1], fmap[..., -1]
     if activation == "exp":
         values = torch.exp(xyz)
