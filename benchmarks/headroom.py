@@ -34,7 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.kernels import add_forward_arguments, peaks, run_note
 from iggt_lightning.benchmarking import environment, fill_block_from_json
+from iggt_lightning.benchmarking.official import max_output_difference
 from iggt_lightning.fileio import write_json
 from iggt_lightning.layers import fast_conv
 
@@ -55,12 +57,9 @@ def _precision(model, precision: str):
 
 
 def _max_rel_diff(ref: dict, out: dict) -> float:
-    worst = 0.0
-    for k in OUTPUT_KEYS:
-        if k in ref and k in out:
-            a, b = ref[k].float(), out[k].float()
-            worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)))
-    return worst
+    """The largest max|out - ref| / max|ref| over the dense outputs (depth, world points, instance features)."""
+    diffs = max_output_difference(ref, out)
+    return max(diffs[k] for k in OUTPUT_KEYS if k in diffs)
 
 
 # ---------------------------------------------------------------- (a) products against the rest
@@ -275,7 +274,7 @@ def compile_training(steps: int) -> dict:
 
 # ---------------------------------------------------------------- the table
 def table(payload: dict) -> str:
-    env, pk, fw = payload["environment"], payload["peak_gflops"], payload["forward"]
+    pk, fw = payload["peak_gflops"], payload["forward"]
     peak = {"fp32": pk.get("onednn_fp32"), "bf16": pk.get("onednn_bf16")}
     H, W = payload["size"]
     lines = [BEGIN, f"| {payload['preset']} forward, {H}x{W}, {payload['views']} views | fp32 | bf16 |",
@@ -316,10 +315,7 @@ def table(payload: dict) -> str:
                   f"| torch.compile | {tr['compiled']['first_3_steps_s']:.1f} | {tr['compiled']['step_s']:.3f} "
                   f"({tr['speedup']:.2f}x) |"]
     lines.append(f"\n(median of {payload['repeats']} interleaved rounds; transforms "
-                 f"{'compiled by inductor' if payload['compiled_transforms'] else 'eager'}; commit "
-                 f"{str(env.get('git_commit', '?'))[:7]}, {env.get('cpu_model') or env['processor']}, "
-                 f"{payload['threads']} threads, torch {env['torch']}; load average {payload['load_before'][0]:.2f} "
-                 f"before, {payload['load_after'][0]:.2f} after)")
+                 f"{'compiled by inductor' if payload['compiled_transforms'] else 'eager'}; {run_note(payload)})")
     lines.append(END)
     return "\n".join(lines)
 
@@ -329,11 +325,7 @@ readme_table = table     # the name tests/test_speed_benchmarks.py looks for
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="tiny", help="the model preset (random weights)")
-    ap.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
-    ap.add_argument("--views", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    add_forward_arguments(ap, views=4)
     ap.add_argument("--winograd-size", type=int, default=64, help="the map size of (c)'s convolution")
     ap.add_argument("--winograd-channels", type=int, default=256)
     ap.add_argument("--no-compile", action="store_true", help="skip (b) and (d); (c)'s transforms run eagerly")
@@ -345,7 +337,6 @@ def main(argv=None) -> int:
     if a.render:
         fill_block_from_json(BEGIN, END, table, a.json, ROOT)
         return 0
-    from benchmarks.kernels import peaks
     from iggt_lightning.model import IGGTModel
 
     torch.set_num_threads(a.threads)

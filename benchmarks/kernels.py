@@ -123,7 +123,7 @@ def time_components(model, images: torch.Tensor, repeats: int) -> dict:
 
 
 def table(payload: dict) -> str:
-    env, pk = payload["environment"], payload["peak_gflops"]
+    pk = payload["peak_gflops"]
     lines = [BEGIN, "| matrix product 4096x1024x1024 | GFLOP/s |", "|---|---|",
              f"| fp32, BLAS (torch.mm) | {pk['blas_fp32']:.0f} |"]
     if "onednn_fp32" in pk:
@@ -138,11 +138,26 @@ def table(payload: dict) -> str:
         lines.append(f"| {c} | {g:.1f} | " + " | ".join(cells) + " |")
     H, W = payload["size"]
     lines.append(f"\n({payload.get('preset', 'tiny')} preset, {H}x{W}, {payload['views']} view(s), median of {payload['repeats']} interleaved "
-                 f"rounds; commit {str(env.get('git_commit', '?'))[:7]}, {env.get('cpu_model') or env['processor']}, "
-                 f"{payload['threads']} threads, torch {env['torch']}; load average {payload['load_before'][0]:.2f} "
-                 f"before, {payload['load_after'][0]:.2f} after)")
+                 f"rounds; {run_note(payload)})")
     lines.append(END)
     return "\n".join(lines)
+
+
+def run_note(payload: dict) -> str:
+    """Where and how a run was measured, for a table's closing line: commit, CPU, threads, torch, load."""
+    env = payload["environment"]
+    return (f"commit {str(env.get('git_commit', '?'))[:7]}, {env.get('cpu_model') or env['processor']}, "
+            f"{payload['threads']} threads, torch {env['torch']}; load average {payload['load_before'][0]:.2f} "
+            f"before, {payload['load_after'][0]:.2f} after")
+
+
+def add_forward_arguments(ap: argparse.ArgumentParser, views: int) -> None:
+    """The options of a benchmark that times one forward of a preset with random weights."""
+    ap.add_argument("--preset", default="tiny", help="the model preset (random weights)")
+    ap.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    ap.add_argument("--views", type=int, default=views)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
 
 
 readme_table = table     # the name tests/test_speed_benchmarks.py looks for
@@ -150,11 +165,7 @@ readme_table = table     # the name tests/test_speed_benchmarks.py looks for
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="tiny", help="the model preset (random weights)")
-    ap.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
-    ap.add_argument("--views", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    add_forward_arguments(ap, views=1)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "kernels.json"))
     ap.add_argument("--render", action="store_true")
     a = ap.parse_args(argv)
